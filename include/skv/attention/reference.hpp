@@ -1,0 +1,97 @@
+// skv/attention/reference.hpp: the reference decode attention over a quantized cache (host).
+//
+// The oracle the fast CPU path and the CUDA kernels are tested against: plain loops, double
+// accumulation, and the one shared dequantization function (SequenceView::key / value ->
+// Quantizer::decode). Attention sees every appended token: quantized blocks and the residual window.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <skv/attention/softmax.hpp>
+#include <skv/cache/view.hpp>
+#include <skv/error.hpp>
+
+namespace skv {
+namespace cpu {
+
+namespace detail {
+
+template <class Layout>
+void check_attention_args(const SequenceView<Layout>& view, const float* q, int num_q_heads, const float* out,
+                          float scale) {
+  using skv::detail::require;
+  require(q != nullptr && out != nullptr, "decode_attention: q and out must not be null");
+  require(view.num_kv_heads > 0, "decode_attention: the cache has no KV heads");
+  require(num_q_heads > 0 && num_q_heads % view.num_kv_heads == 0,
+          "decode_attention: num_q_heads (" + std::to_string(num_q_heads) + ") must be a positive multiple of the " +
+              std::to_string(view.num_kv_heads) + " KV heads");
+  require(std::isfinite(scale), "decode_attention: the softmax scale must be finite");
+  require(view.length >= 0 && view.length <= view.capacity(), "decode_attention: view length exceeds its capacity");
+  require(view.length == 0 || (view.pages != nullptr && view.block_table != nullptr && view.residual != nullptr),
+          "decode_attention: the sequence view has a null pointer");
+  const std::size_t n = static_cast<std::size_t>(num_q_heads) * Layout::kHeadDim;
+  for (std::size_t i = 0; i < n; ++i)
+    require(std::isfinite(q[i]), "decode_attention: q has a NaN or Inf at head " +
+                                     std::to_string(i / Layout::kHeadDim) + ", dim " +
+                                     std::to_string(i % Layout::kHeadDim));
+}
+
+/// Softmax state of query head `qh` over tokens [begin, end), in double.
+template <class Layout>
+SoftmaxState<double, Layout::kHeadDim> reference_state(const SequenceView<Layout>& view, const float* q, int qh,
+                                                       int kv, int begin, int end, double scale) {
+  constexpr int D = Layout::kHeadDim;
+  SoftmaxState<double, D> state;
+  const float* qv = q + static_cast<std::size_t>(qh) * D;
+  for (int t = begin; t < end; ++t) {
+    double dot = 0.0;
+    for (int c = 0; c < D; ++c) dot += static_cast<double>(qv[c]) * view.key(t, kv, c);
+    state.add(dot * scale, [&](int c) { return static_cast<double>(view.value(t, kv, c)); });
+  }
+  return state;
+}
+
+}  // namespace detail
+
+/// Default softmax scale: 1 / sqrt(HeadDim).
+template <class Layout>
+constexpr float default_scale() {
+  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(Layout::kHeadDim)));
+}
+
+/// Reference decode attention: q and out are [num_q_heads][HeadDim]; query head h reads KV head
+/// h / (num_q_heads / num_kv_heads) (GQA). An empty cache gives zeros.
+template <class Layout>
+void decode_attention_reference(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out,
+                                float scale) {
+  detail::check_attention_args(view, q, num_q_heads, out, scale);
+  const int group = num_q_heads / view.num_kv_heads;
+  for (int h = 0; h < num_q_heads; ++h) {
+    detail::reference_state(view, q, h, h / group, 0, view.length, scale)
+        .finish(out + static_cast<std::size_t>(h) * Layout::kHeadDim);
+  }
+}
+
+/// The same computation split into chunks of `chunk_tokens` whose partial states are merged: tests
+/// the merge math that the multi-threaded and split-KV GPU paths rely on.
+template <class Layout>
+void decode_attention_chunked(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out,
+                              float scale, int chunk_tokens) {
+  detail::check_attention_args(view, q, num_q_heads, out, scale);
+  skv::detail::require(chunk_tokens > 0, "decode_attention_chunked: chunk_tokens must be positive");
+  const int group = num_q_heads / view.num_kv_heads;
+  for (int h = 0; h < num_q_heads; ++h) {
+    SoftmaxState<double, Layout::kHeadDim> total;
+    for (int begin = 0; begin < view.length; begin += chunk_tokens) {
+      const int end = std::min(view.length, begin + chunk_tokens);
+      total.merge(detail::reference_state(view, q, h, h / group, begin, end, scale));
+    }
+    total.finish(out + static_cast<std::size_t>(h) * Layout::kHeadDim);
+  }
+}
+
+}  // namespace cpu
+}  // namespace skv

@@ -1,0 +1,142 @@
+// skv/cache/layout.hpp: where every byte of a quantized cache lives (docs/design.md, "Layout").
+//
+// A page holds PageSize tokens of every KV head: [head 0][head 1]...; one head's block is
+//   [key codes][key scales][key zeros][value codes][value scales][value zeros]
+// each part padded to 16 bytes. Codes are token-major: row t holds the HeadDim codes of token t,
+// densely packed (pack.hpp). Metadata is one entry per group: for Axis::Channel groups the entries
+// form rows of HeadDim (one row per PageSize / GroupSize token group); for Axis::Token groups rows
+// of HeadDim / GroupSize (one row per token).
+//
+// Tokens not yet quantized live in a full-precision ring (the residual window) of
+// kResidualCapacity slots per sequence: float [2][kResidualCapacity][num_kv_heads][HeadDim], keys
+// first; token t sits in slot t % kResidualCapacity. quantized_length(length) is a pure function of
+// the length, so a reader needs nothing but the length to know where each token is.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <skv/config.hpp>
+#include <skv/numeric/pack.hpp>
+#include <skv/quant/quantizer.hpp>
+
+namespace skv {
+
+namespace detail {
+SKV_HOST_DEVICE constexpr std::size_t align16(std::size_t n) { return (n + 15) / 16 * 16; }
+}  // namespace detail
+
+/// Byte layout of one quantized tensor (keys or values) of one KV head within one page.
+template <class Q, int HeadDim, int PageSize>
+struct TensorLayout {
+  static_assert(IsQuantizer<Q>::value, "skv::TensorLayout: Q must be an skv::Quantizer");
+  static_assert(HeadDim % 8 == 0, "skv: HeadDim must be a multiple of 8");
+  static_assert(Q::kAxis != Axis::Token || HeadDim % Q::kGroupSize == 0,
+                "skv: a Token-axis quantizer's GroupSize must divide HeadDim");
+  static_assert(Q::kAxis != Axis::Channel || PageSize % Q::kGroupSize == 0,
+                "skv: a Channel-axis quantizer's GroupSize must divide PageSize");
+
+  using Quantizer = Q;
+  using Scale = typename Q::Scale;
+  using Params = typename Q::Params;
+
+  static constexpr int kRowBytes = HeadDim * Q::kBits / 8;  ///< packed codes of one token
+  /// Metadata entries per row and rows per page.
+  static constexpr int kMetaCols = Q::kAxis == Axis::Channel ? HeadDim : HeadDim / Q::kGroupSize;
+  static constexpr int kMetaRows = Q::kAxis == Axis::Channel ? PageSize / Q::kGroupSize : PageSize;
+  static constexpr std::size_t kCodeBytes = detail::align16(static_cast<std::size_t>(PageSize) * kRowBytes);
+  static constexpr std::size_t kScaleBytes = detail::align16(sizeof(Scale) * kMetaCols * kMetaRows);
+  static constexpr std::size_t kZeroBytes = Q::kHasZero ? kScaleBytes : 0;
+  static constexpr std::size_t kScaleOffset = kCodeBytes;
+  static constexpr std::size_t kZeroOffset = kCodeBytes + kScaleBytes;
+  static constexpr std::size_t kBytes = kCodeBytes + kScaleBytes + kZeroBytes;
+
+  /// Index of the metadata entry for token slot t (within the page) and channel c.
+  SKV_HOST_DEVICE static constexpr int meta_index(int t, int c) {
+    return Q::kAxis == Axis::Channel ? (t / Q::kGroupSize) * HeadDim + c : t * kMetaCols + c / Q::kGroupSize;
+  }
+};
+
+/// Read access to one tensor block (one head, one page).
+template <class Q, int HeadDim, int PageSize>
+struct TensorBlock {
+  using L = TensorLayout<Q, HeadDim, PageSize>;
+  const std::uint8_t* base;
+
+  SKV_HOST_DEVICE const std::uint8_t* row(int t) const { return base + static_cast<std::size_t>(t) * L::kRowBytes; }
+  SKV_HOST_DEVICE const typename L::Scale* scales() const {
+    return reinterpret_cast<const typename L::Scale*>(base + L::kScaleOffset);
+  }
+  SKV_HOST_DEVICE const typename L::Scale* zeros() const {
+    return reinterpret_cast<const typename L::Scale*>(base + L::kZeroOffset);
+  }
+  SKV_HOST_DEVICE typename L::Params params(int t, int c) const {
+    const int m = L::meta_index(t, c);
+    return Q::params(scales()[m], Q::kHasZero ? zeros()[m] : typename L::Scale{});
+  }
+  SKV_HOST_DEVICE std::uint32_t code(int t, int c) const { return unpack_code<Q::kBits>(row(t), c); }
+  /// The dequantized element: the shared decode function applied to the stored code.
+  SKV_HOST_DEVICE float dequantize(int t, int c) const { return Q::decode(code(t, c), params(t, c)); }
+};
+
+/// Every compile-time fact about a cache configuration; shared by the host cache, the views and
+/// the GPU kernels.
+template <class KeyQ, class ValueQ, int HeadDim, int PageSize, int Residual>
+struct CacheLayout {
+  static_assert(IsQuantizer<KeyQ>::value, "skv: KeyQuantizer must be an skv::Quantizer");
+  static_assert(IsQuantizer<ValueQ>::value, "skv: ValueQuantizer must be an skv::Quantizer");
+  static_assert(HeadDim >= 8 && HeadDim <= 1024 && HeadDim % 8 == 0,
+                "skv: HeadDim must be a multiple of 8 between 8 and 1024");
+  static_assert(PageSize >= 1 && (PageSize & (PageSize - 1)) == 0, "skv: PageSize must be a power of two");
+  static_assert(Residual >= 0, "skv: Residual must not be negative");
+
+  using KeyQuantizer = KeyQ;
+  using ValueQuantizer = ValueQ;
+  using Keys = TensorLayout<KeyQ, HeadDim, PageSize>;
+  using Values = TensorLayout<ValueQ, HeadDim, PageSize>;
+  using KeyBlock = TensorBlock<KeyQ, HeadDim, PageSize>;
+  using ValueBlock = TensorBlock<ValueQ, HeadDim, PageSize>;
+
+  static constexpr int kKeyBits = KeyQ::kBits;
+  static constexpr int kValueBits = ValueQ::kBits;
+  static constexpr int kHeadDim = HeadDim;
+  static constexpr int kPageSize = PageSize;
+  static constexpr int kResidual = Residual;
+  /// Tokens quantized together: one Channel-axis group (both extents are powers of two).
+  static constexpr int kBlockTokens = detail::max_of(KeyQ::kTokenExtent, ValueQ::kTokenExtent);
+  static_assert(PageSize % kBlockTokens == 0, "skv: PageSize must be a multiple of every Channel-axis GroupSize");
+  static_assert(Residual % kBlockTokens == 0, "skv: Residual must be a multiple of every Channel-axis GroupSize");
+  /// Slots of the full-precision ring per sequence.
+  static constexpr int kResidualCapacity = Residual + kBlockTokens;
+
+  /// Bytes of one KV head in one page, and of one whole page.
+  static constexpr std::size_t kHeadBytes = Keys::kBytes + Values::kBytes;
+  SKV_HOST_DEVICE static constexpr std::size_t page_bytes(int num_kv_heads) {
+    return kHeadBytes * static_cast<std::size_t>(num_kv_heads);
+  }
+  /// Quantized bytes per token per KV head, keys and values, codes and metadata (page padding
+  /// included; it is zero for the shipped configurations).
+  static constexpr double bytes_per_token() { return static_cast<double>(kHeadBytes) / PageSize; }
+  /// Bits per cached element (keys and values averaged), metadata included.
+  static constexpr double bits_per_element() { return bytes_per_token() * 8.0 / (2.0 * HeadDim); }
+  /// Floats of the residual ring per sequence.
+  SKV_HOST_DEVICE static constexpr std::size_t residual_floats(int num_kv_heads) {
+    return 2u * kResidualCapacity * static_cast<std::size_t>(num_kv_heads) * HeadDim;
+  }
+
+  /// Tokens of a sequence of `length` tokens that are stored quantized (the rest are in the ring).
+  SKV_HOST_DEVICE static constexpr int quantized_length(int length) {
+    return length <= Residual ? 0 : (length - Residual) / kBlockTokens * kBlockTokens;
+  }
+  SKV_HOST_DEVICE static constexpr int residual_slot(int token) { return token % kResidualCapacity; }
+  /// Offset (in floats) of residual key / value `token`, head `h` within a sequence's ring.
+  SKV_HOST_DEVICE static constexpr std::size_t residual_key_offset(int token, int h, int num_kv_heads) {
+    return (static_cast<std::size_t>(residual_slot(token)) * num_kv_heads + h) * HeadDim;
+  }
+  SKV_HOST_DEVICE static constexpr std::size_t residual_value_offset(int token, int h, int num_kv_heads) {
+    return residual_key_offset(token, h, num_kv_heads) +
+           static_cast<std::size_t>(kResidualCapacity) * num_kv_heads * HeadDim;
+  }
+};
+
+}  // namespace skv

@@ -1,0 +1,8 @@
+// expect: GroupSize must divide HeadDim
+#include <skv/skv.hpp>
+#ifdef SKV_OK
+skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>, skv::Quantizer<2, 64, skv::Axis::Token>, 128> c(1, 1);
+#else
+skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>, skv::Quantizer<2, 256, skv::Axis::Token>, 128> c(1, 1);
+#endif
+int main() { return 0; }
