@@ -1,0 +1,278 @@
+// The paged cache: accounting, quantize-once, all-or-nothing appends, views over engine memory.
+#include <skv/skv.hpp>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+namespace test_cache {
+
+std::vector<float> random_tokens(int n, int heads, int d, unsigned seed, float offset = 0.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> x(static_cast<std::size_t>(n) * heads * d);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = g(rng) + offset * static_cast<float>(i % d % 3);
+  return x;
+}
+
+template <class Cache>
+std::vector<std::uint8_t> page_bytes(const Cache& cache) {
+  const auto v = cache.view();
+  const std::size_t n = Cache::Layout::page_bytes(v.num_kv_heads) * v.max_pages;
+  return std::vector<std::uint8_t>(v.pages, v.pages + n);
+}
+
+TEST(Cache, CompileTimeFacts) {
+  using C = skv::KVCache<4, 2>;
+  static_assert(C::kKeyBits == 4 && C::kValueBits == 2 && C::kHeadDim == 128, "short form");
+  static_assert(C::kPageSize == 64 && C::KeyQuantizer::kGroupSize == 32 && C::ValueQuantizer::kGroupSize == 64, "");
+  static_assert(C::KeyQuantizer::kAxis == skv::Axis::Channel && C::ValueQuantizer::kAxis == skv::Axis::Token, "");
+  // keys: 4 bits + 32 bits of fp16 scale+zero per 32 tokens = 5 bits; values: 2 + 32/64 = 2.5 bits
+  static_assert(C::bytes_per_token() == 128 * (5.0 + 2.5) / 8, "exact bytes per token per KV head");
+  static_assert(C::bits_per_element() == 3.75, "");
+  static_assert(skv::KVCache<4, 2, 64>::ValueQuantizer::kGroupSize == 64, "");
+  static_assert(skv::KVCache<4, 2, 96>::ValueQuantizer::kGroupSize == 32, "largest power of two dividing 96");
+  static_assert(skv::KVCache<3, 5>::bytes_per_token() == 128 * (4.0 + 5.5) / 8, "dense 3 and 5 bits");
+  EXPECT_EQ(C::Layout::kHeadBytes, 64u * 120u);
+}
+
+TEST(Cache, SizesAndMemoryAccounting) {
+  constexpr int H = 3, D = 64;
+  skv::KVCache<4, 2, D> cache(H, 200);
+  using L = decltype(cache)::Layout;
+  EXPECT_EQ(cache.capacity(), 200);
+  EXPECT_EQ(cache.memory_bytes(), L::residual_floats(H) * sizeof(float));
+  EXPECT_EQ(cache.reserved_bytes(), 4 * L::page_bytes(H) + L::residual_floats(H) * sizeof(float));
+  const auto k = random_tokens(100, H, D, 1), v = random_tokens(100, H, D, 2);
+  cache.append(k.data(), v.data(), 100);
+  EXPECT_EQ(cache.size(), 100);
+  EXPECT_EQ(cache.quantized_size(), 96);
+  EXPECT_EQ(cache.residual_size(), 4);
+  EXPECT_EQ(cache.memory_bytes(), 2 * L::page_bytes(H) + L::residual_floats(H) * sizeof(float));
+  cache.clear();
+  EXPECT_EQ(cache.size(), 0);
+}
+
+TEST(Cache, ResidualWindowKeepsRecentTokensInFullPrecision) {
+  using C = skv::BasicKVCache<skv::Quantizer<2, 32, skv::Axis::Channel>, skv::Quantizer<2, 64, skv::Axis::Token>, 64,
+                              64, /*Residual=*/64>;
+  constexpr int H = 2, D = 64;
+  C cache(H, 300);
+  const auto k = random_tokens(300, H, D, 3), v = random_tokens(300, H, D, 4);
+  for (int n = 1; n <= 300; ++n) {
+    cache.append(k.data() + static_cast<std::size_t>(n - 1) * H * D, v.data() + static_cast<std::size_t>(n - 1) * H * D, 1);
+    const int expect_q = n < 96 ? 0 : (n - 64) / 32 * 32;
+    ASSERT_EQ(cache.quantized_size(), expect_q) << n;
+    ASSERT_GE(cache.residual_size(), std::min(n, 64));
+    ASSERT_LT(cache.residual_size(), 96);
+  }
+  const auto view = cache.view();
+  for (int t = cache.quantized_size(); t < 300; ++t)
+    for (int h = 0; h < H; ++h)
+      for (int c = 0; c < D; ++c) {
+        ASSERT_EQ(view.key(t, h, c), k[(static_cast<std::size_t>(t) * H + h) * D + c]);
+        ASSERT_EQ(view.value(t, h, c), v[(static_cast<std::size_t>(t) * H + h) * D + c]);
+      }
+}
+
+// Every quantized element is within half a step of its input: the step of its own group.
+template <int KB, int VB>
+void check_dequantized_within_bound() {
+  constexpr int H = 2, D = 64, N = 200;
+  skv::KVCache<KB, VB, D> cache(H, N);
+  const auto k = random_tokens(N, H, D, 10 + KB, 3.0f), v = random_tokens(N, H, D, 20 + VB);
+  cache.append(k.data(), v.data(), N);
+  const auto view = cache.view();
+  using L = typename decltype(cache)::Layout;
+  for (int t = 0; t < N; ++t)
+    for (int h = 0; h < H; ++h)
+      for (int c = 0; c < D; ++c) {
+        const std::size_t i = (static_cast<std::size_t>(t) * H + h) * D + c;
+        if (t < cache.quantized_size()) {
+          const float ks = view.keys(t, h).params(t % L::kPageSize, c).scale;
+          const float vs = view.values(t, h).params(t % L::kPageSize, c).scale;
+          ASSERT_LE(std::fabs(view.key(t, h, c) - k[i]), (0.5f + 2.5e-4f) * ks);
+          ASSERT_LE(std::fabs(view.value(t, h, c) - v[i]), (0.5f + 2.5e-4f) * vs);
+          // the step is what the bits allow for a group of standard normals (range < 12)
+          ASSERT_LE(ks, 12.0f / ((1 << KB) - 1) * 1.01f + 3.0f * 2 / 2048.0f);
+        } else {
+          ASSERT_EQ(view.key(t, h, c), k[i]);
+        }
+      }
+}
+
+TEST(Cache, DequantizedElementsStayWithinHalfAStep) {
+  check_dequantized_within_bound<1, 1>();
+  check_dequantized_within_bound<2, 3>();
+  check_dequantized_within_bound<4, 2>();
+  check_dequantized_within_bound<5, 6>();
+  check_dequantized_within_bound<8, 8>();
+}
+
+// Prefill in chunks, decode token by token, or all at once: the same bytes. A completed block is
+// quantized once and later appends never touch it.
+TEST(Cache, BlocksAreQuantizedOnceWhateverTheChunking) {
+  constexpr int H = 2, D = 128, N = 203;
+  const auto k = random_tokens(N, H, D, 5), v = random_tokens(N, H, D, 6);
+  skv::KVCache<3, 5> whole(H, N), single(H, N), chunks(H, N);
+  whole.append(k.data(), v.data(), N);
+  std::vector<std::uint8_t> after_first_block;
+  for (int t = 0; t < N; ++t) {
+    single.append(k.data() + static_cast<std::size_t>(t) * H * D, v.data() + static_cast<std::size_t>(t) * H * D, 1);
+    if (t == 31) after_first_block = page_bytes(single);
+  }
+  // the first block's bytes (both heads) never change after it is written
+  const auto final_bytes = page_bytes(single);
+  using L = skv::KVCache<3, 5>::Layout;
+  for (int h = 0; h < H; ++h) {
+    const std::size_t base = h * L::kHeadBytes;
+    for (std::size_t b = 0; b < 32 * L::Keys::kRowBytes; ++b) ASSERT_EQ(final_bytes[base + b], after_first_block[base + b]);
+  }
+  int done = 0;
+  for (int n : {7, 40, 1, 64, 91}) {
+    chunks.append(k.data() + static_cast<std::size_t>(done) * H * D, v.data() + static_cast<std::size_t>(done) * H * D, n);
+    done += n;
+  }
+  ASSERT_EQ(done, N);
+  EXPECT_EQ(page_bytes(whole), page_bytes(single));
+  EXPECT_EQ(page_bytes(whole), page_bytes(chunks));
+}
+
+template <class Cache>
+void expect_unchanged(const Cache& cache, const std::vector<std::uint8_t>& bytes, int size) {
+  EXPECT_EQ(cache.size(), size);
+  EXPECT_EQ(page_bytes(cache), bytes);
+}
+
+TEST(Cache, BadInputThrowsAndLeavesTheCacheUnchanged) {
+  constexpr int H = 2, D = 64;
+  skv::KVCache<4, 2, D> cache(H, 70);
+  auto k = random_tokens(70, H, D, 7), v = random_tokens(70, H, D, 8);
+  cache.append(k.data(), v.data(), 33);
+  const auto bytes = page_bytes(cache);
+
+  EXPECT_THROW(cache.append(k.data(), v.data(), 38), skv::Error);  // 33 + 38 > 70
+  expect_unchanged(cache, bytes, 33);
+  EXPECT_THROW(cache.append(nullptr, v.data(), 1), skv::Error);
+  EXPECT_THROW(cache.append(k.data(), nullptr, 1), skv::Error);
+  EXPECT_THROW(cache.append(k.data(), v.data(), -1), skv::Error);
+  expect_unchanged(cache, bytes, 33);
+
+  // a NaN or Inf in the very last element of the last token: nothing before it is written either
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), 1e30f}) {
+    auto k2 = k;
+    k2[static_cast<std::size_t>(37) * H * D - 1] = bad;
+    try {
+      cache.append(k2.data(), v.data(), 37);
+      FAIL() << "accepted " << bad;
+    } catch (const skv::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("keys at token 36, head 1, dim 63"), std::string::npos) << e.what();
+    }
+    expect_unchanged(cache, bytes, 33);
+    auto v2 = v;
+    v2[5] = -bad;
+    EXPECT_THROW(cache.append(k.data(), v2.data(), 37), skv::Error);
+    expect_unchanged(cache, bytes, 33);
+  }
+  std::vector<skv::fp16> hk(static_cast<std::size_t>(H) * D, skv::to_fp16(1.0f)), hv = hk;
+  hv[3] = skv::fp16{0x7c00};  // +Inf
+  EXPECT_THROW(cache.append(hk.data(), hv.data(), 1), skv::Error);
+  expect_unchanged(cache, bytes, 33);
+
+  // filling exactly to capacity works; one more token does not
+  cache.append(k.data(), v.data(), 37);
+  EXPECT_EQ(cache.size(), 70);
+  EXPECT_THROW(cache.append(k.data(), v.data(), 1), skv::Error);
+  EXPECT_EQ(cache.size(), 70);
+}
+
+TEST(Cache, ConstructorRejectsBadShapes) {
+  EXPECT_THROW((skv::KVCache<4, 2>(0, 10)), skv::Error);
+  EXPECT_THROW((skv::KVCache<4, 2>(-3, 10)), skv::Error);
+  EXPECT_THROW((skv::KVCache<4, 2>(1, -1)), skv::Error);
+  skv::KVCache<4, 2> empty(1, 0);
+  EXPECT_EQ(empty.capacity(), 0);
+  std::vector<float> x(128);
+  EXPECT_THROW(empty.append(x.data(), x.data(), 1), skv::Error);
+  EXPECT_NO_THROW(empty.append(x.data(), x.data(), 0));
+}
+
+TEST(Cache, Fp16OverloadMatchesWidenedFloats) {
+  constexpr int H = 1, D = 64, N = 77;
+  auto k = random_tokens(N, H, D, 9), v = random_tokens(N, H, D, 10);
+  std::vector<skv::fp16> hk(k.size()), hv(v.size());
+  for (std::size_t i = 0; i < k.size(); ++i) {
+    hk[i] = skv::to_fp16(k[i]);
+    hv[i] = skv::to_fp16(v[i]);
+    k[i] = skv::to_float(hk[i]);
+    v[i] = skv::to_float(hv[i]);
+  }
+  skv::KVCache<4, 4, D> a(H, N), b(H, N);
+  a.append(k.data(), v.data(), N);
+  b.append(hk.data(), hv.data(), N);
+  EXPECT_EQ(page_bytes(a), page_bytes(b));
+}
+
+TEST(Cache, CopiesAreIndependent) {
+  constexpr int H = 1, D = 64;
+  const auto k = random_tokens(64, H, D, 11), v = random_tokens(64, H, D, 12);
+  skv::KVCache<4, 2, D> a(H, 64);
+  a.append(k.data(), v.data(), 40);
+  skv::KVCache<4, 2, D> b = a;
+  EXPECT_EQ(page_bytes(a), page_bytes(b));
+  b.append(k.data(), v.data(), 24);
+  EXPECT_EQ(a.size(), 40);
+  EXPECT_EQ(b.size(), 64);
+  EXPECT_EQ(a.view().key(20, 0, 3), b.view().key(20, 0, 3));  // quantized in both
+  EXPECT_EQ(a.view().key(35, 0, 3), k[35 * D + 3]);              // still in a's residual window
+}
+
+// An engine owns the memory: a shuffled block table over a shared pool gives the same tokens.
+TEST(Cache, ViewOverEngineMemoryWithAShuffledBlockTable) {
+  constexpr int H = 2, D = 64, N = 150;
+  using C = skv::KVCache<2, 4, D>;
+  using L = C::Layout;
+  const auto k = random_tokens(N, H, D, 13), v = random_tokens(N, H, D, 14);
+  C owned(H, N);
+  owned.append(k.data(), v.data(), N);
+
+  std::vector<std::uint8_t> pool(L::page_bytes(H) * 7);
+  std::vector<float> ring(L::residual_floats(H));
+  const std::vector<std::int32_t> table = {5, 2, 6};
+  skv::SequenceView<L> view;
+  view.pages = pool.data();
+  view.block_table = table.data();
+  view.residual = ring.data();
+  view.num_pages = 7;
+  view.max_pages = 3;
+  view.num_kv_heads = H;
+  static_assert(std::is_trivially_copyable<skv::SequenceView<L>>::value, "views go into kernels by value");
+  skv::append(view, k.data(), v.data(), 100);
+  skv::append(view, k.data() + 100 * H * D, v.data() + 100 * H * D, N - 100);
+  EXPECT_EQ(view.length, N);
+  const auto ov = owned.view();
+  for (int t = 0; t < N; ++t)
+    for (int c = 0; c < D; ++c) {
+      ASSERT_EQ(view.key(t, 1, c), ov.key(t, 1, c));
+      ASSERT_EQ(view.value(t, 0, c), ov.value(t, 0, c));
+    }
+  // a block table entry outside the pool is an error, and nothing is written
+  std::vector<std::int32_t> bad = {0, 9};
+  skv::SequenceView<L> bv = view;
+  bv.block_table = bad.data();
+  bv.max_pages = 2;
+  bv.length = 90;  // the next 10 tokens complete block [64, 96), which lives on logical page 1
+  const auto pool_before = pool;
+  EXPECT_THROW(skv::append(bv, k.data(), v.data(), 10), skv::Error);
+  EXPECT_EQ(bv.length, 90);
+  EXPECT_EQ(pool, pool_before);
+  skv::SequenceView<L> null_view = view;
+  null_view.residual = nullptr;
+  EXPECT_THROW(skv::append(null_view, k.data(), v.data(), 1), skv::Error);
+}
+
+}  // namespace test_cache
