@@ -1,0 +1,16 @@
+# Fails unless the first ```cpp block of README.md is exactly examples/quickstart.cpp, so the
+# quickstart users copy is the one CI compiles and runs.
+file(READ ${README} readme)
+file(READ ${SOURCE} source)
+string(FIND "${readme}" "```cpp\n" begin)
+if(begin EQUAL -1)
+  message(FATAL_ERROR "README.md has no ```cpp block")
+endif()
+math(EXPR begin "${begin} + 7")
+string(SUBSTRING "${readme}" ${begin} -1 rest)
+string(FIND "${rest}" "```" end)
+string(SUBSTRING "${rest}" 0 ${end} snippet)
+if(NOT snippet STREQUAL source)
+  message(FATAL_ERROR "README.md quickstart differs from examples/quickstart.cpp")
+endif()
+message(STATUS "README quickstart == examples/quickstart.cpp")
