@@ -1,0 +1,86 @@
+// skv/gpu/common.cuh: error handling, device queries and the register-level unpacking shared by the
+// CUDA kernels (nvcc only).
+#pragma once
+
+#include <skv/config.hpp>
+
+#if !SKV_COMPILING_WITH_NVCC
+#error "skv/gpu/common.cuh needs nvcc: include skv/gpu/*.cuh only from .cu files"
+#endif
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include <skv/error.hpp>
+#include <skv/numeric/pack.hpp>
+
+namespace skv {
+namespace gpu {
+
+/// Throws skv::Error naming the call when a CUDA runtime call failed.
+inline void check_cuda(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw Error(std::string(what) + ": CUDA error " + std::to_string(static_cast<int>(status)) + " (" +
+                cudaGetErrorString(status) + ")");
+  }
+}
+
+/// Number of usable CUDA devices; any error (no driver, no device, insufficient driver) counts as none.
+inline int device_count() noexcept {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky error so later calls start clean
+    return 0;
+  }
+  return n;
+}
+
+namespace detail {
+
+/// Code i (0 <= i < 64) of a block of 64 densely packed Bits-bit codes held in Bits 64-bit words.
+/// Every index is a compile-time constant after unrolling, so this compiles to shifts and funnel
+/// shifts on registers; it returns exactly unpack_code<Bits>(bytes, i) (tested).
+template <int Bits, int I>
+__device__ SKV_FORCEINLINE std::uint32_t code_of(const std::uint64_t (&w)[Bits]) {
+  constexpr int kBit = I * Bits;
+  constexpr int kWord = kBit / 64;
+  constexpr int kShift = kBit % 64;
+  if constexpr (kShift + Bits <= 64) {
+    return static_cast<std::uint32_t>(w[kWord] >> kShift) & PackTraits<Bits>::kMask;
+  } else {
+    return static_cast<std::uint32_t>((w[kWord] >> kShift) | (w[kWord + 1] << (64 - kShift))) & PackTraits<Bits>::kMask;
+  }
+}
+
+/// 2^23 + code as a float, exactly: one OR instead of an int-to-float conversion. Subtracting a
+/// constant 2^23 (+ zero point) afterwards gives the exact small integer code (- zero).
+__device__ SKV_FORCEINLINE float magic_code(std::uint32_t code) { return __int_as_float(0x4B000000 | code); }
+constexpr float kMagic = 8388608.0f;  // 2^23
+
+/// Loads 8*Bits bytes (64 codes) from an 8-byte aligned address.
+template <int Bits>
+__device__ SKV_FORCEINLINE void load_codes64(const std::uint8_t* p, std::uint64_t (&w)[Bits]) {
+  const auto* q = reinterpret_cast<const std::uint64_t*>(p);
+#pragma unroll
+  for (int i = 0; i < Bits; ++i) w[i] = __ldg(q + i);
+}
+
+template <class F, int... I>
+__device__ SKV_FORCEINLINE void static_for_impl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+/// Calls f(std::integral_constant<int, i>) for i = 0..N-1.
+template <int N, class F>
+__device__ SKV_FORCEINLINE void static_for(F&& f) {
+  static_for_impl(f, std::make_integer_sequence<int, N>{});
+}
+
+inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+}  // namespace detail
+}  // namespace gpu
+}  // namespace skv
