@@ -1,6 +1,13 @@
 // skv/attention/decode.hpp: skv::cpu::decode_attention, the public CPU entry point.
+//
+// decode_attention runs the fast path (attention/cpu_fast.hpp: scaled query, folded probabilities,
+// AVX-512 / AVX2 unpacking chosen at compile time, OpenMP threads when enabled) for every cache
+// configuration. decode_attention_reference (attention/reference.hpp) stays the oracle; the fast
+// path matches it within 2e-5 * (1 + max |value|) per output element (docs/cpu.md).
 #pragma once
 
+#include <skv/attention/cpu_fast.hpp>
+#include <skv/attention/cpu_kernels.hpp>
 #include <skv/attention/reference.hpp>
 #include <skv/cache/kv_cache.hpp>
 #include <skv/cache/view.hpp>
@@ -9,10 +16,11 @@ namespace skv {
 namespace cpu {
 
 /// Decode attention for one query token: q and out are [num_q_heads][HeadDim], num_q_heads a
-/// multiple of the cache's KV heads (GQA). `scale` multiplies the logits.
+/// multiple of the cache's KV heads (GQA). `scale` multiplies the logits; `opt` sets the threads.
 template <class Layout>
-void decode_attention(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out, float scale) {
-  decode_attention_reference(view, q, num_q_heads, out, scale);
+void decode_attention(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out, float scale,
+                      const DecodeOptions& opt = DecodeOptions{}) {
+  decode_attention_fast(view, q, num_q_heads, out, scale, opt);
 }
 
 template <class Layout>
@@ -22,14 +30,24 @@ void decode_attention(const SequenceView<Layout>& view, const float* q, int num_
 
 template <class KeyQ, class ValueQ, int D, int P, int R>
 void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R>& cache, const float* q, int num_q_heads, float* out,
-                      float scale) {
-  decode_attention(cache.view(), q, num_q_heads, out, scale);
+                      float scale, const DecodeOptions& opt = DecodeOptions{}) {
+  decode_attention(cache.view(), q, num_q_heads, out, scale, opt);
 }
 
 template <class KeyQ, class ValueQ, int D, int P, int R>
 void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R>& cache, const float* q, int num_q_heads, float* out) {
   decode_attention(cache.view(), q, num_q_heads, out);
 }
+
+/// The reference path for a whole cache (the view overload lives in attention/reference.hpp).
+template <class KeyQ, class ValueQ, int D, int P, int R>
+void decode_attention_reference(const BasicKVCache<KeyQ, ValueQ, D, P, R>& cache, const float* q, int num_q_heads,
+                                float* out, float scale) {
+  decode_attention_reference(cache.view(), q, num_q_heads, out, scale);
+}
+
+// Many sequences in one call: decode_attention_batch(views, batch, q, num_q_heads, out, scale, opt)
+// in attention/cpu_fast.hpp (q and out [batch][num_q_heads][HeadDim]).
 
 }  // namespace cpu
 }  // namespace skv

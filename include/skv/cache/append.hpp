@@ -14,6 +14,7 @@
 
 #include <skv/cache/layout.hpp>
 #include <skv/cache/quantize_block.hpp>
+#include <skv/cache/quantize_block_fast.hpp>
 #include <skv/cache/view.hpp>
 #include <skv/error.hpp>
 #include <skv/numeric/half.hpp>
@@ -90,7 +91,7 @@ void append(SequenceView<Layout>& view, const float* keys, const float* values, 
     }
     const int q_old = Layout::quantized_length(t);
     view.length = t + 1;
-    if (Layout::quantized_length(t + 1) > q_old) quantize_block<Layout>(view, q_old);
+    if (Layout::quantized_length(t + 1) > q_old) quantize_block_fast<Layout>(view, q_old);  // bytes of quantize_block
   }
 }
 

@@ -1,0 +1,280 @@
+// skv/attention/cpu_fast.hpp: the fast CPU decode attention over a quantized cache (host only).
+//
+// Tiles of up to 64 tokens that never cross a page or a Channel-axis group are processed for all
+// query heads of a KV head at once (docs/cpu.md, DESIGN.md section 4):
+//   keys, Axis::Channel   scaled query: q'[h][c] = q[h][c] * softmax_scale * s[c] and the bias
+//                         sum_c q'[h][c] * z[c] once per tile, then one FMA per code per head
+//   keys, Axis::Token     codes dequantized once per token (shared by the GQA heads), then a dot
+//   values, Axis::Token   folded probabilities: w = p * s once per token and group, one FMA per code
+//                         per head, the zero term subtracted once per tile (groups narrower than a
+//                         vector are dequantized once per token instead)
+//   values, Axis::Channel sum_t p[t] * code[t][c] per tile, then scaled and shifted once per tile
+//   residual window       full-precision rows, same dot / accumulate kernels
+// Codes are unpacked with AVX-512 / AVX2 shuffles (cpu_simd.hpp) into a float tile in L1.
+//
+// Tolerance against decode_attention_reference (double accumulation): float arithmetic in a
+// different order and a polynomial exp; tests/host/test_cpu_fast.cpp asserts
+// |fast - reference| <= 2e-5 * (1 + max |value|) per output element over thousands of tokens.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <skv/attention/cpu_kernels.hpp>
+#include <skv/attention/cpu_simd.hpp>
+#include <skv/attention/reference.hpp>
+#include <skv/cache/layout.hpp>
+#include <skv/cache/view.hpp>
+#include <skv/config.hpp>
+#include <skv/error.hpp>
+#include <skv/numeric/half.hpp>
+#include <skv/quant/quantizer.hpp>
+
+namespace skv {
+namespace cpu {
+namespace detail {
+
+inline void meta_to_f32(const fp16* x, int n, float* out) { fp16_row_to_f32(x, n, out); }
+inline void meta_to_f32(const float* x, int n, float* out) { std::memcpy(out, x, sizeof(float) * n); }
+inline void meta_to_f32(const bf16* x, int n, float* out) {
+  for (int i = 0; i < n; ++i) out[i] = to_float(x[i]);
+}
+
+constexpr int min_int(int a, int b) { return a < b ? a : b; }
+
+/// The fast decode for one cache configuration.
+template <class Layout>
+struct FastDecode {
+  using KQ = typename Layout::KeyQuantizer;
+  using VQ = typename Layout::ValueQuantizer;
+  static constexpr int kD = Layout::kHeadDim;
+  static constexpr int kPage = Layout::kPageSize;
+  /// Tokens per tile: within one page and one Channel-axis group of keys and of values.
+  static constexpr int kTile =
+      min_int(min_int(min_int(kPage, 64), KQ::kAxis == Axis::Channel ? KQ::kGroupSize : 64),
+              VQ::kAxis == Axis::Channel ? VQ::kGroupSize : 64);
+  /// Value groups per token row (Axis::Token), and whether the scale can be folded into p.
+  static constexpr int kValueGroups = VQ::kAxis == Axis::Token ? kD / VQ::kGroupSize : 1;
+  static constexpr bool kFoldValues = VQ::kAxis == Axis::Token && VQ::kGroupSize >= kVecWidth;
+
+  struct Scratch {
+    std::vector<float> kbuf, vbuf, ms, mz, logits, p, w, qs, q0, bias, zs, tmp;
+    int nh = 0;
+    void ensure(int heads) {
+      if (heads <= nh) return;
+      nh = heads;
+      const std::size_t tile = static_cast<std::size_t>(kTile) * kD;
+      kbuf.assign(tile, 0.0f);
+      vbuf.assign(tile, 0.0f);
+      ms.assign(tile, 0.0f);
+      mz.assign(tile, 0.0f);
+      logits.assign(static_cast<std::size_t>(heads) * kTile, 0.0f);
+      p.assign(static_cast<std::size_t>(heads) * kTile, 0.0f);
+      w.assign(static_cast<std::size_t>(heads) * kTile * kValueGroups, 0.0f);
+      qs.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
+      q0.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
+      bias.assign(static_cast<std::size_t>(heads), 0.0f);
+      zs.assign(static_cast<std::size_t>(heads) * kValueGroups, 0.0f);
+      tmp.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
+    }
+  };
+
+  /// Scales and zero points of `count` metadata entries from `first` as floats.
+  template <class Q, class Scale>
+  static void load_meta(const Scale* scales, const Scale* zeros, int first, int count, float* s, float* z) {
+    meta_to_f32(scales + first, count, s);
+    if (Q::kHasZero) {
+      meta_to_f32(zeros + first, count, z);
+    } else {
+      std::fill(z, z + count, Q::kSymmetricZero);
+    }
+  }
+
+  /// Turns unpacked codes of Axis::Token rows (slots slot0..slot0+n) into dequantized values.
+  template <class Q, class Block>
+  static void dequantize_token_rows(const Block& blk, int slot0, int n, float* buf, float* ms, float* mz) {
+    constexpr int kGroups = kD / Q::kGroupSize;
+    load_meta<Q>(blk.scales(), blk.zeros(), slot0 * kGroups, n * kGroups, ms, mz);
+    for (int i = 0; i < n; ++i) {
+      float* row = buf + static_cast<std::size_t>(i) * kD;
+      for (int j = 0; j < kGroups; ++j) {
+        const float s = ms[i * kGroups + j], z = mz[i * kGroups + j];
+        for (int c = j * Q::kGroupSize; c < (j + 1) * Q::kGroupSize; ++c) row[c] = (row[c] - z) * s;
+      }
+    }
+  }
+
+  template <int Bits, class Block>
+  static void unpack_tile(const Block& blk, int slot0, int n, float* buf) {
+    for (int i = 0; i < n; ++i) unpack_row_f32<Bits>(blk.row(slot0 + i), kD, buf + static_cast<std::size_t>(i) * kD);
+  }
+
+  /// Tokens [t, t + n) of KV head h, all quantized, in one tile.
+  static void quantized_tile(const SequenceView<Layout>& view, int h, int t, int n, int nh, ItemState& st,
+                             Scratch& sc) {
+    const int slot = t % kPage;
+    const auto kb = view.keys(t, h);
+    const auto vb = view.values(t, h);
+    float* kbuf = sc.kbuf.data();
+    float* vbuf = sc.vbuf.data();
+    float* logits = sc.logits.data();
+    float* p = sc.p.data();
+
+    // ---- logits
+    unpack_tile<KQ::kBits>(kb, slot, n, kbuf);
+    if (KQ::kAxis == Axis::Channel) {
+      float* s = sc.ms.data();
+      float* z = sc.mz.data();
+      load_meta<KQ>(kb.scales(), kb.zeros(), (slot / KQ::kGroupSize) * kD, kD, s, z);
+      for (int q = 0; q < nh; ++q) {
+        const float* q0 = sc.q0.data() + static_cast<std::size_t>(q) * kD;
+        float* qs = sc.qs.data() + static_cast<std::size_t>(q) * kD;
+        Vec b = vzero();
+        int c = 0;
+        for (; c + kVecWidth <= kD; c += kVecWidth) {
+          const Vec v = vmul(vload(q0 + c), vload(s + c));
+          vstore(qs + c, v);
+          b = vfma(v, vload(z + c), b);
+        }
+        float bias = vsum(b);
+        for (; c < kD; ++c) {
+          qs[c] = q0[c] * s[c];
+          bias += qs[c] * z[c];
+        }
+        sc.bias[q] = bias;
+      }
+      dot_rows(sc.qs.data(), nh, kD, kbuf, kD, n, sc.bias.data(), logits, kTile);
+    } else {
+      dequantize_token_rows<KQ>(kb, slot, n, kbuf, sc.ms.data(), sc.mz.data());
+      dot_rows(sc.q0.data(), nh, kD, kbuf, kD, n, nullptr, logits, kTile);
+    }
+    softmax_tile(st, nh, kD, logits, kTile, n, p);
+
+    // ---- values
+    unpack_tile<VQ::kBits>(vb, slot, n, vbuf);
+    if (kFoldValues) {
+      constexpr int kJ = kValueGroups;
+      float* s = sc.ms.data();
+      float* z = sc.mz.data();
+      load_meta<VQ>(vb.scales(), vb.zeros(), slot * kJ, n * kJ, s, z);
+      float* w = sc.w.data();
+      for (int q = 0; q < nh; ++q) {
+        const float* pq = p + static_cast<std::size_t>(q) * kTile;
+        float* wq = w + static_cast<std::size_t>(q) * kTile * kJ;
+        float zs[kJ];
+        for (int j = 0; j < kJ; ++j) zs[j] = 0.0f;
+        for (int i = 0; i < n; ++i) {
+          for (int j = 0; j < kJ; ++j) {
+            const float wij = pq[i] * s[i * kJ + j];
+            wq[i * kJ + j] = wij;
+            zs[j] += wij * z[i * kJ + j];
+          }
+        }
+        float* acc = st.acc + static_cast<std::size_t>(q) * kD;
+        for (int j = 0; j < kJ; ++j) {
+          const Vec vz = vset1(zs[j]);
+          int c = j * VQ::kGroupSize;
+          const int c_end = c + VQ::kGroupSize;
+          for (; c + kVecWidth <= c_end; c += kVecWidth) vstore(acc + c, vsub(vload(acc + c), vz));
+          for (; c < c_end; ++c) acc[c] -= zs[j];
+        }
+      }
+      acc_rows(st.acc, nh, kD, w, kTile * kJ, kJ, VQ::kGroupSize, vbuf, kD, n);
+    } else if (VQ::kAxis == Axis::Token) {
+      dequantize_token_rows<VQ>(vb, slot, n, vbuf, sc.ms.data(), sc.mz.data());
+      acc_rows(st.acc, nh, kD, p, kTile, 1, kD, vbuf, kD, n);
+    } else {
+      float* s = sc.ms.data();
+      float* z = sc.mz.data();
+      load_meta<VQ>(vb.scales(), vb.zeros(), (slot / VQ::kGroupSize) * kD, kD, s, z);
+      float* tmp = sc.tmp.data();
+      std::fill(tmp, tmp + static_cast<std::size_t>(nh) * kD, 0.0f);
+      acc_rows(tmp, nh, kD, p, kTile, 1, kD, vbuf, kD, n);
+      for (int q = 0; q < nh; ++q) {
+        const float* pq = p + static_cast<std::size_t>(q) * kTile;
+        float psum = 0.0f;
+        for (int i = 0; i < n; ++i) psum += pq[i];
+        const float* tq = tmp + static_cast<std::size_t>(q) * kD;
+        float* acc = st.acc + static_cast<std::size_t>(q) * kD;
+        for (int c = 0; c < kD; ++c) acc[c] += s[c] * (tq[c] - z[c] * psum);
+      }
+    }
+  }
+
+  /// Tokens [t, t + n) of KV head h from the full-precision residual ring.
+  static void residual_tile(const SequenceView<Layout>& view, int h, int t, int n, int nh, ItemState& st,
+                            Scratch& sc) {
+    for (int i = 0; i < n; ++i) {
+      std::memcpy(sc.kbuf.data() + static_cast<std::size_t>(i) * kD, view.residual_key(t + i, h), sizeof(float) * kD);
+      std::memcpy(sc.vbuf.data() + static_cast<std::size_t>(i) * kD, view.residual_value(t + i, h),
+                  sizeof(float) * kD);
+    }
+    dot_rows(sc.q0.data(), nh, kD, sc.kbuf.data(), kD, n, nullptr, sc.logits.data(), kTile);
+    softmax_tile(st, nh, kD, sc.logits.data(), kTile, n, sc.p.data());
+    acc_rows(st.acc, nh, kD, sc.p.data(), kTile, 1, kD, sc.vbuf.data(), kD, n);
+  }
+
+  /// One work item: q is [nh][kD] (the query heads of KV head `h`).
+  static void process(const SequenceView<Layout>& view, const float* q, float scale, int h, int begin, int end, int nh,
+                      ItemState& st, Scratch& sc) {
+    sc.ensure(nh);
+    for (std::size_t i = 0; i < static_cast<std::size_t>(nh) * kD; ++i) sc.q0[i] = q[i] * scale;
+    const int qlen = view.quantized_length();
+    int t = begin;
+    const int qend = std::min(end, qlen);
+    while (t < qend) {
+      const int n = std::min(kTile - t % kTile, qend - t);
+      quantized_tile(view, h, t, n, nh, st, sc);
+      t += n;
+    }
+    while (t < end) {
+      const int n = std::min(kTile, end - t);
+      residual_tile(view, h, t, n, nh, st, sc);
+      t += n;
+    }
+  }
+};
+
+}  // namespace detail
+
+/// Fast decode attention for a batch of sequences: q and out are [batch][num_q_heads][HeadDim];
+/// sequence b reads views[b] (each num_q_heads a multiple of its KV heads; lengths may differ).
+template <class Layout>
+void decode_attention_batch(const SequenceView<Layout>* views, int batch, const float* q, int num_q_heads, float* out,
+                            float scale, const DecodeOptions& opt = DecodeOptions{}) {
+  constexpr int kD = Layout::kHeadDim;
+  skv::detail::require(batch >= 0, "decode_attention_batch: batch must not be negative");
+  if (batch == 0) return;
+  skv::detail::require(views != nullptr, "decode_attention_batch: views must not be null");
+  skv::detail::require(q != nullptr && out != nullptr, "decode_attention: q and out must not be null");
+  std::vector<int> lengths(static_cast<std::size_t>(batch)), heads(static_cast<std::size_t>(batch));
+  const std::size_t stride = static_cast<std::size_t>(num_q_heads) * kD;
+  for (int b = 0; b < batch; ++b) {
+    detail::check_attention_args(views[b], q + b * stride, num_q_heads, out + b * stride, scale);
+    lengths[b] = views[b].length;
+    heads[b] = views[b].num_kv_heads;
+  }
+  using F = detail::FastDecode<Layout>;
+  detail::run_decode<typename F::Scratch>(
+      batch, lengths.data(), heads.data(), num_q_heads, kD, F::kTile, opt, out,
+      [&](const detail::WorkItem& it, detail::ItemState& st, typename F::Scratch& sc) {
+        const int nh = num_q_heads / heads[it.seq];
+        F::process(views[it.seq], q + it.seq * stride + static_cast<std::size_t>(it.q_head) * kD, scale, it.kv_head,
+                   it.begin, it.end, nh, st, sc);
+      });
+}
+
+/// Fast decode attention for one sequence: q and out are [num_q_heads][HeadDim].
+template <class Layout>
+void decode_attention_fast(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out, float scale,
+                           const DecodeOptions& opt = DecodeOptions{}) {
+  decode_attention_batch(&view, 1, q, num_q_heads, out, scale, opt);
+}
+
+}  // namespace cpu
+}  // namespace skv

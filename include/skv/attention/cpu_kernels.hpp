@@ -1,0 +1,309 @@
+// skv/attention/cpu_kernels.hpp: the blocked inner loops and the threaded driver shared by the fast
+// quantized decode (cpu_fast.hpp) and the fp16 / fp32 baselines (baseline.hpp). Host only; not
+// public API except DecodeOptions.
+//
+// A work item is (sequence, KV head, token range); it keeps one online-softmax state per query head
+// of its GQA group, in float. Items run on OpenMP threads when available and their partial states
+// are merged with the usual rescaling (attention/softmax.hpp). See docs/cpu.md.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include <skv/attention/cpu_simd.hpp>
+#include <skv/config.hpp>
+#include <skv/error.hpp>
+
+#if defined(SKV_HAS_OPENMP)
+#include <omp.h>
+#endif
+
+namespace skv {
+namespace cpu {
+
+/// Run-time knobs of the CPU decode paths (fast quantized and baselines).
+struct DecodeOptions {
+  /// Threads to use: 0 means every OpenMP thread (omp_get_max_threads()); 1 runs on the calling
+  /// thread. Without OpenMP the call always runs on one thread.
+  int num_threads = 0;
+  /// Tokens per work item when a sequence is split across threads; 0 chooses automatically (a split
+  /// only when there are fewer than 4 items per thread). Rounded up to the tile size.
+  int split_tokens = 0;
+};
+
+/// Threads a call with these options uses.
+inline int decode_threads(const DecodeOptions& opt) {
+#if defined(SKV_HAS_OPENMP)
+  return opt.num_threads > 0 ? opt.num_threads : omp_get_max_threads();
+#else
+  (void)opt;
+  return 1;
+#endif
+}
+
+namespace detail {
+
+#if defined(SKV_HAS_AVX2) && !defined(SKV_HAS_AVX512)
+constexpr int kDotRows = 2;  // 16 ymm registers: 4 heads x 2 rows of accumulators
+constexpr int kAccVecs = 2;
+#else
+constexpr int kDotRows = 4;  // 32 zmm registers: 4 heads x 4 rows
+constexpr int kAccVecs = 4;
+#endif
+
+/// out[h * ldo + r] = dot(qs + h * D, rows + r * stride) - bias[h] for NH heads and NR rows.
+template <int NH, int NR>
+SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, const float* SKV_RESTRICT rows,
+                               std::size_t stride, const float* bias, float* out, int ldo) {
+  Vec acc[NH][NR];
+  for (int h = 0; h < NH; ++h)
+    for (int r = 0; r < NR; ++r) acc[h][r] = vzero();
+  int c = 0;
+  for (; c + kVecWidth <= d; c += kVecWidth) {
+    Vec x[NR];
+    for (int r = 0; r < NR; ++r) x[r] = vload(rows + r * stride + c);
+    for (int h = 0; h < NH; ++h) {
+      const Vec qv = vload(qs + h * d + c);
+      for (int r = 0; r < NR; ++r) acc[h][r] = vfma(qv, x[r], acc[h][r]);
+    }
+  }
+  for (int h = 0; h < NH; ++h) {
+    for (int r = 0; r < NR; ++r) {
+      float s = vsum(acc[h][r]);
+      for (int t = c; t < d; ++t) s += qs[h * d + t] * rows[r * stride + t];
+      out[h * ldo + r] = s - (bias ? bias[h] : 0.0f);
+    }
+  }
+}
+
+template <int NH>
+inline void dot_rows_nh(const float* qs, int d, const float* rows, std::size_t stride, int n, const float* bias,
+                        float* out, int ldo) {
+  int r = 0;
+  for (; r + kDotRows <= n; r += kDotRows) dot_block<NH, kDotRows>(qs, d, rows + r * stride, stride, bias, out + r, ldo);
+  for (; r < n; ++r) dot_block<NH, 1>(qs, d, rows + r * stride, stride, bias, out + r, ldo);
+}
+
+/// logits[h * ldo + r] = dot(qs[h], row r) - bias[h] for nh heads (qs is [nh][d]) and n rows.
+inline void dot_rows(const float* qs, int nh, int d, const float* rows, std::size_t stride, int n, const float* bias,
+                     float* out, int ldo) {
+  for (int h = 0; h < nh; h += 4) {
+    const float* q = qs + static_cast<std::size_t>(h) * d;
+    const float* b = bias ? bias + h : nullptr;
+    float* o = out + static_cast<std::size_t>(h) * ldo;
+    switch (std::min(4, nh - h)) {
+      case 4: dot_rows_nh<4>(q, d, rows, stride, n, b, o, ldo); break;
+      case 3: dot_rows_nh<3>(q, d, rows, stride, n, b, o, ldo); break;
+      case 2: dot_rows_nh<2>(q, d, rows, stride, n, b, o, ldo); break;
+      default: dot_rows_nh<1>(q, d, rows, stride, n, b, o, ldo); break;
+    }
+  }
+}
+
+/// acc[h][c] += sum_r w[h * ldw + r * groups + c / group_size] * rows[r][c], for NH heads and
+/// channel vectors [c0, c0 + NV * kVecWidth). Every vector must lie in one group (group_size >= width).
+template <int NH, int NV>
+SKV_FORCEINLINE void acc_block(float* SKV_RESTRICT acc, int d, const float* SKV_RESTRICT w, int ldw, int groups,
+                               int group_size, const float* SKV_RESTRICT rows, std::size_t stride, int n, int c0) {
+  Vec a[NH][NV];
+  int j[NV];
+  for (int v = 0; v < NV; ++v) j[v] = (c0 + v * kVecWidth) / group_size;
+  for (int h = 0; h < NH; ++h)
+    for (int v = 0; v < NV; ++v) a[h][v] = vload(acc + h * d + c0 + v * kVecWidth);
+  for (int r = 0; r < n; ++r) {
+    Vec x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = vload(rows + r * stride + c0 + v * kVecWidth);
+    const float* wr = w + r * groups;
+    for (int h = 0; h < NH; ++h)
+      for (int v = 0; v < NV; ++v) a[h][v] = vfma(vset1(wr[h * ldw + j[v]]), x[v], a[h][v]);
+  }
+  for (int h = 0; h < NH; ++h)
+    for (int v = 0; v < NV; ++v) vstore(acc + h * d + c0 + v * kVecWidth, a[h][v]);
+}
+
+template <int NH>
+inline void acc_rows_nh(float* acc, int d, const float* w, int ldw, int groups, int group_size, const float* rows,
+                        std::size_t stride, int n) {
+  int c = 0;
+  for (; c + kAccVecs * kVecWidth <= d; c += kAccVecs * kVecWidth)
+    acc_block<NH, kAccVecs>(acc, d, w, ldw, groups, group_size, rows, stride, n, c);
+  for (; c + kVecWidth <= d; c += kVecWidth) acc_block<NH, 1>(acc, d, w, ldw, groups, group_size, rows, stride, n, c);
+  for (; c < d; ++c) {
+    const int jc = c / group_size;
+    for (int h = 0; h < NH; ++h) {
+      float s = acc[h * d + c];
+      for (int r = 0; r < n; ++r) s += w[h * ldw + r * groups + jc] * rows[r * stride + c];
+      acc[h * d + c] = s;
+    }
+  }
+}
+
+/// acc is [nh][d]; w is [nh][ldw] with `groups` weights per row (one per channel group of
+/// group_size channels; group_size >= kVecWidth, or groups == 1 and group_size == d).
+inline void acc_rows(float* acc, int nh, int d, const float* w, int ldw, int groups, int group_size, const float* rows,
+                     std::size_t stride, int n) {
+  for (int h = 0; h < nh; h += 4) {
+    float* a = acc + static_cast<std::size_t>(h) * d;
+    const float* wh = w + static_cast<std::size_t>(h) * ldw;
+    switch (std::min(4, nh - h)) {
+      case 4: acc_rows_nh<4>(a, d, wh, ldw, groups, group_size, rows, stride, n); break;
+      case 3: acc_rows_nh<3>(a, d, wh, ldw, groups, group_size, rows, stride, n); break;
+      case 2: acc_rows_nh<2>(a, d, wh, ldw, groups, group_size, rows, stride, n); break;
+      default: acc_rows_nh<1>(a, d, wh, ldw, groups, group_size, rows, stride, n); break;
+    }
+  }
+}
+
+/// x[i] *= f for i < n.
+inline void scale_array(float* x, int n, float f) {
+  const Vec vf = vset1(f);
+  int i = 0;
+  for (; i + kVecWidth <= n; i += kVecWidth) vstore(x + i, vmul(vload(x + i), vf));
+  for (; i < n; ++i) x[i] *= f;
+}
+
+/// Online-softmax state of the query heads of one work item.
+struct ItemState {
+  float* m;    // [nh] running maximum (-inf when empty)
+  float* l;    // [nh] running normaliser
+  float* acc;  // [nh][d]
+
+  void reset(int nh, int d) {
+    for (int h = 0; h < nh; ++h) {
+      m[h] = -std::numeric_limits<float>::infinity();
+      l[h] = 0.0f;
+    }
+    std::fill(acc, acc + static_cast<std::size_t>(nh) * d, 0.0f);
+  }
+};
+
+/// Folds a tile of logits ([nh][ldl], n tokens) into the state: rescales on a new maximum and
+/// writes the unnormalised probabilities to p ([nh][ldl]).
+inline void softmax_tile(ItemState& st, int nh, int d, const float* logits, int ldl, int n, float* p) {
+  for (int h = 0; h < nh; ++h) {
+    const float* lg = logits + static_cast<std::size_t>(h) * ldl;
+    const float mt = max_of_array(lg, n);
+    if (mt > st.m[h]) {
+      if (st.l[h] != 0.0f) {
+        const float f = ::expf(st.m[h] - mt);
+        scale_array(st.acc + static_cast<std::size_t>(h) * d, d, f);
+        st.l[h] *= f;
+      }
+      st.m[h] = mt;
+    }
+    st.l[h] += exp_shifted(lg, st.m[h], n, p + static_cast<std::size_t>(h) * ldl);
+  }
+}
+
+/// One unit of work: query heads [q_head, q_head + nh) of sequence `seq` over tokens [begin, end)
+/// of KV head `kv_head`.
+struct WorkItem {
+  int seq;
+  int kv_head;
+  int q_head;
+  int begin;
+  int end;
+};
+
+/// Runs `process(item, state, scratch)` for every work item on `threads` threads and merges the
+/// partial states into out ([batch][num_q_heads][d]). lengths / kv_heads give each sequence's
+/// length and KV heads; `tile` is the alignment of split points. `Scratch` is default-constructed
+/// once per thread.
+template <class Scratch, class Process>
+void run_decode(int batch, const int* lengths, const int* kv_heads, int num_q_heads, int d, int tile,
+                const DecodeOptions& opt, float* out, Process&& process) {
+  const int threads = std::max(1, decode_threads(opt));
+  long base_items = 0;
+  for (int b = 0; b < batch; ++b) base_items += kv_heads[b];
+  int split = opt.split_tokens;
+  if (split <= 0) {
+    split = std::numeric_limits<int>::max();
+    const long target = threads > 1 ? 4L * threads : 1;
+    if (base_items < target) {
+      int max_len = 0;
+      for (int b = 0; b < batch; ++b) max_len = std::max(max_len, lengths[b]);
+      const long want = (target + base_items - 1) / base_items;
+      split = std::max(512, static_cast<int>((max_len + want - 1) / want));
+    }
+  }
+  split = split >= std::numeric_limits<int>::max() - tile ? split : (split + tile - 1) / tile * tile;
+
+  std::vector<WorkItem> items;
+  std::vector<std::size_t> seq_item(static_cast<std::size_t>(batch) + 1, 0);
+  for (int b = 0; b < batch; ++b) {
+    seq_item[b] = items.size();
+    const int group = num_q_heads / kv_heads[b];
+    for (int h = 0; h < kv_heads[b]; ++h) {
+      int begin = 0;
+      do {
+        const int end = lengths[b] - begin > split ? begin + split : lengths[b];
+        items.push_back(WorkItem{b, h, h * group, begin, end});
+        begin = end;
+      } while (begin < lengths[b]);
+    }
+  }
+  seq_item[batch] = items.size();
+
+  // partial states: per item and query head of its group, [m, l, acc[d]]
+  int max_group = 1;
+  for (int b = 0; b < batch; ++b) max_group = std::max(max_group, num_q_heads / kv_heads[b]);
+  const std::size_t per_item = static_cast<std::size_t>(max_group) * (d + 2);
+  std::vector<float> partial(items.size() * per_item);
+  const long n_items = static_cast<long>(items.size());
+
+#if defined(SKV_HAS_OPENMP)
+#pragma omp parallel num_threads(threads) if (threads > 1 && n_items > 1)
+#endif
+  {
+    Scratch scratch;
+#if defined(SKV_HAS_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (long i = 0; i < n_items; ++i) {
+      const WorkItem& it = items[static_cast<std::size_t>(i)];
+      const int nh = num_q_heads / kv_heads[it.seq];
+      float* base = partial.data() + static_cast<std::size_t>(i) * per_item;
+      ItemState st{base, base + nh, base + 2 * nh};
+      st.reset(nh, d);
+      if (it.end > it.begin) process(it, st, scratch);
+    }
+  }
+
+  // merge the items of each (sequence, KV head) in token order
+  for (int b = 0; b < batch; ++b) {
+    const int nh = num_q_heads / kv_heads[b];
+    std::size_t i = seq_item[b];
+    while (i < seq_item[b + 1]) {
+      std::size_t j = i;
+      while (j < seq_item[b + 1] && items[j].kv_head == items[i].kv_head) ++j;
+      for (int h = 0; h < nh; ++h) {
+        float m = -std::numeric_limits<float>::infinity();
+        for (std::size_t k = i; k < j; ++k) {
+          const float* s = partial.data() + k * per_item;
+          if (s[nh + h] != 0.0f) m = std::max(m, s[h]);
+        }
+        float l = 0.0f;
+        float* o = out + (static_cast<std::size_t>(b) * num_q_heads + items[i].q_head + h) * d;
+        std::fill(o, o + d, 0.0f);
+        for (std::size_t k = i; k < j; ++k) {
+          const float* s = partial.data() + k * per_item;
+          if (s[nh + h] == 0.0f) continue;
+          const float f = ::expf(s[h] - m);
+          l += s[nh + h] * f;
+          const float* acc = s + 2 * nh + static_cast<std::size_t>(h) * d;
+          for (int c = 0; c < d; ++c) o[c] += acc[c] * f;
+        }
+        if (l > 0.0f) scale_array(o, d, 1.0f / l);
+      }
+      i = j;
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace skv

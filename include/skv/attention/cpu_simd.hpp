@@ -1,0 +1,273 @@
+// skv/attention/cpu_simd.hpp: the vector primitives of the CPU fast path (host only, not public API).
+//
+// One float vector type `Vec` whose width is fixed at compile time from the target flags
+// (config.hpp): 16 lanes with AVX-512, 8 with AVX2 + FMA, 1 (plain C++) otherwise or with
+// SKV_DISABLE_SIMD. Everything above this file is written once against Vec.
+//
+// Unpacking: code i of a dense little-endian stream (numeric/pack.hpp) sits at bit i*Bits. Eight
+// codes fill Bits bytes, so a 128-bit lane can hold the bytes of 8 codes; a byte shuffle gives each
+// 16-bit slot the two bytes its code can span, a per-slot right shift and a mask leave the code
+// (AVX-512BW has a variable 16-bit shift; AVX2 multiplies by 2^(7-shift) and shifts right by 7).
+// Loads are masked, so nothing past a row's last code byte is read. The result equals
+// skv::unpack_code exactly (tests/host/test_cpu_fast.cpp checks every width with ==).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include <skv/config.hpp>
+#include <skv/numeric/half.hpp>
+#include <skv/numeric/pack.hpp>
+
+#if defined(SKV_HAS_AVX512) || defined(SKV_HAS_AVX2) || defined(SKV_HAS_F16C)
+#include <immintrin.h>
+#endif
+
+namespace skv {
+namespace cpu {
+namespace detail {
+
+// ---- the float vector ----------------------------------------------------------------------------
+#if defined(SKV_HAS_AVX512)
+constexpr int kVecWidth = 16;
+constexpr const char* kSimdName = "avx512";
+using Vec = __m512;
+SKV_FORCEINLINE Vec vzero() { return _mm512_setzero_ps(); }
+SKV_FORCEINLINE Vec vset1(float x) { return _mm512_set1_ps(x); }
+SKV_FORCEINLINE Vec vload(const float* p) { return _mm512_loadu_ps(p); }
+SKV_FORCEINLINE void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
+SKV_FORCEINLINE Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
+SKV_FORCEINLINE Vec vsub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
+SKV_FORCEINLINE Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
+SKV_FORCEINLINE Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
+SKV_FORCEINLINE Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
+SKV_FORCEINLINE Vec vmin(Vec a, Vec b) { return _mm512_min_ps(a, b); }
+SKV_FORCEINLINE float vhmin(Vec v) { return _mm512_reduce_min_ps(v); }
+SKV_FORCEINLINE float vsum(Vec v) { return _mm512_reduce_add_ps(v); }
+SKV_FORCEINLINE float vhmax(Vec v) { return _mm512_reduce_max_ps(v); }
+#elif defined(SKV_HAS_AVX2)
+constexpr int kVecWidth = 8;
+constexpr const char* kSimdName = "avx2";
+using Vec = __m256;
+SKV_FORCEINLINE Vec vzero() { return _mm256_setzero_ps(); }
+SKV_FORCEINLINE Vec vset1(float x) { return _mm256_set1_ps(x); }
+SKV_FORCEINLINE Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+SKV_FORCEINLINE void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+SKV_FORCEINLINE Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+SKV_FORCEINLINE Vec vsub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
+SKV_FORCEINLINE Vec vmul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
+SKV_FORCEINLINE Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+SKV_FORCEINLINE Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
+SKV_FORCEINLINE Vec vmin(Vec a, Vec b) { return _mm256_min_ps(a, b); }
+SKV_FORCEINLINE float vsum(Vec v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+SKV_FORCEINLINE float vhmax(Vec v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+SKV_FORCEINLINE float vhmin(Vec v) {
+  __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_min_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#else
+constexpr int kVecWidth = 1;
+constexpr const char* kSimdName = "scalar";
+using Vec = float;
+SKV_FORCEINLINE Vec vzero() { return 0.0f; }
+SKV_FORCEINLINE Vec vset1(float x) { return x; }
+SKV_FORCEINLINE Vec vload(const float* p) { return *p; }
+SKV_FORCEINLINE void vstore(float* p, Vec v) { *p = v; }
+SKV_FORCEINLINE Vec vadd(Vec a, Vec b) { return a + b; }
+SKV_FORCEINLINE Vec vsub(Vec a, Vec b) { return a - b; }
+SKV_FORCEINLINE Vec vmul(Vec a, Vec b) { return a * b; }
+SKV_FORCEINLINE Vec vfma(Vec a, Vec b, Vec c) { return a * b + c; }
+SKV_FORCEINLINE Vec vmax(Vec a, Vec b) { return a < b ? b : a; }
+SKV_FORCEINLINE Vec vmin(Vec a, Vec b) { return b < a ? b : a; }
+SKV_FORCEINLINE float vhmin(Vec v) { return v; }
+SKV_FORCEINLINE float vsum(Vec v) { return v; }
+SKV_FORCEINLINE float vhmax(Vec v) { return v; }
+#endif
+
+/// Name of the instruction set the fast path was compiled for ("avx512", "avx2" or "scalar").
+inline const char* simd_name() { return kSimdName; }
+
+// ---- exp ------------------------------------------------------------------------------------------
+// exp(x) for x <= 0 (softmax arguments), Cephes-style: x = n ln2 + r, |r| <= ln2 / 2, degree-6
+// polynomial, 2^n put into the exponent. Relative error below 2e-7 for x in [-87, 0]; inputs below
+// -87 give a tiny positive number instead of 0, which no sum of at most 2^24 terms can notice.
+#if defined(SKV_HAS_AVX512) || defined(SKV_HAS_AVX2)
+SKV_FORCEINLINE Vec vexp_nonpositive(Vec x) {
+  x = vmax(x, vset1(-87.0f));
+#if defined(SKV_HAS_AVX512)
+  const Vec n = _mm512_roundscale_ps(vmul(x, vset1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
+  const Vec n = _mm256_round_ps(vmul(x, vset1(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#endif
+  Vec r = vfma(n, vset1(-0.693359375f), x);
+  r = vfma(n, vset1(2.12194440e-4f), r);
+  Vec p = vset1(1.9875691500e-4f);
+  p = vfma(p, r, vset1(1.3981999507e-3f));
+  p = vfma(p, r, vset1(8.3334519073e-3f));
+  p = vfma(p, r, vset1(4.1665795894e-2f));
+  p = vfma(p, r, vset1(1.6666665459e-1f));
+  p = vfma(p, r, vset1(5.0000001201e-1f));
+  p = vfma(p, vmul(r, r), vadd(r, vset1(1.0f)));
+#if defined(SKV_HAS_AVX512)
+  const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+  return vmul(p, _mm512_castsi512_ps(e));
+#else
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return vmul(p, _mm256_castsi256_ps(e));
+#endif
+}
+#else
+SKV_FORCEINLINE Vec vexp_nonpositive(Vec x) { return ::expf(x); }
+#endif
+
+/// out[i] = exp(x[i] - m) for i < n, returns their sum (every argument is <= 0).
+inline float exp_shifted(const float* x, float m, int n, float* out) {
+  const Vec vm = vset1(m);
+  Vec s = vzero();
+  int i = 0;
+  for (; i + kVecWidth <= n; i += kVecWidth) {
+    const Vec e = vexp_nonpositive(vsub(vload(x + i), vm));
+    vstore(out + i, e);
+    s = vadd(s, e);
+  }
+  float sum = vsum(s);
+  for (; i < n; ++i) {
+    out[i] = ::expf(x[i] - m);
+    sum += out[i];
+  }
+  return sum;
+}
+
+inline float max_of_array(const float* x, int n) {
+  float m = x[0];
+  int i = 0;
+  if (n >= kVecWidth) {
+    Vec v = vload(x);
+    for (i = kVecWidth; i + kVecWidth <= n; i += kVecWidth) v = vmax(v, vload(x + i));
+    m = vhmax(v);
+  }
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
+// ---- unpacking ------------------------------------------------------------------------------------
+
+/// Shuffle and shift constants for 32 codes of width Bits as four 128-bit lanes of eight 16-bit slots.
+template <int Bits>
+struct UnpackTables {
+  // lane l holds codes 8l..8l+7, whose bits start at byte Bits*l; the lane is filled from the dword
+  // floor(Bits*l / 4) on, so its first code starts `offset(l)` bytes into the lane.
+  static constexpr int dword(int l) { return Bits * l / 4; }
+  static constexpr int offset(int l) { return Bits * l - 4 * dword(l); }
+  struct Table {
+    std::int32_t perm[16];
+    std::int8_t shuffle[64];
+    std::int16_t shift[32];
+    std::int16_t mul[32];
+  };
+  static constexpr Table make() {
+    Table t{};
+    for (int l = 0; l < 4; ++l) {
+      for (int k = 0; k < 4; ++k) t.perm[4 * l + k] = dword(l) + k;
+      for (int i = 0; i < 8; ++i) {
+        const int byte = offset(l) + i * Bits / 8;
+        t.shuffle[16 * l + 2 * i] = static_cast<std::int8_t>(byte);
+        t.shuffle[16 * l + 2 * i + 1] = static_cast<std::int8_t>(byte + 1 < 16 ? byte + 1 : 15);
+        t.shift[8 * l + i] = static_cast<std::int16_t>(i * Bits % 8);
+        t.mul[8 * l + i] = static_cast<std::int16_t>(1 << (7 - i * Bits % 8));
+      }
+    }
+    return t;
+  }
+  static constexpr Table kTable = make();
+};
+
+/// Converts the `n` (a multiple of 8) codes of a packed row to floats, in order.
+template <int Bits>
+inline void unpack_row_f32(const std::uint8_t* SKV_RESTRICT row, int n, float* SKV_RESTRICT out) {
+  int i = 0;
+#if defined(SKV_HAS_AVX512)
+  if (Bits == 8) {
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(out + i, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + i)))));
+  } else {
+    using T = UnpackTables<Bits>;
+    const __m512i perm = _mm512_loadu_si512(T::kTable.perm);
+    const __m512i shuffle = _mm512_loadu_si512(T::kTable.shuffle);
+    const __m512i shift = _mm512_loadu_si512(T::kTable.shift);
+    const __m512i mask = _mm512_set1_epi16(static_cast<short>(PackTraits<Bits>::kMask));
+    const __mmask64 load_mask = (std::uint64_t{1} << (4 * Bits)) - 1;
+    for (; i + 32 <= n; i += 32) {
+      __m512i x = _mm512_maskz_loadu_epi8(load_mask, row + i * Bits / 8);
+      x = _mm512_permutexvar_epi32(perm, x);
+      x = _mm512_shuffle_epi8(x, shuffle);
+      x = _mm512_and_si512(_mm512_srlv_epi16(x, shift), mask);
+      _mm512_storeu_ps(out + i, _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(x))));
+      _mm512_storeu_ps(out + i + 16, _mm512_cvtepi32_ps(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(x, 1))));
+    }
+  }
+#elif defined(SKV_HAS_AVX2)
+  if (Bits == 8) {
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(out + i, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + i)))));
+  } else {
+    using T = UnpackTables<Bits>;
+    const __m256i perm_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(T::kTable.perm));
+    const __m256i perm_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(T::kTable.perm + 8));
+    const __m256i shuf_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(T::kTable.shuffle));
+    const __m256i shuf_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(T::kTable.shuffle + 32));
+    const __m256i mul_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(T::kTable.mul));
+    const __m256i mul_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(T::kTable.mul + 16));
+    const __m256i mask = _mm256_set1_epi16(static_cast<short>(PackTraits<Bits>::kMask));
+    const __m256i seven = _mm256_set1_epi32(7);
+    // Bits dwords hold the 32 codes; indices past them read zeros (masked load) or are never used
+    const __m256i load_mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(Bits), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (; i + 32 <= n; i += 32) {
+      const __m256i x = _mm256_maskload_epi32(reinterpret_cast<const int*>(row + i * Bits / 8), load_mask);
+      __m256i a = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(x, _mm256_min_epi32(perm_lo, seven)), shuf_lo);
+      __m256i b = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(x, _mm256_min_epi32(perm_hi, seven)), shuf_hi);
+      a = _mm256_and_si256(_mm256_srli_epi16(_mm256_mullo_epi16(a, mul_lo), 7), mask);
+      b = _mm256_and_si256(_mm256_srli_epi16(_mm256_mullo_epi16(b, mul_hi), 7), mask);
+      _mm256_storeu_ps(out + i, _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(a))));
+      _mm256_storeu_ps(out + i + 8, _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(a, 1))));
+      _mm256_storeu_ps(out + i + 16, _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(b))));
+      _mm256_storeu_ps(out + i + 24, _mm256_cvtepi32_ps(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(b, 1))));
+    }
+  }
+#endif
+  for (; i < n; i += 8) {
+    std::uint8_t c[8];
+    unpack8<Bits>(row, i / 8, c);
+    for (int j = 0; j < 8; ++j) out[i + j] = static_cast<float>(c[j]);
+  }
+}
+
+/// Widens `n` fp16 values to float (F16C when available, else the exact integer conversion).
+inline void fp16_row_to_f32(const fp16* SKV_RESTRICT x, int n, float* SKV_RESTRICT out) {
+  int i = 0;
+#if defined(SKV_HAS_AVX512)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))));
+#elif defined(SKV_HAS_F16C)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+#endif
+  for (; i < n; ++i) out[i] = to_float(x[i]);
+}
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace skv

@@ -1,0 +1,313 @@
+// The fast CPU path: vector unpacking equals the scalar unpacking, fast decode attention matches the
+// reference for every bit width, axis, GQA group, length and thread count, the fast block quantizer
+// writes the same bytes as skv::quantize_rows, and the fp16 / fp32 baselines are exact attention.
+#include <skv/attention/baseline.hpp>
+#include <skv/attention/cpu_fast.hpp>
+#include <skv/attention/decode.hpp>
+#include <skv/cache/quantize_block_fast.hpp>
+#include <skv/skv.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace test_cpu_fast {
+
+std::vector<float> random_floats(std::size_t n, unsigned seed, float sigma = 1.0f, float offset = 0.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, sigma);
+  std::vector<float> x(n);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = g(rng) + offset * static_cast<float>(i % 7) / 7.0f;
+  return x;
+}
+
+template <int Bits>
+void check_unpack(unsigned seed) {
+  std::mt19937 rng(seed);
+  for (int n : {8, 24, 32, 64, 96, 128, 136, 256}) {
+    // the row sits at the very end of its buffer: the vector path must not read past it
+    std::vector<std::uint8_t> bytes(skv::PackTraits<Bits>::bytes(n));
+    for (auto& b : bytes) b = static_cast<std::uint8_t>(rng());
+    std::vector<float> out(n, -1.0f);
+    skv::cpu::detail::unpack_row_f32<Bits>(bytes.data(), n, out.data());
+    for (int i = 0; i < n; ++i)
+      ASSERT_EQ(out[i], static_cast<float>(skv::unpack_code<Bits>(bytes.data(), i))) << "bits " << Bits << " code " << i;
+  }
+}
+
+TEST(CpuFast, VectorUnpackEqualsScalarUnpackForEveryWidth) {
+  check_unpack<1>(1);
+  check_unpack<2>(2);
+  check_unpack<3>(3);
+  check_unpack<4>(4);
+  check_unpack<5>(5);
+  check_unpack<6>(6);
+  check_unpack<7>(7);
+  check_unpack<8>(8);
+}
+
+TEST(CpuFast, ExpMatchesLibm) {
+  std::vector<float> x(1000), out(1000);
+  for (int i = 0; i < 1000; ++i) x[i] = -87.0f * static_cast<float>(i) / 999.0f;
+  const float sum = skv::cpu::detail::exp_shifted(x.data(), 0.0f, 1000, out.data());
+  double ref_sum = 0.0;
+  for (int i = 0; i < 1000; ++i) {
+    const double e = std::exp(static_cast<double>(x[i]));
+    ref_sum += e;
+    EXPECT_NEAR(out[i], e, 4e-7 * e) << x[i];
+  }
+  EXPECT_NEAR(sum, ref_sum, 1e-6 * ref_sum);
+}
+
+/// Largest |value| the attention can see: bounds the output error.
+template <class View>
+float max_abs_value(const View& v) {
+  float m = 0.0f;
+  for (int t = 0; t < v.length; ++t)
+    for (int h = 0; h < v.num_kv_heads; ++h)
+      for (int c = 0; c < View::L::kHeadDim; ++c) m = std::max(m, std::fabs(v.value(t, h, c)));
+  return m;
+}
+
+/// Fast vs reference for one cache: every query head, several thread counts and split sizes.
+template <class Cache>
+void check_against_reference(int kv_heads, int group, int length, unsigned seed) {
+  constexpr int D = Cache::kHeadDim;
+  Cache cache(kv_heads, length + 3);
+  const auto k = random_floats(static_cast<std::size_t>(length) * kv_heads * D, seed, 1.0f, 3.0f);
+  const auto v = random_floats(static_cast<std::size_t>(length) * kv_heads * D, seed + 1, 0.7f, -1.0f);
+  cache.append(k.data(), v.data(), length);
+  const int nq = kv_heads * group;
+  const auto q = random_floats(static_cast<std::size_t>(nq) * D, seed + 2, 1.5f);
+  const float scale = skv::cpu::default_scale<typename Cache::Layout>();
+  std::vector<float> ref(static_cast<std::size_t>(nq) * D), out(ref.size());
+  skv::cpu::decode_attention_reference(cache.view(), q.data(), nq, ref.data(), scale);
+  const float tol = 2e-5f * (1.0f + max_abs_value(cache.view()));
+  for (int threads : {1, 2}) {
+    for (int split : {0, 64, 96}) {
+      skv::cpu::DecodeOptions opt;
+      opt.num_threads = threads;
+      opt.split_tokens = split;
+      std::fill(out.begin(), out.end(), 1e30f);
+      skv::cpu::decode_attention(cache.view(), q.data(), nq, out.data(), scale, opt);
+      for (std::size_t i = 0; i < out.size(); ++i)
+        ASSERT_NEAR(out[i], ref[i], tol) << "K" << Cache::kKeyBits << "V" << Cache::kValueBits << " length " << length
+                                         << " heads " << kv_heads << "x" << group << " threads " << threads
+                                         << " split " << split << " at " << i;
+    }
+  }
+}
+
+template <class Cache>
+void check_shapes(unsigned seed) {
+  // GQA 1 / 4 / 8; lengths: empty, 1 token, inside the first block, ragged, several pages
+  const int lengths[] = {0, 1, 31, 33, 64, 95, 200, 517};
+  int i = 0;
+  for (int group : {1, 4, 8}) {
+    for (int length : lengths) {
+      const int kv_heads = 1 + (i++ % 3);
+      check_against_reference<Cache>(kv_heads, group, length, seed + 17 * static_cast<unsigned>(i));
+    }
+  }
+}
+
+TEST(CpuFast, MatchesReferenceK4V2) { check_shapes<skv::KVCache<4, 2>>(100); }
+TEST(CpuFast, MatchesReferenceK1V8) { check_shapes<skv::KVCache<1, 8>>(200); }
+TEST(CpuFast, MatchesReferenceK2V7) { check_shapes<skv::KVCache<2, 7>>(300); }
+TEST(CpuFast, MatchesReferenceK3V6) { check_shapes<skv::KVCache<3, 6>>(400); }
+TEST(CpuFast, MatchesReferenceK4V5) { check_shapes<skv::KVCache<4, 5>>(500); }
+TEST(CpuFast, MatchesReferenceK5V4) { check_shapes<skv::KVCache<5, 4>>(600); }
+TEST(CpuFast, MatchesReferenceK6V3) { check_shapes<skv::KVCache<6, 3>>(700); }
+TEST(CpuFast, MatchesReferenceK7V2) { check_shapes<skv::KVCache<7, 2>>(800); }
+TEST(CpuFast, MatchesReferenceK8V1) { check_shapes<skv::KVCache<8, 1>>(900); }
+
+// Other axes, schemes, scale types, head dims (with a tail shorter than a vector) and residual windows.
+using TokenKeysChannelValues = skv::BasicKVCache<skv::Quantizer<3, 16, skv::Axis::Token>,
+                                                 skv::Quantizer<5, 32, skv::Axis::Channel>, 64, 32, 32>;
+using SymmetricBf16 = skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel, skv::Scheme::Symmetric, skv::bf16>,
+                                        skv::Quantizer<2, 8, skv::Axis::Token, skv::Scheme::Asymmetric, float>, 40, 64>;
+using WideGroups = skv::BasicKVCache<skv::Quantizer<6, 64, skv::Axis::Channel>,
+                                     skv::Quantizer<3, 32, skv::Axis::Token, skv::Scheme::Symmetric>, 96, 128, 64>;
+
+TEST(CpuFast, MatchesReferenceTokenAxisKeysChannelAxisValues) { check_shapes<TokenKeysChannelValues>(1000); }
+TEST(CpuFast, MatchesReferenceSymmetricBf16AndNarrowValueGroups) { check_shapes<SymmetricBf16>(1100); }
+TEST(CpuFast, MatchesReferenceWideGroupsAndResidualWindow) { check_shapes<WideGroups>(1200); }
+
+TEST(CpuFast, BatchOfRaggedSequencesEqualsOneCallPerSequence) {
+  using C = skv::KVCache<4, 2>;
+  constexpr int D = C::kHeadDim;
+  const int kv = 2, nq = 8;
+  const int lengths[] = {1, 700, 64, 129, 0};
+  std::vector<C> caches;
+  std::vector<C::View> views;
+  for (int b = 0; b < 5; ++b) {
+    caches.emplace_back(kv, 1024);
+    const auto k = random_floats(static_cast<std::size_t>(lengths[b]) * kv * D, 40u + b);
+    const auto v = random_floats(static_cast<std::size_t>(lengths[b]) * kv * D, 50u + b);
+    caches.back().append(k.data(), v.data(), lengths[b]);
+  }
+  for (auto& c : caches) views.push_back(c.view());
+  const auto q = random_floats(static_cast<std::size_t>(5) * nq * D, 60);
+  const float scale = 0.1f;
+  for (int threads : {1, 2}) {
+    skv::cpu::DecodeOptions opt;
+    opt.num_threads = threads;
+    opt.split_tokens = 128;  // the same split points in both calls, so the same float operations
+    std::vector<float> out(q.size(), 1e30f), one(static_cast<std::size_t>(nq) * D);
+    skv::cpu::decode_attention_batch(views.data(), 5, q.data(), nq, out.data(), scale, opt);
+    for (int b = 0; b < 5; ++b) {
+      skv::cpu::decode_attention(views[b], q.data() + b * nq * D, nq, one.data(), scale, opt);
+      for (int i = 0; i < nq * D; ++i) ASSERT_EQ(out[static_cast<std::size_t>(b) * nq * D + i], one[i]) << b;
+    }
+  }
+  // an empty sequence gives zeros
+  std::vector<float> out(q.size(), 1.0f);
+  skv::cpu::decode_attention_batch(views.data(), 5, q.data(), nq, out.data(), scale);
+  for (int i = 0; i < nq * D; ++i) EXPECT_EQ(out[static_cast<std::size_t>(4) * nq * D + i], 0.0f);
+}
+
+TEST(CpuFast, RejectsBadArguments) {
+  skv::KVCache<4, 2> cache(2, 64);
+  std::vector<float> q(4 * 128, 0.5f), out(4 * 128);
+  EXPECT_THROW(skv::cpu::decode_attention(cache, q.data(), 3, out.data()), skv::Error);
+  EXPECT_THROW(skv::cpu::decode_attention(cache, nullptr, 4, out.data()), skv::Error);
+  q[5] = std::nanf("");
+  EXPECT_THROW(skv::cpu::decode_attention(cache, q.data(), 4, out.data()), skv::Error);
+}
+
+// ---- fast block quantizer: identical bytes ----------------------------------------------------------
+
+template <class Q, int D, int P>
+void check_block_bytes(unsigned seed) {
+  using TL = skv::TensorLayout<Q, D, P>;
+  constexpr int kRows = Q::kAxis == skv::Axis::Channel ? Q::kGroupSize : 4;
+  const std::size_t stride = 3 * D;  // rows of one head inside [token][head][dim]
+  for (int variant = 0; variant < 4; ++variant) {
+    auto x = random_floats(stride * kRows, seed + variant, variant == 3 ? 1e-3f : 2.0f, variant == 1 ? 40.0f : 0.0f);
+    if (variant == 2) {  // constant groups, zeros and exact integers
+      for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i % 5 == 0) ? 0.0f : (i % 3 == 0 ? -2.0f : 3.0f);
+    }
+    for (int slot0 : {0, P - kRows}) {
+      std::vector<std::uint8_t> a(TL::kBytes, 0xAB), b(TL::kBytes, 0xAB);
+      skv::quantize_rows<Q, D, P>(x.data(), stride, kRows, slot0, a.data());
+      skv::quantize_rows_fast<Q, D, P>(x.data(), stride, kRows, slot0, b.data());
+      ASSERT_EQ(a, b) << "bits " << Q::kBits << " group " << Q::kGroupSize << " variant " << variant;
+    }
+  }
+}
+
+template <int Bits>
+void check_block_bytes_all_axes() {
+  check_block_bytes<skv::Quantizer<Bits, 32, skv::Axis::Channel>, 128, 64>(Bits * 10);
+  check_block_bytes<skv::Quantizer<Bits, 64, skv::Axis::Token>, 128, 64>(Bits * 10 + 1);
+  check_block_bytes<skv::Quantizer<Bits, 8, skv::Axis::Token, skv::Scheme::Asymmetric, skv::bf16>, 40, 16>(Bits * 10 + 2);
+  check_block_bytes<skv::Quantizer<Bits, 16, skv::Axis::Channel, skv::Scheme::Asymmetric, float>, 24, 32>(Bits * 10 + 3);
+  if (Bits >= 2) {
+    check_block_bytes<skv::Quantizer<Bits < 2 ? 2 : Bits, 32, skv::Axis::Token, skv::Scheme::Symmetric>, 64, 64>(Bits * 10 + 4);
+    check_block_bytes<skv::Quantizer<Bits < 2 ? 2 : Bits, 32, skv::Axis::Channel, skv::Scheme::Symmetric>, 64, 64>(
+        Bits * 10 + 5);
+  }
+}
+
+TEST(CpuFast, FastBlockQuantizerWritesTheSameBytesForEveryWidth) {
+  check_block_bytes_all_axes<1>();
+  check_block_bytes_all_axes<2>();
+  check_block_bytes_all_axes<3>();
+  check_block_bytes_all_axes<4>();
+  check_block_bytes_all_axes<5>();
+  check_block_bytes_all_axes<6>();
+  check_block_bytes_all_axes<7>();
+  check_block_bytes_all_axes<8>();
+}
+
+TEST(CpuFast, AppendedCacheBytesEqualTheScalarQuantizer) {
+  using C = skv::KVCache<4, 2>;
+  using L = C::Layout;
+  constexpr int kHeads = 3, kTokens = 300;
+  C cache(kHeads, kTokens);
+  const auto k = random_floats(static_cast<std::size_t>(kTokens) * kHeads * 128, 7, 1.0f, 5.0f);
+  const auto v = random_floats(static_cast<std::size_t>(kTokens) * kHeads * 128, 8);
+  cache.append(k.data(), v.data(), 100);  // in two calls: blocks complete inside each
+  cache.append(k.data() + 100 * kHeads * 128, v.data() + 100 * kHeads * 128, kTokens - 100);
+  const auto view = cache.view();
+  // the expected pool, written block by block by the scalar quantizer into zeroed pages
+  std::vector<std::uint8_t> expected(L::page_bytes(kHeads) * view.max_pages, 0);
+  const std::size_t stride = kHeads * 128;
+  for (int first = 0; first < view.quantized_length(); first += L::kBlockTokens) {
+    for (int h = 0; h < kHeads; ++h) {
+      std::uint8_t* block = expected.data() + (first / L::kPageSize) * L::page_bytes(kHeads) + h * L::kHeadBytes;
+      const std::size_t off = static_cast<std::size_t>(first) * stride + h * 128;
+      skv::quantize_rows<C::KeyQuantizer, 128, 64>(k.data() + off, stride, 32, first % 64, block);
+      skv::quantize_rows<C::ValueQuantizer, 128, 64>(v.data() + off, stride, 32, first % 64, block + L::Keys::kBytes);
+    }
+  }
+  ASSERT_EQ(0, std::memcmp(expected.data(), view.pages, expected.size()));
+}
+
+// ---- baselines ------------------------------------------------------------------------------------
+
+template <class T>
+void check_baseline(int kv, int group, int length, unsigned seed) {
+  constexpr int D = 128;
+  skv::cpu::DenseKVCache<T, D> cache(kv, length + 1);
+  const auto k = random_floats(static_cast<std::size_t>(length) * kv * D, seed);
+  const auto v = random_floats(static_cast<std::size_t>(length) * kv * D, seed + 1);
+  cache.append(k.data(), v.data(), length);
+  const int nq = kv * group;
+  const auto q = random_floats(static_cast<std::size_t>(nq) * D, seed + 2);
+  const float scale = 0.125f;
+  for (int threads : {1, 2}) {
+    skv::cpu::DecodeOptions opt;
+    opt.num_threads = threads;
+    opt.split_tokens = 64;
+    std::vector<float> out(static_cast<std::size_t>(nq) * D);
+    skv::cpu::decode_attention(cache.view(), q.data(), nq, out.data(), scale, opt);
+    double vmax = 0.0;
+    for (float x : v) vmax = std::max(vmax, static_cast<double>(std::fabs(skv::to_float(skv::from_float<T>(x)))));
+    for (int h = 0; h < nq; ++h) {
+      // exact attention in double over the stored (possibly fp16-rounded) keys and values
+      const int kvh = h / group;
+      std::vector<double> logit(static_cast<std::size_t>(length));
+      double m = -1e300;
+      for (int t = 0; t < length; ++t) {
+        double s = 0.0;
+        for (int c = 0; c < D; ++c)
+          s += static_cast<double>(q[static_cast<std::size_t>(h) * D + c]) *
+               skv::to_float(skv::from_float<T>(k[(static_cast<std::size_t>(t) * kv + kvh) * D + c]));
+        logit[t] = s * scale;
+        m = std::max(m, logit[t]);
+      }
+      double l = 0.0;
+      std::vector<double> acc(D, 0.0);
+      for (int t = 0; t < length; ++t) {
+        const double p = std::exp(logit[t] - m);
+        l += p;
+        for (int c = 0; c < D; ++c)
+          acc[c] += p * skv::to_float(skv::from_float<T>(v[(static_cast<std::size_t>(t) * kv + kvh) * D + c]));
+      }
+      for (int c = 0; c < D; ++c) {
+        const double want = length ? acc[c] / l : 0.0;
+        ASSERT_NEAR(out[static_cast<std::size_t>(h) * D + c], want, 2e-5 * (1.0 + vmax)) << h << " " << c;
+      }
+    }
+  }
+}
+
+TEST(CpuFast, Fp32BaselineIsExactAttention) {
+  check_baseline<float>(2, 4, 300, 1);
+  check_baseline<float>(1, 1, 1, 2);
+  check_baseline<float>(3, 8, 77, 3);
+}
+
+TEST(CpuFast, Fp16BaselineIsExactAttentionOverFp16Values) {
+  check_baseline<skv::fp16>(2, 4, 300, 4);
+  check_baseline<skv::fp16>(1, 1, 1, 5);
+  check_baseline<skv::fp16>(3, 8, 0, 6);
+}
+
+}  // namespace test_cpu_fast
