@@ -1,9 +1,10 @@
 // skv/gpu/append.cuh: the quantize-append kernel (nvcc only).
 //
-// One launch appends new tokens to many sequences. One CTA per (sequence, KV head) copies that
-// head's new tokens into the sequence's residual ring and quantizes each block as soon as it is
-// complete, exactly as skv::append does token by token on the host: the ring slots, the metadata and
-// the packed codes written are identical byte for byte (tests/cuda checks it). The metadata comes
+// One call appends new tokens to many sequences, in two launches: every block the append
+// completes is quantized by its own CTA (reading new tokens from the input and older ones from the
+// ring), then the ring receives the tokens it keeps and the lengths advance. The result is what
+// skv::append writes token by token on the host: ring slots, metadata and packed codes identical
+// byte for byte (tests/cuda checks it). The metadata comes
 // from skv::Quantizer::fit and the codes from skv::Quantizer::encode on the stored parameters, the
 // functions the CPU cache calls.
 //
@@ -55,8 +56,9 @@ __device__ bool append_ok(const BatchView<L>& cache, int s, int length, int n) {
 }
 
 /// Metadata of one tensor block: the same groups, min/max and fit as skv::quantize_rows.
-template <class Q, int HeadDim, int PageSize>
-__device__ void fit_block_meta(const float* x, std::size_t row_stride, int rows, int slot0, std::uint8_t* block) {
+/// x(r, c) returns element c of row r of the block (r < rows).
+template <class Q, int HeadDim, int PageSize, class X>
+__device__ void fit_block_meta(X x, int rows, int slot0, std::uint8_t* block) {
   using TL = TensorLayout<Q, HeadDim, PageSize>;
   using Scale = typename Q::Scale;
   constexpr int G = Q::kGroupSize;
@@ -66,11 +68,11 @@ __device__ void fit_block_meta(const float* x, std::size_t row_stride, int rows,
     const int items = rows / G * HeadDim;
     for (int i = threadIdx.x; i < items; i += blockDim.x) {
       const int g = i / HeadDim, c = i % HeadDim;
-      const float* col = x + static_cast<std::size_t>(g) * G * row_stride + c;
-      float mn = col[0], mx = col[0];
+      float mn = x(g * G, c), mx = mn;
       for (int r = 1; r < G; ++r) {
-        mn = skv::detail::min_of(mn, col[r * row_stride]);
-        mx = skv::detail::max_of(mx, col[r * row_stride]);
+        const float v = x(g * G + r, c);
+        mn = skv::detail::min_of(mn, v);
+        mx = skv::detail::max_of(mx, v);
       }
       const typename Q::Stored st = Q::fit(mn, mx);
       const int m = TL::meta_index(slot0 + g * G, c);
@@ -82,11 +84,11 @@ __device__ void fit_block_meta(const float* x, std::size_t row_stride, int rows,
     const int items = rows * kGroups;
     for (int i = threadIdx.x; i < items; i += blockDim.x) {
       const int t = i / kGroups, j = i % kGroups;
-      const float* grp = x + static_cast<std::size_t>(t) * row_stride + j * G;
-      float mn = grp[0], mx = grp[0];
+      float mn = x(t, j * G), mx = mn;
       for (int r = 1; r < G; ++r) {
-        mn = skv::detail::min_of(mn, grp[r]);
-        mx = skv::detail::max_of(mx, grp[r]);
+        const float v = x(t, j * G + r);
+        mn = skv::detail::min_of(mn, v);
+        mx = skv::detail::max_of(mx, v);
       }
       const typename Q::Stored st = Q::fit(mn, mx);
       const int m = TL::meta_index(slot0 + t, j * G);
@@ -98,8 +100,8 @@ __device__ void fit_block_meta(const float* x, std::size_t row_stride, int rows,
 
 /// Codes of one tensor block, eight at a time (eight codes fill exactly Bits bytes, so packing
 /// eight-code pieces gives the bytes of skv::pack_codes over the whole row).
-template <class Q, int HeadDim, int PageSize>
-__device__ void encode_block(const float* x, std::size_t row_stride, int rows, int slot0, std::uint8_t* block) {
+template <class Q, int HeadDim, int PageSize, class X>
+__device__ void encode_block(X x, int rows, int slot0, std::uint8_t* block) {
   using TL = TensorLayout<Q, HeadDim, PageSize>;
   using Scale = typename Q::Scale;
   const auto* scales = reinterpret_cast<const Scale*>(block + TL::kScaleOffset);
@@ -109,71 +111,88 @@ __device__ void encode_block(const float* x, std::size_t row_stride, int rows, i
   for (int i = threadIdx.x; i < items; i += blockDim.x) {
     const int t = i / kPieces, k = i % kPieces;
     const int slot = slot0 + t;
-    const float* row = x + static_cast<std::size_t>(t) * row_stride + k * 8;
     std::uint8_t codes[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const int m = TL::meta_index(slot, k * 8 + j);
-      codes[j] = static_cast<std::uint8_t>(Q::encode(row[j], Q::params(scales[m], Q::kHasZero ? zeros[m] : Scale{})));
+      codes[j] = static_cast<std::uint8_t>(
+          Q::encode(x(t, k * 8 + j), Q::params(scales[m], Q::kHasZero ? zeros[m] : Scale{})));
     }
     pack_codes<Q::kBits>(codes, 8, block + static_cast<std::size_t>(slot) * TL::kRowBytes + k * Q::kBits);
   }
 }
 
+/// Phase 1: quantizes every block that this append completes, one block per CTA (grid-stride over
+/// blocks in x; y = sequence, z = KV head). A block's tokens come from the input (new tokens) or
+/// from the residual ring (tokens appended earlier and not yet quantized), so blocks are
+/// independent and a long prefill quantizes in parallel. The ring is written afterwards (phase 2),
+/// so no block reads a slot that this append overwrites.
 template <class L, class T>
-static __global__ void __launch_bounds__(kAppendThreads) append_kernel(BatchView<L> cache, const T* keys,
-                                                                       const T* values, const std::int32_t* indptr) {
+static __global__ void __launch_bounds__(kAppendThreads)
+    quantize_blocks_kernel(BatchView<L> cache, const T* keys, const T* values, const std::int32_t* indptr) {
   using KQ = typename L::KeyQuantizer;
   using VQ = typename L::ValueQuantizer;
   constexpr int D = L::kHeadDim;
   constexpr int B = L::kBlockTokens;
-  constexpr int R = L::kResidual;
-  const int s = blockIdx.x;
-  const int h = blockIdx.y;
+  const int s = blockIdx.y;
+  const int h = blockIdx.z;
   const int first_input = indptr[s];
   const int n = indptr[s + 1] - first_input;
   const int length = cache.lengths[s];
   if (!append_ok(cache, s, length, n)) return;
+  const int q0 = L::quantized_length(length);
+  const int q1 = L::quantized_length(length + n);
   const SequenceView<L> view = cache.sequence(s, length);
   const std::size_t in_stride = static_cast<std::size_t>(cache.num_kv_heads) * D;
-  const std::size_t ring_stride = in_stride;
-
-  const int end = length + n;
-  for (int t = length; t < end;) {
-    // The next length at which a block completes (quantized_length grows at R + k * B, k >= 1).
-    const int trigger = t < R ? R + B : R + ((t - R) / B + 1) * B;
-    const int chunk_end = trigger < end ? trigger : end;
-    const int items = (chunk_end - t) * D;
-    for (int i = threadIdx.x; i < items; i += blockDim.x) {
-      const int token = t + i / D, c = i % D;
-      const std::size_t src = static_cast<std::size_t>(first_input + token - length) * in_stride +
-                              static_cast<std::size_t>(h) * D + c;
-      view.residual_key(token, h)[c] = to_float(keys[src]);
-      view.residual_value(token, h)[c] = to_float(values[src]);
-    }
+  for (int first = q0 + static_cast<int>(blockIdx.x) * B; first < q1; first += static_cast<int>(gridDim.x) * B) {
+    auto key = [&](int r, int c) -> float {
+      const int t = first + r;
+      if (t >= length) return to_float(keys[static_cast<std::size_t>(first_input + t - length) * in_stride + h * D + c]);
+      return view.residual_key(t, h)[c];
+    };
+    auto value = [&](int r, int c) -> float {
+      const int t = first + r;
+      if (t >= length) return to_float(values[static_cast<std::size_t>(first_input + t - length) * in_stride + h * D + c]);
+      return view.residual_value(t, h)[c];
+    };
+    const int slot0 = first % L::kPageSize;
+    std::uint8_t* block = view.head_block(first, h);
+    fit_block_meta<KQ, D, L::kPageSize>(key, B, slot0, block);
+    fit_block_meta<VQ, D, L::kPageSize>(value, B, slot0, block + L::Keys::kBytes);
     __syncthreads();
-    if (chunk_end == trigger) {
-      const int first = trigger - R - B;  // the block that just completed
-      const int slot0 = first % L::kPageSize;
-      std::uint8_t* block = view.head_block(first, h);
-      fit_block_meta<KQ, D, L::kPageSize>(view.residual_key(first, h), ring_stride, B, slot0, block);
-      fit_block_meta<VQ, D, L::kPageSize>(view.residual_value(first, h), ring_stride, B, slot0, block + L::Keys::kBytes);
-      __syncthreads();
-      encode_block<KQ, D, L::kPageSize>(view.residual_key(first, h), ring_stride, B, slot0, block);
-      encode_block<VQ, D, L::kPageSize>(view.residual_value(first, h), ring_stride, B, slot0, block + L::Keys::kBytes);
-      __syncthreads();
-    }
-    t = chunk_end;
+    encode_block<KQ, D, L::kPageSize>(key, B, slot0, block);
+    encode_block<VQ, D, L::kPageSize>(value, B, slot0, block + L::Keys::kBytes);
+    __syncthreads();
   }
 }
 
-template <class L>
-static __global__ void advance_lengths_kernel(BatchView<L> cache, const std::int32_t* indptr) {
-  const int s = blockIdx.x * blockDim.x + threadIdx.x;
-  if (s >= cache.num_seqs) return;
-  const int n = indptr[s + 1] - indptr[s];
+/// Phase 2, one CTA per sequence: writes the new tokens that the ring keeps (the last
+/// kResidualCapacity tokens; earlier slots are overwritten on the CPU too), then advances the length.
+template <class L, class T>
+static __global__ void __launch_bounds__(kAppendThreads)
+    write_ring_kernel(BatchView<L> cache, const T* keys, const T* values, const std::int32_t* indptr) {
+  constexpr int D = L::kHeadDim;
+  const int s = blockIdx.x;
+  const int first_input = indptr[s];
+  const int n = indptr[s + 1] - first_input;
   const int length = cache.lengths[s];
-  if (append_ok(cache, s, length, n)) cache.lengths[s] = length + n;
+  if (!append_ok(cache, s, length, n)) return;
+  const int end = length + n;
+  const int from = end - L::kResidualCapacity > length ? end - L::kResidualCapacity : length;
+  const SequenceView<L> view = cache.sequence(s, length);
+  const int heads = cache.num_kv_heads;
+  const std::size_t in_stride = static_cast<std::size_t>(heads) * D;
+  const int items = (end - from) * heads * D;
+  for (int i = threadIdx.x; i < items; i += blockDim.x) {
+    const int t = from + i / (heads * D);
+    const int h = i / D % heads;
+    const int c = i % D;
+    const std::size_t src = static_cast<std::size_t>(first_input + t - length) * in_stride + static_cast<std::size_t>(h) * D + c;
+    view.residual_key(t, h)[c] = to_float(keys[src]);
+    view.residual_value(t, h)[c] = to_float(values[src]);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) cache.lengths[s] = end;
 }
 
 }  // namespace detail
@@ -182,22 +201,30 @@ static __global__ void advance_lengths_kernel(BatchView<L> cache, const std::int
 ///   keys, values  device arrays [total_tokens][num_kv_heads][HeadDim] of float, skv::fp16 or skv::bf16
 ///                 (CUDA's __half / __nv_bfloat16 have the same layout: reinterpret_cast them)
 ///   indptr        device array [num_seqs + 1]: sequence s appends tokens indptr[s] .. indptr[s+1]-1
+///   max_tokens_per_seq  the largest indptr[s+1] - indptr[s], or 0 if unknown; it sizes the grid
+///                 (too small costs parallelism, never correctness)
 /// A sequence whose new length would exceed its pages, or whose block table points outside the
 /// pool, is left unchanged (its length does not advance); the DeviceCache overload checks this on
 /// the host and throws instead. Throws skv::Error on invalid arguments or a failed launch.
 template <class L, class T>
 void append(const BatchView<L>& cache, const T* keys, const T* values, const std::int32_t* indptr,
-            cudaStream_t stream = nullptr) {
+            int max_tokens_per_seq = 0, cudaStream_t stream = nullptr) {
   detail::check_batch_view(cache, "gpu::append");
   skv::detail::require(keys != nullptr && values != nullptr && indptr != nullptr,
                        "gpu::append: keys, values and indptr must not be null");
   static_assert(std::is_same<T, float>::value || std::is_same<T, fp16>::value || std::is_same<T, bf16>::value,
                 "skv::gpu::append: token type T must be float, skv::fp16 or skv::bf16");
-  detail::append_kernel<L, T><<<dim3(static_cast<unsigned>(cache.num_seqs), static_cast<unsigned>(cache.num_kv_heads)),
-                                detail::kAppendThreads, 0, stream>>>(cache, keys, values, indptr);
-  check_cuda(cudaGetLastError(), "gpu::append: append kernel launch");
-  detail::advance_lengths_kernel<L><<<(cache.num_seqs + 255) / 256, 256, 0, stream>>>(cache, indptr);
-  check_cuda(cudaGetLastError(), "gpu::append: length update launch");
+  skv::detail::require(max_tokens_per_seq >= 0, "gpu::append: max_tokens_per_seq must not be negative");
+  // Enough CTAs for every block the longest append can complete; any count is correct (grid-stride).
+  const int blocks = max_tokens_per_seq / L::kBlockTokens + 1;
+  const unsigned gx = static_cast<unsigned>(blocks < 4096 ? blocks : 4096);
+  detail::quantize_blocks_kernel<L, T><<<dim3(gx, static_cast<unsigned>(cache.num_seqs),
+                                              static_cast<unsigned>(cache.num_kv_heads)),
+                                         detail::kAppendThreads, 0, stream>>>(cache, keys, values, indptr);
+  check_cuda(cudaGetLastError(), "gpu::append: quantize kernel launch");
+  detail::write_ring_kernel<L, T><<<static_cast<unsigned>(cache.num_seqs), detail::kAppendThreads, 0, stream>>>(
+      cache, keys, values, indptr);
+  check_cuda(cudaGetLastError(), "gpu::append: ring kernel launch");
 }
 
 /// Appends counts[s] tokens to sequence s (keys / values on the device, sequences back to back).
@@ -225,7 +252,9 @@ void append(DeviceCache<L>& cache, const T* keys, const T* values, const std::ve
   check_cuda(cudaMemcpyAsync(d_indptr, indptr.data(), indptr.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice,
                              stream),
              "gpu::append: cudaMemcpyAsync");
-  append(cache.view(), keys, values, d_indptr, stream);
+  int max_count = 0;
+  for (int c : counts) max_count = c > max_count ? c : max_count;
+  append(cache.view(), keys, values, d_indptr, max_count, stream);
   check_cuda(cudaStreamSynchronize(stream), "gpu::append: cudaStreamSynchronize");
   for (std::size_t s = 0; s < counts.size(); ++s) cache.host_lengths()[s] += counts[s];
 }
