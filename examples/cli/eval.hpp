@@ -1,0 +1,148 @@
+// examples/cli/eval.hpp: `skv eval`: every configuration run through a real skv::KVCache on a dump.
+//
+// Per configuration kKvV and per layer of the dump, all tokens are appended to a KVCache<K, V, d>
+// (the runtime pair and head_dim reach the compile-time type through skv::dispatch). Reported:
+//   bits_per_element  KVCache<K, V, d>::bits_per_element() (codes + fp16 scales and zeros)
+//   key_mse, value_mse  per element, over the tokens the cache quantized (the tail stays exact)
+//   attn_rel_err  ||o_hat - o|| / ||o|| summed over layers, query heads and the last `queries`
+//                 query tokens of the dump attending to the whole cache (skv::cpu::decode_attention)
+//                 against exact fp64 attention; without queries in the dump, the key of token t + 1
+//                 serves as the query for token t.
+#pragma once
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <skv/attention/decode.hpp>
+#include <skv/calib/dump.hpp>
+#include <skv/dispatch.hpp>
+
+namespace skv_cli {
+
+/// The pairs `skv eval` can run: keys and values each from {2, 3, 4, 8}.
+using EvalPairs = skv::BitPairList<2, 2, 2, 3, 2, 4, 2, 8, 3, 2, 3, 3, 3, 4, 3, 8, 4, 2, 4, 3, 4, 4, 4, 8, 8, 2, 8, 3, 8, 4, 8, 8>;
+/// head_dim values `skv eval` is compiled for.
+inline const char* kEvalHeadDims = "64, 128";
+
+struct EvalResult {
+  std::string name;
+  int key_bits = 0, value_bits = 0;
+  double bits_per_element = 0, key_mse = 0, value_mse = 0, attn_rel_err = 0;
+};
+
+struct EvalAccum {
+  double key_se = 0, value_se = 0, count = 0, err2 = 0, ref2 = 0;
+};
+
+template <class Cache>
+void eval_layer(const skv::calib::LayerKV& l, int queries, EvalAccum& acc) {
+  constexpr int D = Cache::kHeadDim;
+  const int h = l.kv_heads, t = l.tokens;
+  Cache cache(h, t);
+  cache.append(l.k.data(), l.v.data(), t);
+  const auto view = cache.view();
+  const int tq = cache.quantized_size();
+  for (int s = 0; s < tq; ++s)
+    for (int head = 0; head < h; ++head)
+      for (int c = 0; c < D; ++c) {
+        const std::size_t i = (static_cast<std::size_t>(s) * h + head) * D + c;
+        const double ek = static_cast<double>(view.key(s, head, c)) - l.k[i];
+        const double ev = static_cast<double>(view.value(s, head, c)) - l.v[i];
+        acc.key_se += ek * ek;
+        acc.value_se += ev * ev;
+      }
+  acc.count += static_cast<double>(tq) * h * D;
+
+  const bool have_q = !l.q.empty();
+  const int hq = have_q ? l.q_heads : h;
+  const int group = hq / h;
+  const int nq = std::min(queries, have_q ? t : t - 1);
+  std::vector<float> q(static_cast<std::size_t>(hq) * D), out(q.size());
+  std::vector<double> p(static_cast<std::size_t>(t)), o(D);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(D));
+  for (int n = 0; n < nq; ++n) {
+    const int pos = have_q ? t - 1 - n : t - 2 - n;  // query token; without queries, key pos + 1 is the query
+    for (int qh = 0; qh < hq; ++qh)
+      for (int c = 0; c < D; ++c)
+        q[static_cast<std::size_t>(qh) * D + c] =
+            have_q ? l.q[(static_cast<std::size_t>(pos) * hq + qh) * D + c] : l.k[(static_cast<std::size_t>(pos + 1) * h + qh) * D + c];
+    skv::cpu::decode_attention(cache, q.data(), hq, out.data());
+    for (int qh = 0; qh < hq; ++qh) {
+      const int head = qh / group;
+      const float* qv = &q[static_cast<std::size_t>(qh) * D];
+      double mx = -1e300;
+      for (int s = 0; s < t; ++s) {
+        const float* kv = &l.k[(static_cast<std::size_t>(s) * h + head) * D];
+        double dot = 0;
+        for (int c = 0; c < D; ++c) dot += static_cast<double>(qv[c]) * kv[c];
+        p[static_cast<std::size_t>(s)] = dot * scale;
+        mx = std::max(mx, dot * scale);
+      }
+      double z = 0;
+      for (auto& x : p) z += (x = std::exp(x - mx));
+      for (auto& x : o) x = 0;
+      for (int s = 0; s < t; ++s) {
+        const float* vv = &l.v[(static_cast<std::size_t>(s) * h + head) * D];
+        for (int c = 0; c < D; ++c) o[static_cast<std::size_t>(c)] += p[static_cast<std::size_t>(s)] / z * vv[c];
+      }
+      for (int c = 0; c < D; ++c) {
+        const double e = out[static_cast<std::size_t>(qh) * D + c] - o[static_cast<std::size_t>(c)];
+        acc.err2 += e * e;
+        acc.ref2 += o[static_cast<std::size_t>(c)] * o[static_cast<std::size_t>(c)];
+      }
+    }
+  }
+}
+
+template <class F>
+void with_head_dim(int d, F&& f) {
+  switch (d) {
+    case 64: f(std::integral_constant<int, 64>{}); return;
+    case 128: f(std::integral_constant<int, 128>{}); return;
+    default:
+      throw skv::Error("skv eval is compiled for head_dim " + std::string(kEvalHeadDims) + "; the dump has head_dim " +
+                       std::to_string(d));
+  }
+}
+
+inline std::vector<EvalResult> run_eval(const skv::calib::KVDump& dump, const std::vector<std::string>& configs,
+                                        int queries, const std::function<void(int, int)>& progress) {
+  std::vector<std::pair<int, int>> pairs;
+  for (const auto& c : configs) {
+    pairs.push_back(parse_config(c));
+    if (!EvalPairs::contains(pairs.back().first, pairs.back().second))
+      throw skv::Error("configuration " + c + " is not compiled into skv eval; available: " + EvalPairs::names());
+  }
+  std::vector<EvalResult> results;
+  std::vector<EvalAccum> acc(configs.size());
+  const int total = dump.num_layers() * static_cast<int>(configs.size());
+  int done = 0;
+  with_head_dim(dump.head_dim(), [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    for (int n = 0; n < dump.num_layers(); ++n) {
+      const skv::calib::LayerKV l = dump.layer(n);
+      for (std::size_t i = 0; i < configs.size(); ++i) {
+        skv::dispatch<EvalPairs, D>(pairs[i].first, pairs[i].second,
+                                    [&](auto tag) { eval_layer<typename decltype(tag)::type>(l, queries, acc[i]); });
+        if (progress) progress(++done, total);
+      }
+    }
+    for (std::size_t i = 0; i < configs.size(); ++i) {
+      EvalResult r;
+      r.name = configs[i];
+      r.key_bits = pairs[i].first;
+      r.value_bits = pairs[i].second;
+      r.bits_per_element = skv::dispatch<EvalPairs, D>(r.key_bits, r.value_bits,
+                                                       [](auto tag) { return decltype(tag)::type::bits_per_element(); });
+      r.key_mse = acc[i].count > 0 ? acc[i].key_se / acc[i].count : 0.0;
+      r.value_mse = acc[i].count > 0 ? acc[i].value_se / acc[i].count : 0.0;
+      r.attn_rel_err = acc[i].ref2 > 0 ? std::sqrt(acc[i].err2 / acc[i].ref2) : 0.0;
+      results.push_back(r);
+    }
+  });
+  return results;
+}
+
+}  // namespace skv_cli
