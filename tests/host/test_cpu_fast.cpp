@@ -87,7 +87,7 @@ void check_against_reference(int kv_heads, int group, int length, unsigned seed)
   const float scale = skv::cpu::default_scale<typename Cache::Layout>();
   std::vector<float> ref(static_cast<std::size_t>(nq) * D), out(ref.size());
   skv::cpu::decode_attention_reference(cache.view(), q.data(), nq, ref.data(), scale);
-  const float tol = 2e-5f * (1.0f + max_abs_value(cache.view()));
+  const float tol = skv::cpu::kFastTolerance * (1.0f + max_abs_value(cache.view()));
   for (int threads : {1, 2}) {
     for (int split : {0, 64, 96}) {
       skv::cpu::DecodeOptions opt;

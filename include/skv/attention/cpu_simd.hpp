@@ -255,6 +255,48 @@ inline void unpack_row_f32(const std::uint8_t* SKV_RESTRICT row, int n, float* S
   }
 }
 
+#if defined(SKV_HAS_AVX512)
+/// Unpacks the `n` (a multiple of 8) codes of a packed row to 16-bit integers, in order (AVX-512).
+template <int Bits>
+inline void unpack_row_u16(const std::uint8_t* SKV_RESTRICT row, int n, std::uint16_t* SKV_RESTRICT out) {
+  int i = 0;
+  if (Bits == 8) {
+    for (; i + 32 <= n; i += 32)
+      _mm512_storeu_si512(out + i, _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i))));
+  } else {
+    using T = UnpackTables<Bits>;
+    const __m512i perm = _mm512_loadu_si512(T::kTable.perm);
+    const __m512i shuffle = _mm512_loadu_si512(T::kTable.shuffle);
+    const __m512i shift = _mm512_loadu_si512(T::kTable.shift);
+    const __m512i mask = _mm512_set1_epi16(static_cast<short>(PackTraits<Bits>::kMask));
+    const __mmask64 load_mask = (std::uint64_t{1} << (4 * Bits)) - 1;
+    for (; i + 32 <= n; i += 32) {
+      __m512i x = _mm512_maskz_loadu_epi8(load_mask, row + i * Bits / 8);
+      x = _mm512_permutexvar_epi32(perm, x);
+      x = _mm512_shuffle_epi8(x, shuffle);
+      _mm512_storeu_si512(out + i, _mm512_and_si512(_mm512_srlv_epi16(x, shift), mask));
+    }
+  }
+  for (; i < n; i += 8) {
+    std::uint8_t c[8];
+    unpack8<Bits>(row, i / 8, c);
+    for (int j = 0; j < 8; ++j) out[i + j] = c[j];
+  }
+}
+
+/// [sum a, sum b, sum c, sum d] of four vectors of 16 int32.
+SKV_FORCEINLINE __m128i hsum4_epi32(__m512i a, __m512i b, __m512i c, __m512i d) {
+  const __m256i a2 = _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+  const __m256i b2 = _mm256_add_epi32(_mm512_castsi512_si256(b), _mm512_extracti64x4_epi64(b, 1));
+  const __m256i c2 = _mm256_add_epi32(_mm512_castsi512_si256(c), _mm512_extracti64x4_epi64(c, 1));
+  const __m256i d2 = _mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64(d, 1));
+  const __m256i ab = _mm256_add_epi32(_mm256_unpacklo_epi32(a2, b2), _mm256_unpackhi_epi32(a2, b2));
+  const __m256i cd = _mm256_add_epi32(_mm256_unpacklo_epi32(c2, d2), _mm256_unpackhi_epi32(c2, d2));
+  const __m256i abcd = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+  return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
+}
+#endif
+
 /// Widens `n` fp16 values to float (F16C when available, else the exact integer conversion).
 inline void fp16_row_to_f32(const fp16* SKV_RESTRICT x, int n, float* SKV_RESTRICT out) {
   int i = 0;

@@ -1,0 +1,311 @@
+// skv_bench_cpu: CPU decode attention over quantized caches against fp16 / fp32 baselines in the same
+// binary, the reference path, and block-quantizing append against memcpy of the same input bytes.
+//
+// Shapes: head_dim 128, 8 KV heads, 32 query heads (GQA 4); contexts 4096..131072; batch 1 and 8;
+// 1 thread and every core. Names carry the configuration: decode/<cfg>/ctx:<n>/batch:<b>/threads:<t>.
+// Counters: tokens_per_s (cached tokens attended per second, all sequences) and GB_per_s (bytes of
+// the cache read per second: codes + scales + zeros, or fp16 / fp32 rows).
+#include <skv/attention/baseline.hpp>
+#include <skv/attention/cpu_fast.hpp>
+#include <skv/attention/decode.hpp>
+#include <skv/cache/quantize_block_fast.hpp>
+#include <skv/skv.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(SKV_HAS_OPENMP)
+#include <omp.h>
+#endif
+
+namespace {
+
+constexpr int kHeadDim = 128;
+constexpr int kKvHeads = 8;
+constexpr int kQHeads = 32;
+constexpr int kTemplateTokens = 4096;
+
+int all_cores() {
+#if defined(SKV_HAS_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+std::vector<float> random_floats(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = g(rng);
+  return x;
+}
+
+const std::vector<float>& template_keys() {
+  static const auto k = random_floats(static_cast<std::size_t>(kTemplateTokens) * kKvHeads * kHeadDim, 1);
+  return k;
+}
+const std::vector<float>& template_values() {
+  static const auto v = random_floats(static_cast<std::size_t>(kTemplateTokens) * kKvHeads * kHeadDim, 2);
+  return v;
+}
+const std::vector<float>& queries(int batch) {
+  static const auto q = random_floats(static_cast<std::size_t>(8) * kQHeads * kHeadDim, 3);
+  (void)batch;
+  return q;
+}
+
+/// The data of one benchmark shape; kept between benchmarks of the same shape (thread counts).
+struct Workload {
+  virtual ~Workload() = default;
+  virtual void run(const float* q, float* out, const skv::cpu::DecodeOptions& opt) = 0;
+  virtual double bytes_per_token() const = 0;
+};
+
+template <class Cache>
+struct QuantWorkload : Workload {
+  using L = typename Cache::Layout;
+  std::unique_ptr<std::uint8_t[]> pool;
+  std::vector<std::int32_t> table;
+  std::vector<std::vector<float>> rings;
+  std::vector<skv::SequenceView<L>> views;
+
+  QuantWorkload(int ctx, int batch) {
+    // quantize a template once, then tile its pages over every sequence's pages
+    Cache tmpl(kKvHeads, kTemplateTokens);
+    tmpl.append(template_keys().data(), template_values().data(), kTemplateTokens);
+    const auto tv = tmpl.view();
+    const std::size_t page_bytes = L::page_bytes(kKvHeads);
+    const int pages_per_seq = (ctx + L::kPageSize - 1) / L::kPageSize;
+    const std::size_t pages = static_cast<std::size_t>(pages_per_seq) * batch;
+    pool.reset(new std::uint8_t[pages * page_bytes]);
+    const int tmpl_pages = kTemplateTokens / L::kPageSize;
+    for (std::size_t p = 0; p < pages; ++p)
+      std::memcpy(pool.get() + p * page_bytes, tv.pages + (p % tmpl_pages) * page_bytes, page_bytes);
+    table.resize(pages);
+    for (std::size_t p = 0; p < pages; ++p) table[p] = static_cast<std::int32_t>(p);
+    rings.assign(batch, std::vector<float>(tv.residual, tv.residual + L::residual_floats(kKvHeads)));
+    for (int b = 0; b < batch; ++b) {
+      skv::SequenceView<L> v;
+      v.pages = pool.get();
+      v.block_table = table.data() + static_cast<std::size_t>(b) * pages_per_seq;
+      v.residual = rings[b].data();
+      v.num_pages = static_cast<int>(pages);
+      v.max_pages = pages_per_seq;
+      v.num_kv_heads = kKvHeads;
+      v.length = ctx;
+      views.push_back(v);
+    }
+  }
+  void run(const float* q, float* out, const skv::cpu::DecodeOptions& opt) override {
+    skv::cpu::decode_attention_batch(views.data(), static_cast<int>(views.size()), q, kQHeads, out, 0.0883883f, opt);
+  }
+  double bytes_per_token() const override { return L::bytes_per_token(); }
+};
+
+template <class T>
+struct DenseWorkload : Workload {
+  std::vector<std::vector<T>> keys, values;
+  std::vector<skv::cpu::DenseView<T, kHeadDim>> views;
+
+  DenseWorkload(int ctx, int batch) {
+    const auto& k = template_keys();
+    const auto& v = template_values();
+    keys.resize(batch);
+    values.resize(batch);
+    for (int b = 0; b < batch; ++b) {
+      const std::size_t n = static_cast<std::size_t>(kKvHeads) * ctx * kHeadDim;
+      keys[b].resize(n);
+      values[b].resize(n);
+      for (int h = 0; h < kKvHeads; ++h)
+        for (int t = 0; t < ctx; ++t) {
+          const std::size_t src = (static_cast<std::size_t>(t % kTemplateTokens) * kKvHeads + h) * kHeadDim;
+          const std::size_t dst = (static_cast<std::size_t>(h) * ctx + t) * kHeadDim;
+          for (int c = 0; c < kHeadDim; ++c) {
+            keys[b][dst + c] = skv::from_float<T>(k[src + c]);
+            values[b][dst + c] = skv::from_float<T>(v[src + c]);
+          }
+        }
+      views.push_back(skv::cpu::DenseView<T, kHeadDim>{keys[b].data(), values[b].data(), kKvHeads, ctx, ctx});
+    }
+  }
+  void run(const float* q, float* out, const skv::cpu::DecodeOptions& opt) override {
+    skv::cpu::decode_attention_batch(views.data(), static_cast<int>(views.size()), q, kQHeads, out, 0.0883883f, opt);
+  }
+  double bytes_per_token() const override { return 2.0 * kHeadDim * sizeof(T); }
+};
+
+/// One workload alive at a time (the largest take gigabytes).
+std::unique_ptr<Workload> g_workload;
+std::string g_workload_key;
+
+template <class W>
+Workload& workload(const std::string& key, int ctx, int batch) {
+  if (g_workload_key != key) {
+    g_workload.reset();
+    g_workload.reset(new W(ctx, batch));
+    g_workload_key = key;
+  }
+  return *g_workload;
+}
+
+template <class W>
+void bench_decode(benchmark::State& state, const std::string& cfg, int ctx, int batch, int threads) {
+  Workload& w = workload<W>(cfg + "/" + std::to_string(ctx) + "/" + std::to_string(batch), ctx, batch);
+  std::vector<float> out(static_cast<std::size_t>(batch) * kQHeads * kHeadDim);
+  skv::cpu::DecodeOptions opt;
+  opt.num_threads = threads;
+  for (auto _ : state) {
+    w.run(queries(batch).data(), out.data(), opt);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  const double tokens = static_cast<double>(ctx) * batch;
+  state.counters["tokens_per_s"] = benchmark::Counter(tokens, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GB_per_s"] = benchmark::Counter(tokens * kKvHeads * w.bytes_per_token() / 1e9,
+                                                  benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["ctx"] = ctx;
+  state.counters["batch"] = batch;
+  state.counters["threads"] = threads;
+}
+
+template <class Cache>
+void bench_reference(benchmark::State& state, int ctx) {
+  QuantWorkload<Cache> w(ctx, 1);
+  std::vector<float> out(static_cast<std::size_t>(kQHeads) * kHeadDim);
+  for (auto _ : state) {
+    skv::cpu::decode_attention_reference(w.views[0], queries(1).data(), kQHeads, out.data(), 0.0883883f);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["tokens_per_s"] = benchmark::Counter(ctx, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["ctx"] = ctx;
+}
+
+// ---- append: one completed block (32 tokens x 8 heads) per iteration --------------------------------
+
+constexpr int kBlock = 32;
+constexpr std::size_t kBlockBytes = 2u * kBlock * kKvHeads * kHeadDim * sizeof(float);  // keys + values
+
+template <class Cache>
+void bench_append(benchmark::State& state) {
+  constexpr int kCapacity = 1 << 14;
+  Cache cache(kKvHeads, kCapacity);
+  const float* k = template_keys().data();
+  const float* v = template_values().data();
+  int offset = 0;
+  for (auto _ : state) {
+    if (cache.size() + kBlock > kCapacity) {
+      state.PauseTiming();
+      cache.clear();
+      state.ResumeTiming();
+    }
+    const std::size_t at = static_cast<std::size_t>(offset) * kKvHeads * kHeadDim;
+    cache.append(k + at, v + at, kBlock);
+    offset = (offset + kBlock) % kTemplateTokens;
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kBlockBytes));
+}
+
+/// The block quantizer alone (fast or the scalar quantize_block), reading a filled residual ring.
+template <class Cache, bool kFast>
+void bench_quantize_block(benchmark::State& state) {
+  using L = typename Cache::Layout;
+  Cache cache(kKvHeads, 64);
+  cache.append(template_keys().data(), template_values().data(), kBlock - 1);  // block still in the ring
+  auto view = cache.view();
+  for (auto _ : state) {
+    if (kFast) {
+      skv::quantize_block_fast<L>(view, 0);
+    } else {
+      skv::quantize_block<L>(view, 0);
+    }
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kBlockBytes));
+}
+
+void bench_memcpy(benchmark::State& state) {
+  // the input of one block append: keys and values of 32 tokens, from distinct template rows
+  std::vector<float> dst(kBlockBytes / sizeof(float));
+  const float* k = template_keys().data();
+  const float* v = template_values().data();
+  int offset = 0;
+  const std::size_t half = kBlockBytes / 2;
+  for (auto _ : state) {
+    const std::size_t at = static_cast<std::size_t>(offset) * kKvHeads * kHeadDim;
+    std::memcpy(dst.data(), k + at, half);
+    std::memcpy(dst.data() + half / sizeof(float), v + at, half);
+    benchmark::ClobberMemory();
+    offset = (offset + kBlock) % kTemplateTokens;
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kBlockBytes));
+}
+
+template <class W>
+void register_decode(const std::string& cfg) {
+  for (int ctx : {4096, 8192, 32768, 131072}) {
+    for (int batch : {1, 8}) {
+      std::vector<int> thread_counts{1};
+      if (all_cores() > 1) thread_counts.push_back(all_cores());
+      for (int threads : thread_counts) {
+        const std::string name = "decode/" + cfg + "/ctx:" + std::to_string(ctx) + "/batch:" + std::to_string(batch) +
+                                 "/threads:" + std::to_string(threads);
+        benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bench_decode<W>(s, cfg, ctx, batch, threads); })
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime()
+            ->MinTime(0.2);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_decode<DenseWorkload<skv::fp16>>("fp16");
+  register_decode<DenseWorkload<float>>("fp32");
+  register_decode<QuantWorkload<skv::KVCache<2, 2>>>("k2v2");
+  register_decode<QuantWorkload<skv::KVCache<4, 2>>>("k4v2");
+  register_decode<QuantWorkload<skv::KVCache<4, 4>>>("k4v4");
+  register_decode<QuantWorkload<skv::KVCache<8, 4>>>("k8v4");
+
+  // fast vs reference on the same shape (the reference is slow: a short context)
+  for (int ctx : {1024}) {
+    benchmark::RegisterBenchmark(("reference/k4v2/ctx:" + std::to_string(ctx)).c_str(),
+                                 [=](benchmark::State& s) { bench_reference<skv::KVCache<4, 2>>(s, ctx); })
+        ->Unit(benchmark::kMillisecond)
+        ->MinTime(0.5);
+    benchmark::RegisterBenchmark(("decode/k4v2/ctx:" + std::to_string(ctx) + "/batch:1/threads:1").c_str(),
+                                 [=](benchmark::State& s) {
+                                   bench_decode<QuantWorkload<skv::KVCache<4, 2>>>(s, "k4v2", ctx, 1, 1);
+                                 })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->MinTime(0.2);
+  }
+
+  benchmark::RegisterBenchmark("memcpy/block_input", bench_memcpy)->MinTime(0.2);
+  benchmark::RegisterBenchmark("append/k2v2/block", bench_append<skv::KVCache<2, 2>>)->MinTime(0.2);
+  benchmark::RegisterBenchmark("append/k4v2/block", bench_append<skv::KVCache<4, 2>>)->MinTime(0.2);
+  benchmark::RegisterBenchmark("append/k4v4/block", bench_append<skv::KVCache<4, 4>>)->MinTime(0.2);
+  benchmark::RegisterBenchmark("append/k8v4/block", bench_append<skv::KVCache<8, 4>>)->MinTime(0.2);
+  benchmark::RegisterBenchmark("quantize_block/k4v2/fast", bench_quantize_block<skv::KVCache<4, 2>, true>)->MinTime(0.2);
+  benchmark::RegisterBenchmark("quantize_block/k4v2/scalar", bench_quantize_block<skv::KVCache<4, 2>, false>)->MinTime(0.2);
+
+  benchmark::AddCustomContext("simd", skv::cpu::detail::simd_name());
+  benchmark::AddCustomContext("threads_all", std::to_string(all_cores()));
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  g_workload.reset();
+  return 0;
+}
