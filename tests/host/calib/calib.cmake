@@ -1,0 +1,51 @@
+# Tests of safetensors I/O, norms, calibration, allocation, dispatch and the skv command line.
+# Included from tests/host/CMakeLists.txt; needs nlohmann-json (the CLI end-to-end test also CLI11).
+if(NOT nlohmann_json_FOUND)
+  message(STATUS "skv: nlohmann-json not found; the calibration tests are skipped")
+  return()
+endif()
+
+set(SKV_CALIB_DIR ${CMAKE_CURRENT_LIST_DIR})
+add_executable(skv_calib_tests
+  ${SKV_CALIB_DIR}/test_safetensors.cpp
+  ${SKV_CALIB_DIR}/test_spectral.cpp
+  ${SKV_CALIB_DIR}/test_distortion.cpp
+  ${SKV_CALIB_DIR}/test_allocate.cpp
+  ${SKV_CALIB_DIR}/test_dispatch.cpp)
+target_include_directories(skv_calib_tests PRIVATE ${SKV_CALIB_DIR} ${PROJECT_SOURCE_DIR}/examples)
+target_link_libraries(skv_calib_tests PRIVATE skv::skv nlohmann_json::nlohmann_json GTest::gtest GTest::gtest_main)
+target_compile_options(skv_calib_tests PRIVATE ${SKV_WARNINGS} -Werror)
+gtest_discover_tests(skv_calib_tests TEST_PREFIX calib. PROPERTIES LABELS host DISCOVERY_TIMEOUT 60)
+
+# The command line end to end: generate a dump and a checkpoint, run every subcommand, check the
+# JSON and the exit codes (tests/host/calib/cli_e2e.cmake).
+if(CLI11_FOUND AND SKV_BUILD_EXAMPLES)  # skv_cli is defined later, in examples/cli.cmake
+  add_test(NAME calib.cli_end_to_end
+           COMMAND ${CMAKE_COMMAND} -DSKV=$<TARGET_FILE:skv_cli> -DWORK=${CMAKE_CURRENT_BINARY_DIR}/cli_e2e
+                   -P ${SKV_CALIB_DIR}/cli_e2e.cmake)
+  set_tests_properties(calib.cli_end_to_end PROPERTIES LABELS host)
+endif()
+
+# libFuzzer target for the safetensors header parser: built (not run) when clang++ can link
+# -fsanitize=fuzzer. Run it by hand: build/.../skv_fuzz_safetensors -max_total_time=60
+find_program(SKV_CLANGXX NAMES clang++ clang++-18 clang++-17 clang++-16 clang++-15 clang++-14)
+if(SKV_CLANGXX)
+  set(fuzz_bin ${CMAKE_CURRENT_BINARY_DIR}/skv_fuzz_safetensors)
+  execute_process(COMMAND ${SKV_CLANGXX} -x c++ -std=c++17 -fsanitize=fuzzer,address -o ${CMAKE_CURRENT_BINARY_DIR}/fuzz_probe -
+                  INPUT_FILE ${SKV_CALIB_DIR}/fuzz_probe.cpp RESULT_VARIABLE fuzz_probe_rc OUTPUT_QUIET ERROR_QUIET)
+  if(fuzz_probe_rc EQUAL 0)
+    get_target_property(json_inc nlohmann_json::nlohmann_json INTERFACE_INCLUDE_DIRECTORIES)
+    set(json_flags "")
+    foreach(dir ${json_inc})
+      list(APPEND json_flags -isystem ${dir})
+    endforeach()
+    add_custom_command(OUTPUT ${fuzz_bin}
+                       COMMAND ${SKV_CLANGXX} -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined
+                               -I${PROJECT_SOURCE_DIR}/include ${json_flags} ${SKV_CALIB_DIR}/fuzz_safetensors.cpp -o ${fuzz_bin}
+                       DEPENDS ${SKV_CALIB_DIR}/fuzz_safetensors.cpp ${PROJECT_SOURCE_DIR}/include/skv/io/safetensors.hpp
+                       COMMENT "Building the safetensors header fuzzer with ${SKV_CLANGXX}")
+    add_custom_target(skv_fuzz_safetensors ALL DEPENDS ${fuzz_bin})
+  else()
+    message(STATUS "skv: ${SKV_CLANGXX} cannot link -fsanitize=fuzzer; the safetensors fuzzer is skipped")
+  endif()
+endif()
