@@ -26,8 +26,9 @@ if(CLI11_FOUND AND SKV_BUILD_EXAMPLES)  # skv_cli is defined later, in examples/
   set_tests_properties(calib.cli_end_to_end PROPERTIES LABELS host)
 endif()
 
-# libFuzzer target for the safetensors header parser: built (not run) when clang++ can link
-# -fsanitize=fuzzer. Run it by hand: build/.../skv_fuzz_safetensors -max_total_time=60
+# libFuzzer target for the safetensors header parser, defined when clang++ can link -fsanitize=fuzzer
+# (the project compiler may be g++). Not part of the default build; build and run it by hand:
+#   cmake --build build --target skv_fuzz_safetensors && build/tests/host/skv_fuzz_safetensors -max_total_time=60
 find_program(SKV_CLANGXX NAMES clang++ clang++-18 clang++-17 clang++-16 clang++-15 clang++-14)
 if(SKV_CLANGXX)
   set(fuzz_bin ${CMAKE_CURRENT_BINARY_DIR}/skv_fuzz_safetensors)
@@ -37,14 +38,16 @@ if(SKV_CLANGXX)
     get_target_property(json_inc nlohmann_json::nlohmann_json INTERFACE_INCLUDE_DIRECTORIES)
     set(json_flags "")
     foreach(dir ${json_inc})
-      list(APPEND json_flags -isystem ${dir})
+      if(NOT dir IN_LIST CMAKE_CXX_IMPLICIT_INCLUDE_DIRECTORIES AND NOT dir STREQUAL "/usr/include")
+        list(APPEND json_flags -isystem ${dir})
+      endif()
     endforeach()
     add_custom_command(OUTPUT ${fuzz_bin}
                        COMMAND ${SKV_CLANGXX} -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined
                                -I${PROJECT_SOURCE_DIR}/include ${json_flags} ${SKV_CALIB_DIR}/fuzz_safetensors.cpp -o ${fuzz_bin}
                        DEPENDS ${SKV_CALIB_DIR}/fuzz_safetensors.cpp ${PROJECT_SOURCE_DIR}/include/skv/io/safetensors.hpp
                        COMMENT "Building the safetensors header fuzzer with ${SKV_CLANGXX}")
-    add_custom_target(skv_fuzz_safetensors ALL DEPENDS ${fuzz_bin})
+    add_custom_target(skv_fuzz_safetensors DEPENDS ${fuzz_bin})
   else()
     message(STATUS "skv: ${SKV_CLANGXX} cannot link -fsanitize=fuzzer; the safetensors fuzzer is skipped")
   endif()
