@@ -61,6 +61,17 @@ __device__ SKV_FORCEINLINE std::uint32_t code_of(const std::uint64_t (&w)[Bits])
 __device__ SKV_FORCEINLINE float magic_code(std::uint32_t code) { return __int_as_float(0x4B000000 | code); }
 constexpr float kMagic = 8388608.0f;  // 2^23
 
+/// 2^Bits + code as a float, exactly, with one OR: the code lands on the mantissa bits of weight 1
+/// of the float 2^Bits (code < 2^Bits). The kernels fold the constant offset into a per-group or
+/// per-token term, so an unpacked code costs a shift and a LOP3, no conversion and no subtraction.
+template <int Bits>
+__device__ SKV_FORCEINLINE float offset_code(std::uint32_t code) {
+  return __uint_as_float((static_cast<std::uint32_t>(127 + Bits) << 23) | (code << (23 - Bits)));
+}
+/// The offset offset_code adds: 2^Bits.
+template <int Bits>
+constexpr float kCodeOffset = static_cast<float>(1u << Bits);
+
 /// Loads 8*Bits bytes (64 codes) from an 8-byte aligned address.
 template <int Bits>
 __device__ SKV_FORCEINLINE void load_codes64(const std::uint8_t* p, std::uint64_t (&w)[Bits]) {

@@ -27,6 +27,7 @@
 #error "skv/gpu/decode.cuh needs nvcc: include skv/gpu/*.cuh only from .cu files"
 #endif
 
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cub/warp/warp_reduce.cuh>
@@ -147,6 +148,7 @@ struct DecodeTraits<CacheLayout<KQ, VQ, D, P, R>> {
   static_assert(VQ::kGroupSize >= 8, "skv::gpu::decode_attention needs value groups of at least 8 channels");
   static constexpr int kStageBytes = L::Values::kRowBytes;  // staged bytes per token
   static constexpr int kValueGroups = D / VQ::kGroupSize;
+  static constexpr int kKeyBits = KQ::kBits;
   using Seq = SequenceView<L>;
 };
 
@@ -157,6 +159,7 @@ struct DecodeTraits<Fp16Layout<D, P>> {
   static constexpr bool kQuantized = false;
   static constexpr int kStageBytes = D * 2;
   static constexpr int kValueGroups = 1;
+  static constexpr int kKeyBits = 16;
   struct Seq {};
 };
 
@@ -220,6 +223,14 @@ __device__ SKV_FORCEINLINE std::uint64_t load8_codes_shared(const std::uint8_t* 
 
 /// Lane 0's value (where CUB leaves a warp reduction) to every lane; the __syncwarp lets the
 /// caller reuse the reduction's temporary storage.
+/// Two packed fp16 values to floats with the hardware conversion (the fp16 baseline).
+__device__ SKV_FORCEINLINE float2 half2_to_float2(std::uint32_t bits) {
+  __half2 h;
+  static_assert(sizeof(h) == sizeof(bits), "__half2 is two halves");
+  memcpy(&h, &bits, sizeof bits);
+  return __half22float2(h);
+}
+
 __device__ SKV_FORCEINLINE float warp_broadcast(float v) {
   const float r = __shfl_sync(0xffffffffu, v, 0);
   __syncwarp();
@@ -238,6 +249,8 @@ static __global__ void __launch_bounds__(kDecodeThreads)
   constexpr int kCpr = D / 8;                      // threads per value row (8 channels each)
   constexpr int kLanes = kDecodeThreads / kCpr;    // token lanes
   constexpr float kNegInf = -HUGE_VALF;
+  constexpr int kKeyChunks = D / 64;
+  constexpr bool kKeyPrefetch = Tr::kQuantized && kKeyChunks * Tr::kKeyBits <= 16;
 
   extern __shared__ __align__(16) unsigned char smem[];
   float* s_q = reinterpret_cast<float*>(smem + Sm::kQ);
@@ -278,6 +291,9 @@ static __global__ void __launch_bounds__(kDecodeThreads)
   for (int h = 0; h < G; ++h)
 #pragma unroll
     for (int e = 0; e < 8; ++e) acc[h][e] = 0.0f;
+  float zacc[G];  // folded zero points (quantized values): acc[h][e] - zacc[h] is the output
+#pragma unroll
+  for (int h = 0; h < G; ++h) zacc[h] = 0.0f;
 
   [[maybe_unused]] int qlen = length;
   [[maybe_unused]] typename Tr::Seq seq{};
@@ -305,6 +321,16 @@ static __global__ void __launch_bounds__(kDecodeThreads)
           const std::uint8_t* kb = seq.head_block(g0, kvh);
           const std::uint8_t* vb = kb + KL::kBytes;
           const int slot0 = g0 % P;
+          // this thread's key row: issue its loads before the group's metadata work
+          constexpr int KB = KQ::kBits;
+          const std::uint8_t* key_row = kb + static_cast<std::size_t>(slot0 + lane) * KL::kRowBytes;
+          std::uint64_t wp[kKeyPrefetch ? kKeyChunks : 1][KB];
+          if constexpr (kKeyPrefetch) {
+            if (t < end) {
+#pragma unroll
+              for (int ci = 0; ci < kKeyChunks; ++ci) load_words<KB>(key_row + ci * 8 * KB, wp[ci]);
+            }
+          }
           const auto* ks = reinterpret_cast<const typename KQ::Scale*>(kb + KL::kScaleOffset);
           const auto* kz = reinterpret_cast<const typename KQ::Scale*>(kb + KL::kZeroOffset);
           float* qs = s_qs + static_cast<std::size_t>(warp) * G * D;
@@ -318,7 +344,7 @@ static __global__ void __launch_bounds__(kDecodeThreads)
             for (int h = 0; h < G; ++h) {
               const float v = s_q[h * D + c] * p.scale;
               qs[h * D + c] = v;
-              bias[h] = fmaf(v, p.zero, bias[h]);
+              bias[h] = fmaf(v, p.zero + kCodeOffset<KQ::kBits>, bias[h]);
             }
           }
 #pragma unroll
@@ -331,7 +357,7 @@ static __global__ void __launch_bounds__(kDecodeThreads)
             const int m = VL::meta_index(slot0 + tt, j * VQ::kGroupSize);
             const typename VQ::Params p = VQ::params(vsc[m], VQ::kHasZero ? vzr[m] : typename VQ::Scale{});
             s_vs[(warp * 32 + tt) * NJ + j] = p.scale;
-            s_zc[(warp * 32 + tt) * NJ + j] = kMagic + p.zero;
+            s_zc[(warp * 32 + tt) * NJ + j] = p.zero + kCodeOffset<VQ::kBits>;
           }
           {
             const auto* src = reinterpret_cast<const uint4*>(vb + static_cast<std::size_t>(slot0) * VL::kRowBytes);
@@ -340,21 +366,20 @@ static __global__ void __launch_bounds__(kDecodeThreads)
           }
           __syncwarp();
           if (t < end) {
-            constexpr int KB = KQ::kBits;
-            const std::uint8_t* row = kb + static_cast<std::size_t>(slot0 + lane) * KL::kRowBytes;
             float dot[G];
 #pragma unroll
             for (int h = 0; h < G; ++h) dot[h] = 0.0f;
 #pragma unroll
-            for (int ci = 0; ci < D / 64; ++ci) {
-              std::uint64_t w[KB];
-              load_words<KB>(row + ci * 8 * KB, w);
+            for (int ci = 0; ci < kKeyChunks; ++ci) {
+              std::uint64_t wl[KB];
+              if constexpr (!kKeyPrefetch) load_words<KB>(key_row + ci * 8 * KB, wl);
+              const std::uint64_t(&w)[KB] = kKeyPrefetch ? wp[kKeyPrefetch ? ci : 0] : wl;
               static_for<16>([&](auto quad) {
                 constexpr int i0 = decltype(quad)::value * 4;
-                const float x0 = magic_code(code_of<KB, i0 + 0>(w)) - kMagic;
-                const float x1 = magic_code(code_of<KB, i0 + 1>(w)) - kMagic;
-                const float x2 = magic_code(code_of<KB, i0 + 2>(w)) - kMagic;
-                const float x3 = magic_code(code_of<KB, i0 + 3>(w)) - kMagic;
+                const float x0 = offset_code<KB>(code_of<KB, i0 + 0>(w));
+                const float x1 = offset_code<KB>(code_of<KB, i0 + 1>(w));
+                const float x2 = offset_code<KB>(code_of<KB, i0 + 2>(w));
+                const float x3 = offset_code<KB>(code_of<KB, i0 + 3>(w));
 #pragma unroll
                 for (int h = 0; h < G; ++h) {
                   const float4 qq = *reinterpret_cast<const float4*>(qs + h * D + ci * 64 + i0);
@@ -408,8 +433,9 @@ static __global__ void __launch_bounds__(kDecodeThreads)
             float k[8];
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-              k[2 * i] = to_float(fp16{static_cast<std::uint16_t>(words[i] & 0xffffu)});
-              k[2 * i + 1] = to_float(fp16{static_cast<std::uint16_t>(words[i] >> 16)});
+              const float2 f = half2_to_float2(words[i]);
+              k[2 * i] = f.x;
+              k[2 * i + 1] = f.y;
             }
 #pragma unroll
             for (int h = 0; h < G; ++h) {
@@ -464,6 +490,7 @@ static __global__ void __launch_bounds__(kDecodeThreads)
       const float al = s_alpha[h];
 #pragma unroll
       for (int e = 0; e < 8; ++e) acc[h][e] *= al;
+      zacc[h] *= al;
     }
     for (int tl = tl0; tl < kTile; tl += kLanes) {
       const int tg = tile + tl;
@@ -477,11 +504,14 @@ static __global__ void __launch_bounds__(kDecodeThreads)
           const float zc = s_zc[tl * NJ + j];
           float pf[G];
 #pragma unroll
-          for (int h = 0; h < G; ++h) pf[h] = s_logit[h * kTile + tl] * vs;
+          for (int h = 0; h < G; ++h) {
+            pf[h] = s_logit[h * kTile + tl] * vs;
+            zacc[h] = fmaf(pf[h], zc, zacc[h]);  // sum_t p s (z + 2^VB), subtracted from every channel at the end
+          }
           const std::uint64_t w = load8_codes_shared<VB>(s_codes + static_cast<std::size_t>(tl) * Tr::kStageBytes + (k8 / 8) * VB);
 #pragma unroll
           for (int e = 0; e < 8; ++e) {
-            const float x = magic_code(static_cast<std::uint32_t>(w >> (e * VB)) & PackTraits<VB>::kMask) - zc;
+            const float x = offset_code<VB>(static_cast<std::uint32_t>(w >> (e * VB)) & PackTraits<VB>::kMask);
 #pragma unroll
             for (int h = 0; h < G; ++h) acc[h][e] = fmaf(pf[h], x, acc[h][e]);
           }
@@ -502,8 +532,9 @@ static __global__ void __launch_bounds__(kDecodeThreads)
         float x[8];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          x[2 * i] = to_float(fp16{static_cast<std::uint16_t>(words[i] & 0xffffu)});
-          x[2 * i + 1] = to_float(fp16{static_cast<std::uint16_t>(words[i] >> 16)});
+          const float2 f = half2_to_float2(words[i]);
+          x[2 * i] = f.x;
+          x[2 * i + 1] = f.y;
         }
 #pragma unroll
         for (int h = 0; h < G; ++h) {
@@ -533,7 +564,7 @@ static __global__ void __launch_bounds__(kDecodeThreads)
 #pragma unroll
   for (int h = 0; h < G; ++h)
 #pragma unroll
-    for (int e = 0; e < 8; ++e) s_red[(tl0 * G + h) * D + k8 + e] = acc[h][e];
+    for (int e = 0; e < 8; ++e) s_red[(tl0 * G + h) * D + k8 + e] = acc[h][e] - zacc[h];
   __syncthreads();
   for (int i = tid; i < G * D; i += kDecodeThreads) {
     const int h = i / D, c = i % D;
