@@ -24,7 +24,7 @@ namespace skv_cli {
 /// The pairs `skv eval` can run: keys and values each from {2, 3, 4, 8}.
 using EvalPairs = skv::BitPairList<2, 2, 2, 3, 2, 4, 2, 8, 3, 2, 3, 3, 3, 4, 3, 8, 4, 2, 4, 3, 4, 4, 4, 8, 8, 2, 8, 3, 8, 4, 8, 8>;
 /// head_dim values `skv eval` is compiled for.
-inline const char* kEvalHeadDims = "64, 128";
+inline const char* kEvalHeadDims = "64, 96, 128, 256";
 
 struct EvalResult {
   std::string name;
@@ -100,7 +100,9 @@ template <class F>
 void with_head_dim(int d, F&& f) {
   switch (d) {
     case 64: f(std::integral_constant<int, 64>{}); return;
+    case 96: f(std::integral_constant<int, 96>{}); return;
     case 128: f(std::integral_constant<int, 128>{}); return;
+    case 256: f(std::integral_constant<int, 256>{}); return;
     default:
       throw skv::Error("skv eval is compiled for head_dim " + std::string(kEvalHeadDims) + "; the dump has head_dim " +
                        std::to_string(d));
