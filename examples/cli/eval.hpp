@@ -8,11 +8,14 @@
 //                 query tokens of the dump attending to the whole cache (skv::cpu::decode_attention)
 //                 against exact fp64 attention; without queries in the dump, the key of token t + 1
 //                 serves as the query for token t.
+// A plan (`--plan plan.json` from `skv plan --json`) is one more configuration with a pair per layer
+// (for per-head plans, each layer's widest pair: what a per-layer KVCache type would hold).
 #pragma once
 
 #include <cmath>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <skv/attention/decode.hpp>
@@ -28,7 +31,7 @@ inline const char* kEvalHeadDims = "64, 96, 128, 256";
 
 struct EvalResult {
   std::string name;
-  int key_bits = 0, value_bits = 0;
+  double key_bits = 0, value_bits = 0;  ///< the mean over layers for a plan
   double bits_per_element = 0, key_mse = 0, value_mse = 0, attn_rel_err = 0;
 };
 
@@ -109,16 +112,29 @@ void with_head_dim(int d, F&& f) {
   }
 }
 
-inline std::vector<EvalResult> run_eval(const skv::calib::KVDump& dump, const std::vector<std::string>& configs,
+/// One configuration to evaluate: a single (key, value) pair for every layer, or one pair per layer
+/// of the dump (a plan).
+struct EvalConfig {
+  std::string name;
+  std::vector<std::pair<int, int>> pairs;  ///< size 1, or one per dump layer
+};
+
+inline EvalConfig uniform_config(const std::string& name) { return EvalConfig{name, {parse_config(name)}}; }
+
+inline std::vector<EvalResult> run_eval(const skv::calib::KVDump& dump, const std::vector<EvalConfig>& configs,
                                         int queries, const std::function<void(int, int)>& progress) {
-  std::vector<std::pair<int, int>> pairs;
   for (const auto& c : configs) {
-    pairs.push_back(parse_config(c));
-    if (!EvalPairs::contains(pairs.back().first, pairs.back().second))
-      throw skv::Error("configuration " + c + " is not compiled into skv eval; available: " + EvalPairs::names());
+    if (c.pairs.size() != 1 && c.pairs.size() != static_cast<std::size_t>(dump.num_layers()))
+      throw skv::Error("configuration " + c.name + " has " + std::to_string(c.pairs.size()) + " layers; the dump has " +
+                       std::to_string(dump.num_layers()));
+    for (const auto& kv : c.pairs)
+      if (!EvalPairs::contains(kv.first, kv.second))
+        throw skv::Error("configuration " + c.name + " needs k" + std::to_string(kv.first) + "v" + std::to_string(kv.second) +
+                         ", which is not compiled into skv eval; available: " + EvalPairs::names());
   }
   std::vector<EvalResult> results;
   std::vector<EvalAccum> acc(configs.size());
+  std::vector<double> bits(configs.size(), 0.0), kbits(configs.size(), 0.0), vbits(configs.size(), 0.0);
   const int total = dump.num_layers() * static_cast<int>(configs.size());
   int done = 0;
   with_head_dim(dump.head_dim(), [&](auto d) {
@@ -126,24 +142,29 @@ inline std::vector<EvalResult> run_eval(const skv::calib::KVDump& dump, const st
     for (int n = 0; n < dump.num_layers(); ++n) {
       const skv::calib::LayerKV l = dump.layer(n);
       for (std::size_t i = 0; i < configs.size(); ++i) {
-        skv::dispatch<EvalPairs, D>(pairs[i].first, pairs[i].second,
-                                    [&](auto tag) { eval_layer<typename decltype(tag)::type>(l, queries, acc[i]); });
+        const auto kv = configs[i].pairs.size() == 1 ? configs[i].pairs[0] : configs[i].pairs[static_cast<std::size_t>(n)];
+        bits[i] += skv::dispatch<EvalPairs, D>(kv.first, kv.second, [&](auto tag) {
+          using Cache = typename decltype(tag)::type;
+          eval_layer<Cache>(l, queries, acc[i]);
+          return Cache::bits_per_element();
+        });
+        kbits[i] += kv.first;
+        vbits[i] += kv.second;
         if (progress) progress(++done, total);
       }
     }
-    for (std::size_t i = 0; i < configs.size(); ++i) {
-      EvalResult r;
-      r.name = configs[i];
-      r.key_bits = pairs[i].first;
-      r.value_bits = pairs[i].second;
-      r.bits_per_element = skv::dispatch<EvalPairs, D>(r.key_bits, r.value_bits,
-                                                       [](auto tag) { return decltype(tag)::type::bits_per_element(); });
-      r.key_mse = acc[i].count > 0 ? acc[i].key_se / acc[i].count : 0.0;
-      r.value_mse = acc[i].count > 0 ? acc[i].value_se / acc[i].count : 0.0;
-      r.attn_rel_err = acc[i].ref2 > 0 ? std::sqrt(acc[i].err2 / acc[i].ref2) : 0.0;
-      results.push_back(r);
-    }
   });
+  for (std::size_t i = 0; i < configs.size(); ++i) {
+    EvalResult r;
+    r.name = configs[i].name;
+    r.key_bits = kbits[i] / dump.num_layers();
+    r.value_bits = vbits[i] / dump.num_layers();
+    r.bits_per_element = bits[i] / dump.num_layers();
+    r.key_mse = acc[i].count > 0 ? acc[i].key_se / acc[i].count : 0.0;
+    r.value_mse = acc[i].count > 0 ? acc[i].value_se / acc[i].count : 0.0;
+    r.attn_rel_err = acc[i].ref2 > 0 ? std::sqrt(acc[i].err2 / acc[i].ref2) : 0.0;
+    results.push_back(r);
+  }
   return results;
 }
 

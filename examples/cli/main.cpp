@@ -129,19 +129,45 @@ int cmd_inspect(const std::string& path, bool as_json) {
   return 0;
 }
 
-int cmd_eval(const std::string& path, const std::string& configs, int queries, bool as_json) {
+/// Integral bit widths as JSON integers; a plan's mean widths as numbers.
+json bits_json(double b) { return b == static_cast<double>(static_cast<int>(b)) ? json(static_cast<int>(b)) : json(b); }
+
+/// A plan JSON (skv plan --json) as one evaluation configuration.
+skv_cli::EvalConfig plan_config(const std::string& file, const skv::calib::KVDump& dump) {
+  const nlohmann::json j = skv::io::detail::read_json_file(file);
+  skv_cli::EvalConfig c{"plan", {}};
+  try {
+    const auto& layers = j.at("layers");
+    if (!layers.is_array() || layers.size() != static_cast<std::size_t>(dump.num_layers()))
+      throw skv::Error(file + ": the plan has " + std::to_string(layers.is_array() ? layers.size() : 0) +
+                       " layers; the dump has " + std::to_string(dump.num_layers()));
+    for (std::size_t n = 0; n < layers.size(); ++n) {
+      if (layers[n].at("layer").get<int>() != dump.layer_ids()[n])
+        throw skv::Error(file + ": plan entry " + std::to_string(n) + " is layer " + std::to_string(layers[n].at("layer").get<int>()) +
+                         ", the dump's is " + std::to_string(dump.layer_ids()[n]));
+      c.pairs.emplace_back(layers[n].at("key_bits").get<int>(), layers[n].at("value_bits").get<int>());
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw skv::Error(file + ": not a plan (" + e.what() + ")");
+  }
+  return c;
+}
+
+int cmd_eval(const std::string& path, const std::string& configs, const std::string& plan_file, int queries, bool as_json) {
   const skv::calib::KVDump dump(path);
-  const std::vector<std::string> names = skv_cli::split(configs, ',');
+  std::vector<skv_cli::EvalConfig> list;
+  for (const auto& name : skv_cli::split(configs, ',')) list.push_back(skv_cli::uniform_config(name));
+  if (!plan_file.empty()) list.push_back(plan_config(plan_file, dump));
   std::vector<skv_cli::EvalResult> res;
   {
     skv_cli::Progress bar("eval");
-    res = skv_cli::run_eval(dump, names, queries, [&](int d, int t) { bar(d, t); });
+    res = skv_cli::run_eval(dump, list, queries, [&](int d, int t) { bar(d, t); });
   }
   if (as_json) {
     json j;
     j["configs"] = json::array();
     for (const auto& r : res)
-      j["configs"].push_back({{"name", r.name}, {"key_bits", r.key_bits}, {"value_bits", r.value_bits},
+      j["configs"].push_back({{"name", r.name}, {"key_bits", bits_json(r.key_bits)}, {"value_bits", bits_json(r.value_bits)},
                               {"bits_per_element", r.bits_per_element}, {"key_mse", r.key_mse},
                               {"value_mse", r.value_mse}, {"attn_rel_err", r.attn_rel_err}});
     std::cout << j.dump(2) << "\n";
@@ -241,7 +267,7 @@ int main(int argc, char** argv) {
   inspect->add_flag("--json", in_json, "JSON output");
 
   // eval
-  std::string ev_path, ev_configs = "k8v8,k4v4,k4v2,k2v4,k3v3,k2v2";
+  std::string ev_path, ev_configs = "k8v8,k4v4,k4v2,k2v4,k3v3,k2v2", ev_plan;
   int ev_queries = 8;
   bool ev_json = false;
   auto* eval = app.add_subcommand("eval", "quantize a K/V dump with each configuration and report its error");
@@ -249,6 +275,7 @@ int main(int argc, char** argv) {
   eval->add_option("--configs", ev_configs, "comma-separated kKvV configurations")->capture_default_str();
   eval->add_option("--queries", ev_queries, "query tokens per layer for the attention error")->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
+  eval->add_option("--plan", ev_plan, "also evaluate a per-layer plan (the JSON of skv plan --json)");
   eval->add_flag("--json", ev_json, "JSON output");
 
   // plan
@@ -305,7 +332,7 @@ int main(int argc, char** argv) {
   try {
     if (spectral->parsed()) return cmd_spectral(sp_path, sp_heads, sp_json, sp_geo, sp_tol);
     if (inspect->parsed()) return cmd_inspect(in_path, in_json);
-    if (eval->parsed()) return cmd_eval(ev_path, ev_configs, ev_queries, ev_json);
+    if (eval->parsed()) return cmd_eval(ev_path, ev_configs, ev_plan, ev_queries, ev_json);
     if (plan->parsed()) {
       if (pa.weights.empty() == pa.kv.empty()) throw skv::Error("plan needs exactly one of --weights PATH or --kv DUMP");
       return cmd_plan(pa);
