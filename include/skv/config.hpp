@@ -41,6 +41,12 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define SKV_HAS_AVX512 1
 #endif
+#if defined(__AVX512VNNI__) && defined(SKV_HAS_AVX512)
+#define SKV_HAS_AVX512VNNI 1
+#endif
+#if defined(__AVX512VBMI__) && defined(SKV_HAS_AVX512)
+#define SKV_HAS_AVX512VBMI 1
+#endif
 #if defined(__AVX2__) && defined(__FMA__)
 #define SKV_HAS_AVX2 1
 #endif

@@ -6,11 +6,15 @@
 #include <skv/numeric/half.hpp>
 #include <skv/numeric/pack.hpp>
 #include <skv/quant/quantizer.hpp>
+#include <skv/quant/rotation.hpp>
 #include <skv/cache/layout.hpp>
 #include <skv/cache/view.hpp>
 #include <skv/cache/quantize_block.hpp>
+#include <skv/cache/quantize_block_fast.hpp>
 #include <skv/cache/append.hpp>
 #include <skv/cache/kv_cache.hpp>
 #include <skv/attention/softmax.hpp>
 #include <skv/attention/reference.hpp>
+#include <skv/attention/cpu_fast.hpp>
+#include <skv/attention/baseline.hpp>
 #include <skv/attention/decode.hpp>
