@@ -61,6 +61,34 @@ __device__ SKV_FORCEINLINE std::uint32_t code_of(const std::uint64_t (&w)[Bits])
 __device__ SKV_FORCEINLINE float magic_code(std::uint32_t code) { return __int_as_float(0x4B000000 | code); }
 constexpr float kMagic = 8388608.0f;  // 2^23
 
+/// Code i of the block placed at bit Pos of a 32-bit word (all other bits zero): one funnel shift
+/// and one mask, which the caller's OR merges into a single LOP3.
+template <int Bits, int I, int Pos>
+__device__ SKV_FORCEINLINE std::uint32_t code_at(const std::uint64_t (&w)[Bits]) {
+  constexpr int kBit = I * Bits;
+  constexpr int kWord = kBit / 64;
+  constexpr int kShift = kBit % 64;
+  constexpr std::uint32_t kMask = PackTraits<Bits>::kMask << Pos;
+  std::uint64_t v;
+  if constexpr (kShift + Bits <= 64) {
+    v = w[kWord];
+  } else {
+    v = (w[kWord] >> kShift) | (w[kWord + 1] << (64 - kShift));
+  }
+  constexpr int kS = kShift + Bits <= 64 ? kShift : 0;
+  if constexpr (kS >= Pos) {
+    return static_cast<std::uint32_t>(v >> (kS - Pos)) & kMask;
+  } else {
+    return static_cast<std::uint32_t>(v << (Pos - kS)) & kMask;
+  }
+}
+
+/// 2^Bits + code i of the block as a float, exactly (see offset_code), straight from the words.
+template <int Bits, int I>
+__device__ SKV_FORCEINLINE float offset_code_of(const std::uint64_t (&w)[Bits]) {
+  return __uint_as_float((static_cast<std::uint32_t>(127 + Bits) << 23) | code_at<Bits, I, 23 - Bits>(w));
+}
+
 /// 2^Bits + code as a float, exactly, with one OR: the code lands on the mantissa bits of weight 1
 /// of the float 2^Bits (code < 2^Bits). The kernels fold the constant offset into a per-group or
 /// per-token term, so an unpacked code costs a shift and a LOP3, no conversion and no subtraction.

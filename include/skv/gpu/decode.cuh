@@ -250,7 +250,9 @@ static __global__ void __launch_bounds__(kDecodeThreads)
   constexpr int kLanes = kDecodeThreads / kCpr;    // token lanes
   constexpr float kNegInf = -HUGE_VALF;
   constexpr int kKeyChunks = D / 64;
-  constexpr bool kKeyPrefetch = Tr::kQuantized && kKeyChunks * Tr::kKeyBits <= 16;
+  // Loading a thread's whole key row before the metadata work cost more in occupancy (registers)
+  // than it gained in latency on an H100; kept as a compile-time switch for other devices.
+  constexpr bool kKeyPrefetch = false;
 
   extern __shared__ __align__(16) unsigned char smem[];
   float* s_q = reinterpret_cast<float*>(smem + Sm::kQ);
@@ -376,10 +378,10 @@ static __global__ void __launch_bounds__(kDecodeThreads)
               const std::uint64_t(&w)[KB] = kKeyPrefetch ? wp[kKeyPrefetch ? ci : 0] : wl;
               static_for<16>([&](auto quad) {
                 constexpr int i0 = decltype(quad)::value * 4;
-                const float x0 = offset_code<KB>(code_of<KB, i0 + 0>(w));
-                const float x1 = offset_code<KB>(code_of<KB, i0 + 1>(w));
-                const float x2 = offset_code<KB>(code_of<KB, i0 + 2>(w));
-                const float x3 = offset_code<KB>(code_of<KB, i0 + 3>(w));
+                const float x0 = offset_code_of<KB, i0 + 0>(w);
+                const float x1 = offset_code_of<KB, i0 + 1>(w);
+                const float x2 = offset_code_of<KB, i0 + 2>(w);
+                const float x3 = offset_code_of<KB, i0 + 3>(w);
 #pragma unroll
                 for (int h = 0; h < G; ++h) {
                   const float4 qq = *reinterpret_cast<const float4*>(qs + h * D + ci * 64 + i0);
@@ -511,7 +513,10 @@ static __global__ void __launch_bounds__(kDecodeThreads)
           const std::uint64_t w = load8_codes_shared<VB>(s_codes + static_cast<std::size_t>(tl) * Tr::kStageBytes + (k8 / 8) * VB);
 #pragma unroll
           for (int e = 0; e < 8; ++e) {
-            const float x = offset_code<VB>(static_cast<std::uint32_t>(w >> (e * VB)) & PackTraits<VB>::kMask);
+            const float x = __uint_as_float((static_cast<std::uint32_t>(127 + VB) << 23) |
+                                            (static_cast<std::uint32_t>(e * VB >= 23 - VB ? w >> (e * VB - (23 - VB))
+                                                                                         : w << ((23 - VB) - e * VB)) &
+                                             (PackTraits<VB>::kMask << (23 - VB))));
 #pragma unroll
             for (int h = 0; h < G; ++h) acc[h][e] = fmaf(pf[h], x, acc[h][e]);
           }
@@ -605,15 +610,18 @@ static __global__ void __launch_bounds__(D) merge_kernel(DecodeArgs a) {
   a.out[qh * D + c] = total.empty() ? 0.0f : acc / total.sum;
 }
 
-/// Chooses the split count: enough CTAs to fill the device about twice, no split under 256 tokens.
-inline DecodePlan plan_splits(int num_seqs, int num_kv_heads, int max_length, int num_sms) {
+/// Chooses the split count: about four waves of resident CTAs (fewer idle SMs in the last wave),
+/// at least two tiles per split; `force_splits` > 0 overrides it.
+inline DecodePlan plan_splits(int num_seqs, int num_kv_heads, int max_length, int resident_ctas, int force_splits) {
   DecodePlan plan;
   const int tiles = max_length > 0 ? ceil_div(max_length, kTile) : 1;
-  const int base = num_seqs * num_kv_heads;
-  const int target = 2 * num_sms * 4;  // about four resident CTAs per SM, two waves
-  int splits = ceil_div(target, base);
-  const int max_splits = ceil_div(tiles, 2);  // at least two tiles per split
-  if (splits > max_splits) splits = max_splits;
+  int splits = force_splits;
+  if (splits <= 0) {
+    const int base = num_seqs * num_kv_heads;
+    splits = ceil_div(4 * resident_ctas, base);
+    const int max_splits = ceil_div(tiles, 2);
+    if (splits > max_splits) splits = max_splits;
+  }
   if (splits < 1) splits = 1;
   const int chunk_tiles = ceil_div(tiles, splits);
   plan.chunk_tokens = chunk_tiles * kTile;
@@ -622,24 +630,41 @@ inline DecodePlan plan_splits(int num_seqs, int num_kv_heads, int max_length, in
 }
 
 template <class Layout, int G, class View>
-void launch_decode(const View& cache, const DecodeArgs& a, cudaStream_t stream) {
+DecodePlan launch_decode(const View& cache, DecodeArgs a, int max_length, int force_splits, DecodeWorkspace& workspace,
+                         cudaStream_t stream) {
   using Sm = DecodeSmem<Layout, G>;
+  constexpr int D = Layout::kHeadDim;
   auto kernel = &decode_kernel<Layout, G>;
-  static bool attribute_set = false;  // per instantiation; the limit is the same on every device we target
-  if (!attribute_set) {
+  static int resident_per_sm = 0;  // per instantiation (one device model per process assumed)
+  if (resident_per_sm == 0) {
     check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Sm::kBytes)),
                "gpu::decode_attention: cudaFuncSetAttribute");
-    attribute_set = true;
+    check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident_per_sm, kernel, kDecodeThreads, Sm::kBytes),
+               "gpu::decode_attention: occupancy query");
+    if (resident_per_sm < 1) resident_per_sm = 1;
+  }
+  int device = 0, sms = 0;
+  check_cuda(cudaGetDevice(&device), "gpu::decode_attention: cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
+             "gpu::decode_attention: cudaDeviceGetAttribute");
+  const DecodePlan plan = plan_splits(cache.num_seqs, cache.num_kv_heads, max_length, resident_per_sm * sms, force_splits);
+  a.num_splits = plan.num_splits;
+  a.chunk = plan.chunk_tokens;
+  if (plan.num_splits > 1) {
+    const std::size_t rows = static_cast<std::size_t>(cache.num_seqs) * a.num_q_heads * plan.num_splits;
+    float* ws = workspace.reserve(rows * (D + 2));
+    a.ws_acc = ws;
+    a.ws_stats = ws + rows * D;
   }
   const dim3 grid(static_cast<unsigned>(a.num_splits), static_cast<unsigned>(cache.num_kv_heads),
                   static_cast<unsigned>(cache.num_seqs));
   kernel<<<grid, kDecodeThreads, Sm::kBytes, stream>>>(cache, a);
   check_cuda(cudaGetLastError(), "gpu::decode_attention: kernel launch");
   if (a.num_splits > 1) {
-    merge_kernel<Layout::kHeadDim><<<dim3(static_cast<unsigned>(a.num_q_heads), static_cast<unsigned>(cache.num_seqs)),
-                                     Layout::kHeadDim, 0, stream>>>(a);
+    merge_kernel<D><<<dim3(static_cast<unsigned>(a.num_q_heads), static_cast<unsigned>(cache.num_seqs)), D, 0, stream>>>(a);
     check_cuda(cudaGetLastError(), "gpu::decode_attention: merge kernel launch");
   }
+  return plan;
 }
 
 template <class Layout, class View>
@@ -647,7 +672,6 @@ DecodePlan decode_impl(const View& cache, const float* q, float* out, int num_q_
                        const std::int32_t* host_lengths, DecodeWorkspace& workspace, cudaStream_t stream,
                        int force_splits) {
   using skv::detail::require;
-  constexpr int D = Layout::kHeadDim;
   require(cache.num_seqs > 0, "gpu::decode_attention: the batch needs at least one sequence");
   require(cache.num_kv_heads > 0, "gpu::decode_attention: the cache needs at least one KV head (num_kv_heads = " +
                                       std::to_string(cache.num_kv_heads) + ")");
@@ -672,37 +696,17 @@ DecodePlan decode_impl(const View& cache, const float* q, float* out, int num_q_
                 " tokens)");
     if (host_lengths[s] > max_length) max_length = host_lengths[s];
   }
-  int device = 0, sms = 0;
-  check_cuda(cudaGetDevice(&device), "gpu::decode_attention: cudaGetDevice");
-  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-             "gpu::decode_attention: cudaDeviceGetAttribute");
-  DecodePlan plan = plan_splits(cache.num_seqs, cache.num_kv_heads, max_length, sms);
-  if (force_splits > 0) {
-    const int tiles = max_length > 0 ? ceil_div(max_length, kTile) : 1;
-    const int chunk_tiles = ceil_div(tiles, force_splits);
-    plan.chunk_tokens = chunk_tiles * kTile;
-    plan.num_splits = ceil_div(tiles, chunk_tiles);
-  }
   DecodeArgs a{};
   a.q = q;
   a.out = out;
   a.num_q_heads = num_q_heads;
-  a.num_splits = plan.num_splits;
-  a.chunk = plan.chunk_tokens;
   a.qscale = scale * kLog2e;
-  if (plan.num_splits > 1) {
-    const std::size_t rows = static_cast<std::size_t>(cache.num_seqs) * num_q_heads * plan.num_splits;
-    float* ws = workspace.reserve(rows * (D + 2));
-    a.ws_acc = ws;
-    a.ws_stats = ws + rows * D;
-  }
   switch (group) {
-    case 1: launch_decode<Layout, 1>(cache, a, stream); break;
-    case 2: launch_decode<Layout, 2>(cache, a, stream); break;
-    case 4: launch_decode<Layout, 4>(cache, a, stream); break;
-    default: launch_decode<Layout, 8>(cache, a, stream); break;
+    case 1: return launch_decode<Layout, 1>(cache, a, max_length, force_splits, workspace, stream);
+    case 2: return launch_decode<Layout, 2>(cache, a, max_length, force_splits, workspace, stream);
+    case 4: return launch_decode<Layout, 4>(cache, a, max_length, force_splits, workspace, stream);
+    default: return launch_decode<Layout, 8>(cache, a, max_length, force_splits, workspace, stream);
   }
-  return plan;
 }
 
 }  // namespace detail
