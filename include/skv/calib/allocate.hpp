@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdio>
 #include <limits>
 #include <string>
 #include <vector>
@@ -22,6 +23,14 @@
 
 namespace skv {
 namespace calib {
+
+namespace detail {
+inline std::string fmt_bits(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.4g", x);
+  return buf;
+}
+}  // namespace detail
 
 struct AllocUnit {
   double alpha = 0.0;
@@ -78,9 +87,9 @@ inline WaterFilling water_fill(const std::vector<AllocUnit>& u, double budget, d
   skv::detail::require(b_min <= b_max, "allocation: b_min > b_max");
   const std::vector<double> lo(u.size(), b_min), hi(u.size(), b_max);
   const double min_cost = mean_bits(u, lo), max_cost = mean_bits(u, hi);
-  skv::detail::require(budget >= min_cost - 1e-9, "budget " + std::to_string(budget) + " bits is below the minimum " +
-                                                 std::to_string(min_cost) + " (every unit at " + std::to_string(b_min) +
-                                                 " bits, metadata included)");
+  skv::detail::require(budget >= min_cost - 1e-9, "budget " + detail::fmt_bits(budget) + " bits is below the minimum " +
+                                                      detail::fmt_bits(min_cost) + " (every unit at " + detail::fmt_bits(b_min) +
+                                                      " bits, metadata included)");
   WaterFilling w;
   w.bits.assign(u.size(), b_max);
   auto widths = [&](double log_lambda) {
@@ -143,7 +152,7 @@ inline std::vector<int> round_allocation(const std::vector<AllocUnit>& u, const 
     cost += u[i].size * (allowed[level[i]] + u[i].meta_bits);
   }
   const double cap = budget * total_size + 1e-9 * total_size;
-  skv::detail::require(cost <= cap, "budget " + std::to_string(budget) + " bits is below the smallest allowed width plus metadata");
+  skv::detail::require(cost <= cap, "budget " + detail::fmt_bits(budget) + " bits is below the smallest allowed width plus metadata");
   auto gain = [&](std::size_t i, std::size_t from, std::size_t to) {
     return u[i].at(allowed[from]) - u[i].at(allowed[to]);
   };
