@@ -24,6 +24,12 @@ double fro_of(const std::vector<double>& s) {
   return std::sqrt(x);
 }
 
+std::vector<double> geometric(int n, double top, double ratio) {
+  std::vector<double> s;
+  for (int i = 0; i < n; ++i) s.push_back(top * std::pow(ratio, i));
+  return s;
+}
+
 TEST(SpectralNorm, MatchesKnownSingularValuesWithin1e4) {
   struct Case {
     int rows, cols;
@@ -33,35 +39,54 @@ TEST(SpectralNorm, MatchesKnownSingularValuesWithin1e4) {
       {16, 16, {5.0, 3.0, 1.0, 0.5}},
       {48, 20, {2.5, 2.0, 1.9, 0.1, 0.05}},
       {20, 64, {7.0, 1.2, 1.1, 1.0, 0.3}},
-      {32, 32, {1.0, 0.98, 0.5}},  // nearly degenerate top pair: slow but must still converge
+      {32, 32, {1.0, 0.98, 0.5}},               // nearly degenerate top pair
+      {40, 40, geometric(40, 3.0, 0.97)},       // full rank, slowly decaying spectrum
+      {24, 96, geometric(24, 0.8, 0.99)},       // full rank, top values within 1%
   };
   unsigned seed = 1;
-  for (const auto& c : cases) {
-    const std::vector<float> w = skv_test::matrix_with_singular_values(c.rows, c.cols, c.s, seed++);
-    const auto r = spectral_norm(row_major(w.data(), c.rows, c.cols), 1e-12, 20000);
-    EXPECT_TRUE(r.converged);
-    EXPECT_GT(r.iterations, 1);
-    EXPECT_NEAR(r.value, c.s[0], 1e-4 * c.s[0]) << c.rows << "x" << c.cols;
-    EXPECT_NEAR(frobenius_norm(row_major(w.data(), c.rows, c.cols)), fro_of(c.s), 1e-5 * fro_of(c.s));
+  for (const auto method : {skv::calib::SpectralMethod::Lanczos, skv::calib::SpectralMethod::PowerIteration}) {
+    for (const auto& c : cases) {
+      const std::vector<float> w = skv_test::matrix_with_singular_values(c.rows, c.cols, c.s, seed++);
+      const auto r = spectral_norm(row_major(w.data(), c.rows, c.cols), 1e-12, 20000, method);
+      EXPECT_TRUE(r.converged);
+      EXPECT_GE(r.iterations, 1);
+      EXPECT_NEAR(r.value, c.s[0], 1e-4 * c.s[0]) << c.rows << "x" << c.cols;
+      EXPECT_NEAR(frobenius_norm(row_major(w.data(), c.rows, c.cols)), fro_of(c.s), 1e-5 * fro_of(c.s));
+    }
   }
 }
 
-TEST(SpectralNorm, ReportsMoreIterationsForCloserSingularValues) {
+TEST(SpectralNorm, PowerIterationNeedsMoreStepsForCloserSingularValues) {
   const auto far = skv_test::matrix_with_singular_values(24, 24, {4.0, 1.0}, 7);
   const auto close = skv_test::matrix_with_singular_values(24, 24, {4.0, 3.9}, 7);
-  const auto a = spectral_norm(row_major(far.data(), 24, 24), 1e-10);
-  const auto b = spectral_norm(row_major(close.data(), 24, 24), 1e-10);
+  const auto power = skv::calib::SpectralMethod::PowerIteration;
+  const auto a = spectral_norm(row_major(far.data(), 24, 24), 1e-10, 5000, power);
+  const auto b = spectral_norm(row_major(close.data(), 24, 24), 1e-10, 5000, power);
   EXPECT_TRUE(a.converged);
   EXPECT_TRUE(b.converged);
   EXPECT_LT(a.iterations * 3, b.iterations);
 }
 
+TEST(SpectralNorm, LanczosNeedsFarFewerProductsThanPowerIteration) {
+  const auto s = geometric(64, 2.0, 0.995);  // top singular values within 0.5%
+  const auto w = skv_test::matrix_with_singular_values(64, 128, s, 9);
+  const auto lanczos = spectral_norm(row_major(w.data(), 64, 128), 1e-10, 5000, skv::calib::SpectralMethod::Lanczos);
+  const auto power = spectral_norm(row_major(w.data(), 64, 128), 1e-10, 5000, skv::calib::SpectralMethod::PowerIteration);
+  EXPECT_TRUE(lanczos.converged);
+  EXPECT_NEAR(lanczos.value, 2.0, 2e-5);
+  EXPECT_LT(lanczos.iterations * 4, power.iterations) << lanczos.iterations << " vs " << power.iterations;
+  EXPECT_GT(lanczos.value, power.value - 1e-9);  // both approach sigma_max from below; Lanczos is closer
+}
+
 TEST(SpectralNorm, StopsAtMaxIterationsAndSaysSo) {
-  const auto w = skv_test::matrix_with_singular_values(24, 24, {4.0, 3.99}, 3);
-  const auto r = spectral_norm(row_major(w.data(), 24, 24), 1e-15, 3);
-  EXPECT_EQ(r.iterations, 3);
-  EXPECT_FALSE(r.converged);
-  EXPECT_LE(r.value, 4.0 * (1 + 1e-6));
+  const auto w = skv_test::matrix_with_singular_values(24, 24, geometric(24, 4.0, 0.999), 3);
+  for (const auto method : {skv::calib::SpectralMethod::Lanczos, skv::calib::SpectralMethod::PowerIteration}) {
+    const auto r = spectral_norm(row_major(w.data(), 24, 24), 1e-15, 3, method);
+    EXPECT_EQ(r.iterations, 3);
+    EXPECT_FALSE(r.converged);
+    EXPECT_LE(r.value, 4.0 * (1 + 1e-6));
+    EXPECT_GT(r.value, 3.0);
+  }
 }
 
 TEST(SpectralNorm, ZeroAndEmptyMatrices) {
