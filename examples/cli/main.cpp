@@ -41,13 +41,14 @@ void add_geometry(CLI::App* app, Geometry& g) {
   app->add_option("--head-dim", g.head_dim, "head dimension (default: config.json)")->check(CLI::PositiveNumber);
 }
 
-skv::calib::ModelNorms load_norms(const std::string& path, bool per_head, const Geometry& g, double tol) {
+skv::calib::ModelNorms load_norms(const std::string& path, bool per_head, const Geometry& g, double tol, int max_iter = 5000) {
   skv::io::Checkpoint ck(path);
   skv::io::ModelConfig cfg;
   const bool have_cfg = find_config(ck, cfg);
   skv::calib::NormOptions o;
   o.per_head = per_head;
   o.tolerance = tol;
+  o.max_iterations = max_iter;
   o.num_heads = g.heads;
   o.num_kv_heads = g.kv_heads;
   o.head_dim = g.head_dim;
@@ -60,8 +61,8 @@ json norms_json(const skv::calib::KVNorms& n) {
   return json{{"k_fro", n.k_fro}, {"v_fro", n.v_fro}, {"k_spec", n.k_spec}, {"v_spec", n.v_spec}};
 }
 
-int cmd_spectral(const std::string& path, bool per_head, bool as_json, const Geometry& g, double tol) {
-  const skv::calib::ModelNorms m = load_norms(path, per_head, g, tol);
+int cmd_spectral(const std::string& path, bool per_head, bool as_json, const Geometry& g, double tol, int max_iter) {
+  const skv::calib::ModelNorms m = load_norms(path, per_head, g, tol, max_iter);
   if (as_json) {
     json j;
     j["layers"] = json::array();
@@ -249,6 +250,7 @@ int main(int argc, char** argv) {
   std::string sp_path;
   bool sp_heads = false, sp_json = false;
   double sp_tol = 1e-8;
+  int sp_max_iter = 5000;
   Geometry sp_geo;
   auto* spectral = app.add_subcommand("spectral", "Frobenius and spectral norms of W_K and W_V per layer (and KV head)");
   spectral->alias("norms");
@@ -257,6 +259,9 @@ int main(int argc, char** argv) {
   spectral->add_flag("--json", sp_json, "JSON output");
   spectral->add_option("--tolerance", sp_tol, "relative convergence tolerance of the power iteration")->capture_default_str()
       ->check(CLI::PositiveNumber);
+  spectral->add_option("--max-iterations", sp_max_iter, "most Lanczos steps per matrix")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
   add_geometry(spectral, sp_geo);
 
   // inspect
@@ -330,7 +335,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    if (spectral->parsed()) return cmd_spectral(sp_path, sp_heads, sp_json, sp_geo, sp_tol);
+    if (spectral->parsed()) return cmd_spectral(sp_path, sp_heads, sp_json, sp_geo, sp_tol, sp_max_iter);
     if (inspect->parsed()) return cmd_inspect(in_path, in_json);
     if (eval->parsed()) return cmd_eval(ev_path, ev_configs, ev_plan, ev_queries, ev_json);
     if (plan->parsed()) {
