@@ -61,6 +61,34 @@ __device__ SKV_FORCEINLINE std::uint32_t code_of(const std::uint64_t (&w)[Bits])
 __device__ SKV_FORCEINLINE float magic_code(std::uint32_t code) { return __int_as_float(0x4B000000 | code); }
 constexpr float kMagic = 8388608.0f;  // 2^23
 
+/// The value of code I (as an exact float) of a little-endian stream of 32-bit words. A code whose
+/// bits sit at mantissa positions [p, p + Bits) with p + Bits <= 23 is read with one LOP3: OR-ing
+/// the exponent of 2^(23-p) gives the float 2^(23-p) + code, and one FADD removes the offset exactly.
+/// Codes higher in the word use the word shifted by 12 (one shift shared by all of them); a code
+/// that straddles two words takes a funnel shift. This keeps the integer pipe (the bottleneck of
+/// unpacking) at about one instruction per code and moves the rest to the FP32 pipe.
+template <int Bits, int I, int N>
+__device__ SKV_FORCEINLINE float code_value(const std::uint32_t (&w)[N]) {
+  constexpr int kBit = I * Bits;
+  constexpr int kWord = kBit / 32;
+  constexpr int kPos = kBit % 32;
+  constexpr bool kCross = kPos + Bits > 32;
+  constexpr bool kLow = !kCross && kPos + Bits <= 23;
+  constexpr int kP = kCross ? 0 : (kLow ? kPos : kPos - 12);
+  static_assert(kP >= 0 && kP + Bits <= 23, "code_value: code does not fit the mantissa");
+  std::uint32_t win;
+  if constexpr (kCross) {
+    win = __funnelshift_r(w[kWord], w[kWord + 1], kPos);
+  } else if constexpr (kLow) {
+    win = w[kWord];
+  } else {
+    win = w[kWord] >> 12;
+  }
+  constexpr std::uint32_t kExp = static_cast<std::uint32_t>(127 + 23 - kP) << 23;
+  constexpr float kOffset = static_cast<float>(1u << (23 - kP));
+  return __uint_as_float(kExp | (win & (PackTraits<Bits>::kMask << kP))) - kOffset;
+}
+
 /// Code i of the block placed at bit Pos of a 32-bit word (all other bits zero): one funnel shift
 /// and one mask, which the caller's OR merges into a single LOP3.
 template <int Bits, int I, int Pos>

@@ -346,7 +346,7 @@ static __global__ void __launch_bounds__(kDecodeThreads)
             for (int h = 0; h < G; ++h) {
               const float v = s_q[h * D + c] * p.scale;
               qs[h * D + c] = v;
-              bias[h] = fmaf(v, p.zero + kCodeOffset<KQ::kBits>, bias[h]);
+              bias[h] = fmaf(v, p.zero, bias[h]);
             }
           }
 #pragma unroll
@@ -359,7 +359,7 @@ static __global__ void __launch_bounds__(kDecodeThreads)
             const int m = VL::meta_index(slot0 + tt, j * VQ::kGroupSize);
             const typename VQ::Params p = VQ::params(vsc[m], VQ::kHasZero ? vzr[m] : typename VQ::Scale{});
             s_vs[(warp * 32 + tt) * NJ + j] = p.scale;
-            s_zc[(warp * 32 + tt) * NJ + j] = p.zero + kCodeOffset<VQ::kBits>;
+            s_zc[(warp * 32 + tt) * NJ + j] = p.zero;
           }
           {
             const auto* src = reinterpret_cast<const uint4*>(vb + static_cast<std::size_t>(slot0) * VL::kRowBytes);
@@ -375,13 +375,19 @@ static __global__ void __launch_bounds__(kDecodeThreads)
             for (int ci = 0; ci < kKeyChunks; ++ci) {
               std::uint64_t wl[KB];
               if constexpr (!kKeyPrefetch) load_words<KB>(key_row + ci * 8 * KB, wl);
-              const std::uint64_t(&w)[KB] = kKeyPrefetch ? wp[kKeyPrefetch ? ci : 0] : wl;
+              const std::uint64_t(&w64)[KB] = kKeyPrefetch ? wp[kKeyPrefetch ? ci : 0] : wl;
+              std::uint32_t w[2 * KB];
+#pragma unroll
+              for (int i = 0; i < KB; ++i) {
+                w[2 * i] = static_cast<std::uint32_t>(w64[i]);
+                w[2 * i + 1] = static_cast<std::uint32_t>(w64[i] >> 32);
+              }
               static_for<16>([&](auto quad) {
                 constexpr int i0 = decltype(quad)::value * 4;
-                const float x0 = offset_code_of<KB, i0 + 0>(w);
-                const float x1 = offset_code_of<KB, i0 + 1>(w);
-                const float x2 = offset_code_of<KB, i0 + 2>(w);
-                const float x3 = offset_code_of<KB, i0 + 3>(w);
+                const float x0 = code_value<KB, i0 + 0>(w);
+                const float x1 = code_value<KB, i0 + 1>(w);
+                const float x2 = code_value<KB, i0 + 2>(w);
+                const float x3 = code_value<KB, i0 + 3>(w);
 #pragma unroll
                 for (int h = 0; h < G; ++h) {
                   const float4 qq = *reinterpret_cast<const float4*>(qs + h * D + ci * 64 + i0);
@@ -508,18 +514,16 @@ static __global__ void __launch_bounds__(kDecodeThreads)
 #pragma unroll
           for (int h = 0; h < G; ++h) {
             pf[h] = s_logit[h * kTile + tl] * vs;
-            zacc[h] = fmaf(pf[h], zc, zacc[h]);  // sum_t p s (z + 2^VB), subtracted from every channel at the end
+            zacc[h] = fmaf(pf[h], zc, zacc[h]);  // sum_t p s z, subtracted from every channel at the end
           }
           const std::uint64_t w = load8_codes_shared<VB>(s_codes + static_cast<std::size_t>(tl) * Tr::kStageBytes + (k8 / 8) * VB);
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const float x = __uint_as_float((static_cast<std::uint32_t>(127 + VB) << 23) |
-                                            (static_cast<std::uint32_t>(e * VB >= 23 - VB ? w >> (e * VB - (23 - VB))
-                                                                                         : w << ((23 - VB) - e * VB)) &
-                                             (PackTraits<VB>::kMask << (23 - VB))));
+          const std::uint32_t w32[2] = {static_cast<std::uint32_t>(w), static_cast<std::uint32_t>(w >> 32)};
+          static_for<8>([&](auto ec) {
+            constexpr int e = decltype(ec)::value;
+            const float x = code_value<VB, e>(w32);
 #pragma unroll
             for (int h = 0; h < G; ++h) acc[h][e] = fmaf(pf[h], x, acc[h][e]);
-          }
+          });
         } else {
           const float4* v4 = reinterpret_cast<const float4*>(seq.residual_value(tg, kvh) + k8);
           const float4 va = v4[0], vb4 = v4[1];
