@@ -2,12 +2,13 @@
 #
 # The library itself needs no flags; these targets are built for the instruction sets the build
 # machine can run, chosen at configure time (override with -DSKV_CPU_SIMD_FLAGS="..."):
-#   AVX-512 (F, BW) + AVX2 + FMA + F16C if a test program using them runs, else AVX2 + FMA + F16C,
-#   else none (the portable path). skv_host_tests_scalar (tests/host) covers the scalar path.
+#   AVX-512 (F, BW, VL, VNNI, VBMI) + AVX2 + FMA + F16C if a test program using them runs, else
+#   AVX-512 (F, BW) + AVX2 + FMA + F16C, else AVX2 + FMA + F16C, else none (the portable path). skv_host_tests_scalar (tests/host) covers the scalar path.
 include(CheckCXXSourceRuns)
 
 set(_skv_avx2_flags -mavx2 -mfma -mf16c)
 set(_skv_avx512_flags -mavx512f -mavx512bw ${_skv_avx2_flags})
+set(_skv_avx512vnni_flags -mavx512f -mavx512bw -mavx512vl -mavx512vnni -mavx512vbmi ${_skv_avx2_flags})
 
 function(_skv_cpu_can_run flags result)
   string(REPLACE ";" " " CMAKE_REQUIRED_FLAGS "${flags}")
@@ -17,7 +18,11 @@ function(_skv_cpu_can_run flags result)
       volatile float x = 1.0f;
       __m256 a = _mm256_fmadd_ps(_mm256_set1_ps(x), _mm256_set1_ps(x), _mm256_set1_ps(x));
       __m128i h = _mm256_cvtps_ph(a, 0);
-    #if defined(__AVX512BW__)
+    #if defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
+      __m512i b = _mm512_dpwssd_epi32(_mm512_set1_epi32(1), _mm512_set1_epi16(2), _mm512_set1_epi16(3));
+      b = _mm512_permutexvar_epi8(_mm512_set1_epi8(0), b);
+      return _mm512_reduce_add_epi32(b) == 0 || _mm_extract_epi16(h, 0) == 0;
+    #elif defined(__AVX512BW__)
       __m512i b = _mm512_srlv_epi16(_mm512_set1_epi16(4), _mm512_set1_epi16(1));
       return _mm512_reduce_add_epi32(b) == 0 || _mm_extract_epi16(h, 0) == 0;
     #else
@@ -28,9 +33,12 @@ function(_skv_cpu_can_run flags result)
 endfunction()
 
 if(NOT DEFINED SKV_CPU_SIMD_FLAGS)
+  _skv_cpu_can_run("${_skv_avx512vnni_flags}" SKV_CPU_RUNS_AVX512VNNI)
   _skv_cpu_can_run("${_skv_avx512_flags}" SKV_CPU_RUNS_AVX512)
   _skv_cpu_can_run("${_skv_avx2_flags}" SKV_CPU_RUNS_AVX2)
-  if(SKV_CPU_RUNS_AVX512)
+  if(SKV_CPU_RUNS_AVX512VNNI)
+    set(_skv_default_simd ${_skv_avx512vnni_flags})
+  elseif(SKV_CPU_RUNS_AVX512)
     set(_skv_default_simd ${_skv_avx512_flags})
   elseif(SKV_CPU_RUNS_AVX2)
     set(_skv_default_simd ${_skv_avx2_flags})
@@ -75,6 +83,16 @@ if(SKV_BUILD_TESTS AND SKV_CPU_SIMD_FLAGS)
       target_link_libraries(skv_host_tests_simd PRIVATE OpenMP::OpenMP_CXX)
     endif()
     gtest_discover_tests(skv_host_tests_simd TEST_PREFIX simd. PROPERTIES LABELS host DISCOVERY_TIMEOUT 60)
+    if(SKV_CPU_RUNS_AVX512VNNI AND SKV_CPU_SIMD_FLAGS STREQUAL "${_skv_avx512vnni_flags}")
+      # AVX-512 without VNNI / VBMI too (vpmaddwd instead of vpdpwssd)
+      add_executable(skv_host_tests_avx512 ${_skv_simd_tests})
+      target_link_libraries(skv_host_tests_avx512 PRIVATE skv::skv GTest::gtest GTest::gtest_main)
+      target_compile_options(skv_host_tests_avx512 PRIVATE ${_skv_avx512_flags} ${_skv_simd_warnings} -Werror)
+      if(OpenMP_CXX_FOUND)
+        target_link_libraries(skv_host_tests_avx512 PRIVATE OpenMP::OpenMP_CXX)
+      endif()
+      gtest_discover_tests(skv_host_tests_avx512 TEST_PREFIX avx512. PROPERTIES LABELS host DISCOVERY_TIMEOUT 60)
+    endif()
     if(SKV_CPU_RUNS_AVX512)
       # the AVX2 kernels too, on a machine that would otherwise only run the AVX-512 ones
       add_executable(skv_host_tests_avx2 ${_skv_simd_tests})

@@ -71,13 +71,42 @@ struct FastDecode {
   /// Value groups per token row (Axis::Token), and whether the scale can be folded into p.
   static constexpr int kValueGroups = VQ::kAxis == Axis::Token ? kD / VQ::kGroupSize : 1;
   static constexpr bool kFoldValues = VQ::kAxis == Axis::Token && VQ::kGroupSize >= kVecWidth;
+#if defined(SKV_HAS_AVX512)
+  /// Integer keys (vpdpwssd on a 16-bit scaled query) and integer values (16-bit folded weights).
+  static constexpr bool kIntKeys = KQ::kAxis == Axis::Channel && kD % 32 == 0 && kD <= 256;
+  static constexpr bool kIntValues = VQ::kAxis == Axis::Token && VQ::kGroupSize % 32 == 0 && kD % 32 == 0;
+#else
+  static constexpr bool kIntKeys = false;
+  static constexpr bool kIntValues = false;
+#endif
+  static constexpr int kPairs = (kTile + 1) / 2;
+  /// Integer values: weight vectors are built with shuffles when kJ (value groups per row) is a
+  /// power of two up to 8, and zero-point sums lane by lane when kJ divides 8.
+  static constexpr int kJShift = kValueGroups == 1 ? 0 : kValueGroups == 2 ? 1 : kValueGroups == 4 ? 2 : 3;
+  static constexpr bool kWeightShuffle = (1 << kJShift) == kValueGroups;
+  static constexpr bool kZeroLanes = kWeightShuffle;
+  struct PairIndex {
+    std::int16_t v[32];
+  };
+  /// int16 position 2 (p kJ + j) + e of the pair weights comes from position (2p + e) kJ + j.
+  static constexpr PairIndex make_pair_index() {
+    PairIndex x{};
+    for (int r = 0; r < 32; ++r) {
+      const int blk = r / (2 * kValueGroups), o = r % (2 * kValueGroups);
+      const int j = o / 2, e = o % 2;
+      x.v[r] = static_cast<std::int16_t>(blk * 2 * kValueGroups + e * kValueGroups + j);
+    }
+    return x;
+  }
+  static constexpr PairIndex kPairIndex = make_pair_index();
 
   struct Scratch {
     std::vector<float> kbuf, vbuf, ms, mz, logits, p, w, qs, q0, bias, zs, tmp;
-    std::vector<std::uint16_t> kcodes;
+    std::vector<std::uint16_t> kcodes, vcodes;
     std::vector<std::int16_t> qi;
-    std::vector<std::int32_t> dots;
-    std::vector<double> qbias, qstep;
+    std::vector<std::int32_t> dots, wp, vint, wi16;
+    std::vector<double> qbias, qstep, vinv;
+    std::vector<std::int64_t> vzsum;
     int nh = 0;
     void ensure(int heads) {
       if (heads <= nh) return;
@@ -88,18 +117,24 @@ struct FastDecode {
       ms.assign(tile, 0.0f);
       mz.assign(tile, 0.0f);
       logits.assign(static_cast<std::size_t>(heads) * kTile, 0.0f);
-      p.assign(static_cast<std::size_t>(heads) * kTile, 0.0f);
-      w.assign(static_cast<std::size_t>(heads) * kTile * kValueGroups, 0.0f);
+      p.assign(static_cast<std::size_t>(heads) * kTile + 32, 0.0f);  // vector reads past the last head
       qs.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
       q0.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
       bias.assign(static_cast<std::size_t>(heads), 0.0f);
       zs.assign(static_cast<std::size_t>(heads) * kValueGroups, 0.0f);
       tmp.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
       kcodes.assign(tile, 0);
+      vcodes.assign(tile + kD, 0);  // one more row: the zero-weight partner of an odd last token
+      wp.assign(static_cast<std::size_t>(heads) * kPairs * kValueGroups + 32, 0);
+      wi16.assign(static_cast<std::size_t>(kPairs) * kValueGroups + 32, 0);
+      w.assign(static_cast<std::size_t>(heads) * kTile * kValueGroups + 2 * kValueGroups + 32, 0.0f);
+      vint.assign(static_cast<std::size_t>(heads) * kD, 0);
       qi.assign(static_cast<std::size_t>(heads) * kD, 0);
       dots.assign(static_cast<std::size_t>(heads) * kTile, 0);
       qbias.assign(static_cast<std::size_t>(heads), 0.0);
       qstep.assign(static_cast<std::size_t>(heads), 0.0);
+      vinv.assign(static_cast<std::size_t>(heads), 0.0);
+      vzsum.assign(static_cast<std::size_t>(heads) * kValueGroups, 0);
     }
   };
 
@@ -173,7 +208,124 @@ struct FastDecode {
     for (int q = 0; q < nh; ++q) {
       const std::int32_t* dq = sc.dots.data() + static_cast<std::size_t>(q) * kTile;
       float* lq = sc.logits.data() + static_cast<std::size_t>(q) * kTile;
-      for (int i = 0; i < n; ++i) lq[i] = static_cast<float>((static_cast<double>(dq[i]) - sc.qbias[q]) * sc.qstep[q]);
+      const __m512d vb = _mm512_set1_pd(sc.qbias[q]), vs = _mm512_set1_pd(sc.qstep[q]);
+      int i = 0;
+      for (; i + 8 <= n; i += 8) {
+        const __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dq + i)));
+        _mm256_storeu_ps(lq + i, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(x, vb), vs)));
+      }
+      for (; i < n; ++i) lq[i] = static_cast<float>((static_cast<double>(dq[i]) - sc.qbias[q]) * sc.qstep[q]);
+    }
+  }
+
+  /// Axis::Token values (group size a multiple of 32) with integer accumulation. Per head and tile,
+  /// the folded weights w[t][j] = p[t] * s[t][j] are rounded to 16 bits relative to their maximum,
+  /// wi = round(w * 32767 / max w), and sum_t wi[t][j] * code[t][c] is accumulated exactly in int32
+  /// (token pairs per vpdpwssd, cpu_kernels.hpp). The zero points are subtracted exactly
+  /// (Z[j] = sum_t wi[t][j] * z[t][j] in int64) and the result scaled back once per tile:
+  /// acc[c] += (A[c] - Z[j]) * max w / 32767. The only new error is the rounding of the weights,
+  /// |w - wi * max w / 32767| <= max w / 65534 (docs/cpu.md, "Tolerance").
+  template <class Block>
+  static void integer_values_tile(const Block& vb, int slot, int n, int nh, ItemState& st, Scratch& sc) {
+    constexpr int kJ = kValueGroups;
+    for (int i = 0; i < n; ++i)
+      unpack_row_u16<VQ::kBits>(vb.row(slot + i), kD, sc.vcodes.data() + static_cast<std::size_t>(i) * kD);
+    const int npairs = (n + 1) / 2;
+    float* s = sc.ms.data();
+    float* z = sc.mz.data();
+    load_meta<VQ>(vb.scales(), vb.zeros(), slot * kJ, n * kJ, s, z);
+    // the partner of an odd last token and the rest of the last vector: weight 0
+    for (int e = n * kJ; e < (n + 1) * kJ + 16; ++e) {
+      s[e] = 0.0f;
+      z[e] = 0.0f;
+    }
+    const int m = 2 * npairs;
+    const int nw = m * kJ;                       // weights of the tile, the zero-weight partner included
+    const int nwv = (nw + 15) / 16 * 16;         // rounded up to whole vectors
+    const __mmask16 tail = static_cast<__mmask16>((1u << (nw % 16 ? nw % 16 : 16)) - 1u);
+    float* wq = sc.w.data();                     // [nwv] folded weights of one head
+    std::int16_t* wi = reinterpret_cast<std::int16_t*>(sc.wi16.data());
+    for (int q = 0; q < nh; ++q) {
+      const float* pq = sc.p.data() + static_cast<std::size_t>(q) * kTile;
+      // w[i * kJ + j] = p[i] * s[i * kJ + j]; entries past n * kJ are 0 (s and z of the partner are 0)
+      __m512 vmax = _mm512_setzero_ps();
+      for (int e = 0; e < nwv; e += 16) {
+        __m512 pv;
+        if (kWeightShuffle) {
+          const __m512i idx = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                kJShift);
+          pv = _mm512_permutexvar_ps(idx, _mm512_loadu_ps(pq + e / kJ));
+        } else {
+          alignas(64) float pe[16];
+          for (int l = 0; l < 16; ++l) pe[l] = (e + l) / kJ < n ? pq[(e + l) / kJ] : 0.0f;
+          pv = _mm512_load_ps(pe);
+        }
+        const __mmask16 k = e + 16 <= nw ? static_cast<__mmask16>(0xFFFF) : (e < nw ? tail : static_cast<__mmask16>(0));
+        const __m512 w = _mm512_maskz_mul_ps(k, pv, _mm512_loadu_ps(s + e));
+        _mm512_storeu_ps(wq + e, w);
+        vmax = _mm512_max_ps(vmax, w);
+      }
+      const float wmax = _mm512_reduce_max_ps(vmax);
+      const float step = wmax > 0.0f ? 32767.0f / wmax : 0.0f;
+      sc.vinv[q] = wmax > 0.0f ? static_cast<double>(wmax) / 32767.0 : 0.0;
+      // wi = round(w * step) in [0, 32767]; Z[j] = sum_t wi[t][j] * z[t][j], exact in double
+      // (|wi * z| < 2^15 * 2^24, at most 64 terms)
+      const __m512 vstep = _mm512_set1_ps(step);
+      __m512d zacc = _mm512_setzero_pd();
+      for (int e = 0; e < nwv; e += 16) {
+        const __m512i iv = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(wq + e), vstep));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(wi + e), _mm512_cvtepi32_epi16(iv));
+        if (kZeroLanes) {
+          const __mmask16 k = e + 16 <= nw ? static_cast<__mmask16>(0xFFFF) : (e < nw ? tail : static_cast<__mmask16>(0));
+          const __m512 zv = _mm512_maskz_loadu_ps(k, z + e);
+          zacc = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(iv)), _mm512_cvtps_pd(_mm512_castps512_ps256(zv)), zacc);
+          zacc = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(iv, 1)),
+                                 _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(zv), 1))), zacc);
+        }
+      }
+      std::int64_t* zq = sc.vzsum.data() + static_cast<std::size_t>(q) * kJ;
+      if (kZeroLanes) {
+        alignas(64) double zl[8];
+        _mm512_store_pd(zl, zacc);
+        for (int j = 0; j < kJ; ++j) {
+          double t = 0.0;
+          for (int l = j; l < 8; l += kJ) t += zl[l];
+          zq[j] = static_cast<std::int64_t>(t);
+        }
+      } else {
+        for (int j = 0; j < kJ; ++j) zq[j] = 0;
+        for (int e = 0; e < nw; ++e) zq[e % kJ] += static_cast<std::int64_t>(wi[e]) * static_cast<std::int64_t>(z[e]);
+      }
+      // pairs: wp[p * kJ + j] = wi[2p][j] | wi[2p + 1][j] << 16
+      std::int32_t* wpq = sc.wp.data() + static_cast<std::size_t>(q) * kPairs * kJ;
+      if (kJ == 1) {
+        std::memcpy(wpq, wi, sizeof(std::int16_t) * static_cast<std::size_t>(nw));
+      } else if (kWeightShuffle) {
+        const __m512i idx = _mm512_loadu_si512(kPairIndex.v);
+        for (int e = 0; e < nw; e += 32)
+          _mm512_storeu_si512(reinterpret_cast<std::int16_t*>(wpq) + e,
+                              _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(wi + e)));
+      } else {
+        for (int i = 0; i < m; i += 2)
+          for (int j = 0; j < kJ; ++j)
+            wpq[(i / 2) * kJ + j] = static_cast<std::int32_t>(static_cast<std::uint16_t>(wi[i * kJ + j]) |
+                                                              (static_cast<std::uint32_t>(wi[(i + 1) * kJ + j]) << 16));
+      }
+    }
+    std::int32_t* vint = sc.vint.data();
+    acc_rows_i16(sc.vcodes.data(), kD, npairs, sc.wp.data(), nh, kPairs * kJ, kJ, VQ::kGroupSize, vint);
+    for (int q = 0; q < nh; ++q) {
+      const std::int32_t* aq = vint + static_cast<std::size_t>(q) * kD;
+      float* acc = st.acc + static_cast<std::size_t>(q) * kD;
+      const __m512d vs = _mm512_set1_pd(sc.vinv[q]);
+      for (int j = 0; j < kJ; ++j) {
+        const __m512d vz = _mm512_set1_pd(static_cast<double>(sc.vzsum[static_cast<std::size_t>(q) * kJ + j]));
+        for (int c = j * VQ::kGroupSize; c < (j + 1) * VQ::kGroupSize; c += 8) {
+          const __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + c)));
+          const __m256 d = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(x, vz), vs));
+          _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), d));
+        }
+      }
     }
   }
 #endif
@@ -181,6 +333,12 @@ struct FastDecode {
   /// Values of tokens [slot, slot + n) of a page block, weighted by the probabilities in sc.p.
   template <class Block>
   static void values_tile(const Block& vb, int slot, int n, int nh, ItemState& st, Scratch& sc) {
+#if defined(SKV_HAS_AVX512)
+    if (kIntValues) {
+      integer_values_tile(vb, slot, n, nh, st, sc);
+      return;
+    }
+#endif
     float* vbuf = sc.vbuf.data();
     float* p = sc.p.data();
     unpack_tile<VQ::kBits>(vb, slot, n, vbuf);
@@ -249,7 +407,7 @@ struct FastDecode {
       float* z = sc.mz.data();
       load_meta<KQ>(kb.scales(), kb.zeros(), (slot / KQ::kGroupSize) * kD, kD, s, z);
 #if defined(SKV_HAS_AVX512)
-      if (kD % 32 == 0) {
+      if (kIntKeys) {
         integer_key_logits(kb, slot, n, nh, s, z, sc);
         softmax_tile(st, nh, kD, logits, kTile, n, p);
         values_tile(vb, slot, n, nh, st, sc);
@@ -298,6 +456,16 @@ struct FastDecode {
     acc_rows(st.acc, nh, kD, sc.p.data(), kTile, 1, kD, sc.vbuf.data(), kD, n);
   }
 
+  /// Asks for `bytes` from p into the cache, one request per 64-byte line.
+  static void prefetch_block(const std::uint8_t* p, std::size_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+    for (std::size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 3);
+#else
+    (void)p;
+    (void)bytes;
+#endif
+  }
+
   /// One work item: q is [nh][kD] (the query heads of KV head `h`).
   static void process(const SequenceView<Layout>& view, const float* q, float scale, int h, int begin, int end, int nh,
                       ItemState& st, Scratch& sc) {
@@ -306,8 +474,12 @@ struct FastDecode {
     const int qlen = view.quantized_length();
     int t = begin;
     const int qend = std::min(end, qlen);
+    if (t < qend) prefetch_block(view.head_block(t, h), Layout::kHeadBytes);
     while (t < qend) {
       const int n = std::min(kTile - t % kTile, qend - t);
+      // a page's block of this head is contiguous; the next page's is elsewhere in the pool, so
+      // fetch it one page ahead (the hardware prefetcher would restart at every page)
+      if (t % kPage == 0 && t + kPage < qend) prefetch_block(view.head_block(t + kPage, h), Layout::kHeadBytes);
       quantized_tile(view, h, t, n, nh, st, sc);
       t += n;
     }

@@ -107,8 +107,19 @@ inline void dot_rows(const float* qs, int nh, int d, const float* rows, std::siz
 }
 
 #if defined(SKV_HAS_AVX512)
+/// acc + a[2i] * b[2i] + a[2i+1] * b[2i+1] per 32-bit lane (int16 inputs): vpdpwssd with
+/// AVX-512 VNNI, vpmaddwd + vpaddd without.
+SKV_FORCEINLINE __m512i dpwssd(__m512i acc, __m512i a, __m512i b) {
+#if defined(SKV_HAS_AVX512VNNI)
+  return _mm512_dpwssd_epi32(acc, a, b);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b));
+#endif
+}
+
 /// out[h * ldo + r] = sum_c qi[h][c] * codes[r][c], exact in int32 (|qi| < 2^15, codes < 2^8,
-/// d <= 1024, d a multiple of 32), for NH heads and NR rows: vpmaddwd on 32 channels at a time.
+/// d <= 256 so |sum| <= 256 * 32767 * 255 < 2^31, d a multiple of 32), for NH heads and NR rows:
+/// vpdpwssd (or vpmaddwd) on 32 channels at a time.
 template <int NH, int NR>
 SKV_FORCEINLINE void dot_block_i16(const std::int16_t* SKV_RESTRICT qi, int d, const std::uint16_t* SKV_RESTRICT codes,
                                    std::int32_t* out, int ldo) {
@@ -120,7 +131,7 @@ SKV_FORCEINLINE void dot_block_i16(const std::int16_t* SKV_RESTRICT qi, int d, c
     for (int r = 0; r < NR; ++r) x[r] = _mm512_loadu_si512(codes + r * d + c);
     for (int h = 0; h < NH; ++h) {
       const __m512i qv = _mm512_loadu_si512(qi + h * d + c);
-      for (int r = 0; r < NR; ++r) acc[h][r] = _mm512_add_epi32(acc[h][r], _mm512_madd_epi16(qv, x[r]));
+      for (int r = 0; r < NR; ++r) acc[h][r] = dpwssd(acc[h][r], qv, x[r]);
     }
   }
   for (int h = 0; h < NH; ++h) {
@@ -153,6 +164,75 @@ inline void dot_rows_i16(const std::int16_t* qi, int nh, int d, const std::uint1
       case 3: dot_rows_i16_nh<3>(q, d, codes, n, o, ldo); break;
       case 2: dot_rows_i16_nh<2>(q, d, codes, n, o, ldo); break;
       default: dot_rows_i16_nh<1>(q, d, codes, n, o, ldo); break;
+    }
+  }
+}
+
+/// Integer value accumulation over one tile (AVX-512): for NH heads and NC chunks of 32 channels
+/// from c0, out[h][c] = sum_t wi[h][t][j(c)] * codes[t][c] exactly in int32. Tokens go in pairs:
+/// the 16-bit codes of rows 2p and 2p+1 are interleaved (vpunpcklwd / vpunpckhwd) and wp[h][p][j]
+/// holds the two 16-bit weights of the pair, so one vpdpwssd adds two tokens' products for 16
+/// channels. Bound: |wi| <= 32767, codes <= 255, at most 32 pairs: |sum| <= 64 * 32767 * 255 < 2^31.
+/// codes holds 2 * npairs rows of d codes (an odd tail row has weight 0); wp is [NH][ldw] with
+/// `groups` entries per pair; every 32-channel chunk lies in one group (group_size % 32 == 0).
+template <int NH, int NC>
+SKV_FORCEINLINE void acc_block_i16(const std::uint16_t* SKV_RESTRICT codes, int d, int npairs,
+                                   const std::int32_t* SKV_RESTRICT wp, int ldw, int groups, int group_size, int c0,
+                                   std::int32_t* SKV_RESTRICT out) {
+  __m512i lo[NH][NC], hi[NH][NC];
+  int j[NC];
+  for (int k = 0; k < NC; ++k) j[k] = (c0 + 32 * k) / group_size;
+  for (int h = 0; h < NH; ++h)
+    for (int k = 0; k < NC; ++k) lo[h][k] = hi[h][k] = _mm512_setzero_si512();
+  for (int p = 0; p < npairs; ++p) {
+    const std::uint16_t* a = codes + static_cast<std::size_t>(2 * p) * d + c0;
+    __m512i xl[NC], xh[NC];
+    for (int k = 0; k < NC; ++k) {
+      const __m512i xa = _mm512_loadu_si512(a + 32 * k);
+      const __m512i xb = _mm512_loadu_si512(a + d + 32 * k);
+      xl[k] = _mm512_unpacklo_epi16(xa, xb);
+      xh[k] = _mm512_unpackhi_epi16(xa, xb);
+    }
+    const std::int32_t* wr = wp + p * groups;
+    for (int h = 0; h < NH; ++h) {
+      for (int k = 0; k < NC; ++k) {
+        const __m512i w = _mm512_set1_epi32(wr[h * ldw + j[k]]);
+        lo[h][k] = dpwssd(lo[h][k], xl[k], w);
+        hi[h][k] = dpwssd(hi[h][k], xh[k], w);
+      }
+    }
+  }
+  // lane l of lo holds channels 8l..8l+3 of the chunk, of hi 8l+4..8l+7: back to channel order
+  const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int h = 0; h < NH; ++h) {
+    for (int k = 0; k < NC; ++k) {
+      std::int32_t* o = out + static_cast<std::size_t>(h) * d + c0 + 32 * k;
+      _mm512_storeu_si512(o, _mm512_permutex2var_epi32(lo[h][k], i0, hi[h][k]));
+      _mm512_storeu_si512(o + 16, _mm512_permutex2var_epi32(lo[h][k], i1, hi[h][k]));
+    }
+  }
+}
+
+template <int NH>
+inline void acc_rows_i16_nh(const std::uint16_t* codes, int d, int npairs, const std::int32_t* wp, int ldw, int groups,
+                            int group_size, std::int32_t* out) {
+  int c = 0;
+  for (; c + 64 <= d; c += 64) acc_block_i16<NH, 2>(codes, d, npairs, wp, ldw, groups, group_size, c, out);
+  for (; c < d; c += 32) acc_block_i16<NH, 1>(codes, d, npairs, wp, ldw, groups, group_size, c, out);
+}
+
+/// out ([nh][d] int32) = sum over the tile's token pairs of wp-weighted codes (acc_block_i16).
+inline void acc_rows_i16(const std::uint16_t* codes, int d, int npairs, const std::int32_t* wp, int nh, int ldw,
+                         int groups, int group_size, std::int32_t* out) {
+  for (int h = 0; h < nh; h += 4) {
+    const std::int32_t* w = wp + static_cast<std::size_t>(h) * ldw;
+    std::int32_t* o = out + static_cast<std::size_t>(h) * d;
+    switch (std::min(4, nh - h)) {
+      case 4: acc_rows_i16_nh<4>(codes, d, npairs, w, ldw, groups, group_size, o); break;
+      case 3: acc_rows_i16_nh<3>(codes, d, npairs, w, ldw, groups, group_size, o); break;
+      case 2: acc_rows_i16_nh<2>(codes, d, npairs, w, ldw, groups, group_size, o); break;
+      default: acc_rows_i16_nh<1>(codes, d, npairs, w, ldw, groups, group_size, o); break;
     }
   }
 }
