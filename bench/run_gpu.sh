@@ -45,11 +45,11 @@ if [ -z "${SKV_SKIP_SANITIZER:-}" ] && command -v compute-sanitizer >/dev/null; 
   # A reduced set under the sanitizers (they run kernels 10-100x slower): one config per suite.
   SAN_FILTER=${SKV_SANITIZER_FILTER:-'GpuCache/0.*:GpuCache/10.*:GpuCache/12.*:GpuAppend.*:GpuDecode/3.*:GpuDecode/9.*:GpuDecode/11.*:GpuDecodeFp16Baseline.*:GpuErrors.*'}
   echo "== compute-sanitizer memcheck"
-  SKV_REQUIRE_GPU=1 compute-sanitizer --tool memcheck --error-exitcode 99 "$TESTS" --gtest_filter="$SAN_FILTER" --gtest_brief=1 \
+  SKV_REQUIRE_GPU=1 timeout ${SKV_SANITIZER_TIMEOUT:-240} compute-sanitizer --tool memcheck --error-exitcode 99 "$TESTS" --gtest_filter="$SAN_FILTER" --gtest_brief=1 \
     >"$RESULTS/memcheck.log" 2>&1; rc=$?
   tail -5 "$RESULTS/memcheck.log"; san_mem=$([ $rc -eq 0 ] && echo clean || echo "FAILED rc=$rc"); [ $rc -ne 0 ] && status=1
   echo "== compute-sanitizer racecheck"
-  SKV_REQUIRE_GPU=1 compute-sanitizer --tool racecheck --error-exitcode 99 "$TESTS" --gtest_filter="$SAN_FILTER" --gtest_brief=1 \
+  SKV_REQUIRE_GPU=1 timeout ${SKV_SANITIZER_TIMEOUT:-240} compute-sanitizer --tool racecheck --error-exitcode 99 "$TESTS" --gtest_filter="$SAN_FILTER" --gtest_brief=1 \
     >"$RESULTS/racecheck.log" 2>&1; rc=$?
   tail -5 "$RESULTS/racecheck.log"; san_race=$([ $rc -eq 0 ] && echo clean || echo "FAILED rc=$rc"); [ $rc -ne 0 ] && status=1
 fi

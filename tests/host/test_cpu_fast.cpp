@@ -225,6 +225,49 @@ TEST(CpuFast, FastBlockQuantizerWritesTheSameBytesForEveryWidth) {
   check_block_bytes_all_axes<8>();
 }
 
+/// fit_groups (vectorized with AVX-512 for fp16 asymmetric parameters) against Quantizer::fit for
+/// minima / maxima of every kind: random ranges at many magnitudes, constant groups (representable
+/// in fp16 or not, zero, negative zero), one-sided groups far from the origin, fp16 subnormal scales.
+template <int Bits>
+void check_fit_groups() {
+  using Q = skv::Quantizer<Bits, 32, skv::Axis::Channel>;
+  std::mt19937 rng(77u + Bits);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> e(-30, 15);
+  constexpr int kN = 4096;
+  std::vector<float> mn(kN), mx(kN);
+  for (int i = 0; i < kN; ++i) {
+    const float m = std::ldexp(1.0f, e(rng));
+    float a = u(rng) * m, b = u(rng) * m;
+    switch (i % 8) {
+      case 0: b = a; break;                                      // constant, usually not an fp16 value
+      case 1: a = b = std::ldexp(std::round(u(rng) * 1024.0f), e(rng) / 3); break;  // constant, fp16 value
+      case 2: a = 0.0f; b = i % 16 == 2 ? -0.0f : 0.0f; break;  // zero
+      case 3: a = std::fabs(a) + m; b = a + m * 1e-3f; break;    // far from the origin
+      default: break;
+    }
+    mn[i] = std::min(a, b);
+    mx[i] = std::max(a, b);
+  }
+  std::vector<skv::fp16> s(kN), z(kN);
+  std::vector<float> sf(kN), zf(kN);
+  skv::detail::fit_groups<Q>(mn.data(), mx.data(), kN, s.data(), z.data(), sf.data(), zf.data());
+  for (int i = 0; i < kN; ++i) {
+    const auto st = Q::fit(mn[i], mx[i]);
+    ASSERT_EQ(s[i].bits, st.scale.bits) << Bits << " bits, group " << i << ": " << mn[i] << " .. " << mx[i];
+    ASSERT_EQ(z[i].bits, st.zero.bits) << Bits << " bits, group " << i << ": " << mn[i] << " .. " << mx[i];
+    ASSERT_EQ(sf[i], skv::to_float(st.scale));
+    ASSERT_EQ(zf[i], skv::to_float(st.zero));
+  }
+}
+
+TEST(CpuFast, VectorFitEqualsQuantizerFit) {
+  check_fit_groups<1>();
+  check_fit_groups<2>();
+  check_fit_groups<4>();
+  check_fit_groups<8>();
+}
+
 TEST(CpuFast, AppendedCacheBytesEqualTheScalarQuantizer) {
   using C = skv::KVCache<4, 2>;
   using L = C::Layout;

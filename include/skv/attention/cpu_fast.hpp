@@ -479,7 +479,13 @@ struct FastDecode {
       const int n = std::min(kTile - t % kTile, qend - t);
       // a page's block of this head is contiguous; the next page's is elsewhere in the pool, so
       // fetch it one page ahead (the hardware prefetcher would restart at every page)
-      if (t % kPage == 0 && t + kPage < qend) prefetch_block(view.head_block(t + kPage, h), Layout::kHeadBytes);
+      // (spread over the page's tiles so that the requests do not arrive in one burst)
+      if (t + kPage < qend) {
+        constexpr std::size_t kPart = (Layout::kHeadBytes / (kPage / kTile) + 63) / 64 * 64;
+        const std::size_t off = static_cast<std::size_t>((t % kPage) / kTile) * kPart;
+        if (off < Layout::kHeadBytes)
+          prefetch_block(view.head_block(t + kPage, h) + off, std::min(kPart, Layout::kHeadBytes - off));
+      }
       quantized_tile(view, h, t, n, nh, st, sc);
       t += n;
     }

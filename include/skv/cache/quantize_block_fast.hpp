@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include <skv/attention/cpu_simd.hpp>
 #include <skv/cache/layout.hpp>
@@ -58,6 +59,63 @@ inline void encode_row(const float* SKV_RESTRICT x, const float* SKV_RESTRICT s,
   }
 }
 
+/// Fits `count` groups from their minima and maxima: stores the parameters to scales / zeros
+/// [0, count) and their float values to s / z. Equals Quantizer::fit + Quantizer::params entry by
+/// entry; with AVX-512 and fp16 asymmetric parameters 16 groups at a time: the same float
+/// operations (divisions, max, floor) and the fp16 narrowing done by vcvtps2ph with the rounding
+/// the scalar code implements in integers (round toward +infinity for the scale, to nearest even
+/// for the integer zero point and the constant-group test), which gives the same bits for every
+/// finite input.
+template <class Q>
+inline void fit_groups(const float* SKV_RESTRICT mn, const float* SKV_RESTRICT mx, int count,
+                       typename Q::Scale* SKV_RESTRICT scales, typename Q::Scale* SKV_RESTRICT zeros,
+                       float* SKV_RESTRICT s, float* SKV_RESTRICT z) {
+  int i = 0;
+#if defined(SKV_HAS_AVX512)
+  if constexpr (Q::kHasZero && std::is_same<typename Q::Scale, fp16>::value) {
+    const __m512 max_code = _mm512_set1_ps(static_cast<float>(Q::kMaxCode));
+    const __m512 limit = _mm512_set1_ps(ScaleTraits<fp16>::kExactIntegerLimit);
+    const __m512 half = _mm512_set1_ps(0.5f), fzero = _mm512_setzero_ps();
+    for (; i + 16 <= count; i += 16) {
+      const __m512 lo = _mm512_loadu_ps(mn + i), hi = _mm512_loadu_ps(mx + i);
+      const __m512 ahi = _mm512_abs_ps(hi);
+      // constant groups whose value fp16 holds: (|x|, -sign x), or (0, 0) for x == 0
+      const __m256i v = _mm512_cvtps_ph(ahi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __mmask16 exact = _mm512_cmp_ps_mask(lo, hi, _CMP_EQ_OQ) &
+                              _mm512_cmp_ps_mask(_mm512_cvtph_ps(v), ahi, _CMP_EQ_OQ);
+      const __mmask16 is_zero = _mm512_cmp_ps_mask(hi, fzero, _CMP_EQ_OQ);
+      const __mmask16 positive = _mm512_cmp_ps_mask(hi, fzero, _CMP_GT_OQ);
+      const __m512 amax = _mm512_max_ps(_mm512_abs_ps(lo), ahi);
+      const __m512 sv = _mm512_max_ps(_mm512_div_ps(_mm512_sub_ps(hi, lo), max_code), _mm512_div_ps(amax, limit));
+      const __m256i sh = _mm512_cvtps_ph(sv, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+      const __m512 sf = _mm512_cvtph_ps(sh);
+      const __m512 zr = _mm512_roundscale_ps(
+          _mm512_add_ps(_mm512_div_ps(_mm512_sub_ps(fzero, lo), sf), half), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+      const __m256i zh = _mm512_cvtps_ph(zr, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      // exact lanes: scale v (0 when x == 0), zero -1 / +1 (0 when x == 0)
+      const __m256i one_m = _mm256_set1_epi16(static_cast<short>(0xBC00)), one_p = _mm256_set1_epi16(0x3C00);
+      const __m256i ez = _mm256_maskz_mov_epi16(static_cast<__mmask16>(~is_zero),
+                                                _mm256_mask_mov_epi16(one_p, positive, one_m));
+      const __m256i es = _mm256_maskz_mov_epi16(static_cast<__mmask16>(~is_zero), v);
+      const __m256i fs = _mm256_mask_mov_epi16(sh, exact, es);
+      const __m256i fz = _mm256_mask_mov_epi16(zh, exact, ez);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(scales + i), fs);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(zeros + i), fz);
+      _mm512_storeu_ps(s + i, _mm512_cvtph_ps(fs));
+      _mm512_storeu_ps(z + i, _mm512_cvtph_ps(fz));
+    }
+  }
+#endif
+  for (; i < count; ++i) {
+    const typename Q::Stored st = Q::fit(mn[i], mx[i]);
+    scales[i] = st.scale;
+    if (Q::kHasZero) zeros[i] = st.zero;
+    const typename Q::Params p = Q::params(st);
+    s[i] = p.scale;
+    z[i] = p.zero;
+  }
+}
+
 /// Packs n codes (n a multiple of 8, each below 2^Bits) like skv::pack_codes, eight at a time.
 template <int Bits>
 inline void pack_row(const std::uint8_t* SKV_RESTRICT codes, int n, std::uint8_t* SKV_RESTRICT out) {
@@ -91,13 +149,6 @@ void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int sl
   float s[HeadDim], z[HeadDim];
   std::uint8_t codes[HeadDim];
 
-  auto store = [&](int meta, typename Q::Stored st, float* sp, float* zp) {
-    scales[meta] = st.scale;
-    if (Q::kHasZero) zeros[meta] = st.zero;
-    const typename Q::Params p = Q::params(st);
-    *sp = p.scale;
-    *zp = p.zero;
-  };
   auto encode_pack = [&](const float* row, int slot) {
     detail::encode_row(row, s, z, HeadDim, kMaxCode, codes);
     detail::pack_row<Q::kBits>(codes, HeadDim, block + static_cast<std::size_t>(slot) * TL::kRowBytes);
@@ -127,13 +178,18 @@ void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int sl
         mn[c] = lo;
         mx[c] = hi;
       }
-      for (c = 0; c < HeadDim; ++c) store(TL::meta_index(slot0 + g * G, c), Q::fit(mn[c], mx[c]), s + c, z + c);
+      const int meta = TL::meta_index(slot0 + g * G, 0);
+      detail::fit_groups<Q>(mn, mx, HeadDim, scales + meta, zeros + (Q::kHasZero ? meta : 0), s, z);
       for (int i = 0; i < G; ++i) encode_pack(base + i * row_stride, slot0 + g * G + i);
     }
   } else {
-    for (int t = 0; t < rows; ++t) {
+    constexpr int kJ = HeadDim / G;
+    float mn[kJ * 64], mx[kJ * 64], gs[kJ * 64], gz[kJ * 64];
+    for (int t0 = 0; t0 < rows; t0 += 64) {
+    const int nt = rows - t0 < 64 ? rows - t0 : 64;
+    for (int t = t0; t < t0 + nt; ++t) {
       const float* row = x + static_cast<std::size_t>(t) * row_stride;
-      for (int j = 0; j < HeadDim / G; ++j) {
+      for (int j = 0; j < kJ; ++j) {
         const float* grp = row + j * G;
         float lo = grp[0], hi = grp[0];
         int i = 0;
@@ -150,13 +206,22 @@ void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int sl
           lo = skv::detail::min_of(lo, grp[i]);
           hi = skv::detail::max_of(hi, grp[i]);
         }
-        store(TL::meta_index(slot0 + t, j * G), Q::fit(lo, hi), s + j * G, z + j * G);
-        for (int c = j * G + 1; c < (j + 1) * G; ++c) {
-          s[c] = s[j * G];
-          z[c] = z[j * G];
+        mn[(t - t0) * kJ + j] = lo;
+        mx[(t - t0) * kJ + j] = hi;
+      }
+    }
+    const int meta = TL::meta_index(slot0 + t0, 0);
+    detail::fit_groups<Q>(mn, mx, nt * kJ, scales + meta, zeros + (Q::kHasZero ? meta : 0), gs, gz);
+    for (int t = t0; t < t0 + nt; ++t) {
+      for (int j = 0; j < kJ; ++j) {
+        const float sj = gs[(t - t0) * kJ + j], zj = gz[(t - t0) * kJ + j];
+        for (int c = j * G; c < (j + 1) * G; ++c) {
+          s[c] = sj;
+          z[c] = zj;
         }
       }
-      encode_pack(row, slot0 + t);
+      encode_pack(x + static_cast<std::size_t>(t) * row_stride, slot0 + t);
+    }
     }
   }
 }
