@@ -2,7 +2,8 @@
 //
 // On an LLM-like synthetic workload (examples/synthetic_kv.hpp: keys with per-channel offsets and
 // consistent outlier channels, RoPE'd; values near-Gaussian with ~25x less energy; queries that read
-// the keys' outlier channels), it instantiates six quantized caches at compile time and an
+// the keys' outlier channels), it instantiates six quantized caches at compile time, four with
+// accuracy options (rotated keys, fp32 sink tokens, clipping search; docs/accuracy.md) and an
 // unquantized baseline, and prints per configuration: bits per element with metadata, KV memory of
 // a Llama-3-8B-shaped model at 32k context, key and value MSE, attention-output error against fp64,
 // and CPU decode time. Then it answers, for peaked and for flat attention, whether K4V2 beats K2V4
@@ -44,23 +45,29 @@ double time_ms(F&& f) {
 
 template <class Cache>
 Row measure(const char* name, const skv_demo::Workload& w, const std::vector<double>& ref) {
+  using L = typename Cache::Layout;
   Cache cache(w.kv_heads, w.tokens);
   cache.append(w.k.data(), w.v.data(), w.tokens);
   const auto view = cache.view();
+  std::vector<float> keys = w.k;  // as the cache stores them (rotated keys: compare with R k)
+  if constexpr (L::kRotateKeys)
+    for (std::size_t i = 0; i < keys.size(); i += L::kHeadDim)
+      skv::HadamardRotation<L::kHeadDim, L::kRotationSeed>::apply(keys.data() + i);
   double ke = 0, ve = 0;
   for (int t = 0; t < w.tokens; ++t)
     for (int h = 0; h < w.kv_heads; ++h)
       for (int c = 0; c < w.head_dim; ++c) {
         const std::size_t i = (static_cast<std::size_t>(t) * w.kv_heads + h) * w.head_dim + c;
-        ke += std::pow(view.key(t, h, c) - w.k[i], 2);
+        ke += std::pow(view.key(t, h, c) - keys[i], 2);
         ve += std::pow(view.value(t, h, c) - w.v[i], 2);
       }
   std::vector<float> out(w.q.size());
   const double ms = time_ms([&] { skv::cpu::decode_attention(cache, w.q.data(), w.q_heads, out.data()); });
   const double n = static_cast<double>(w.k.size());
+  const int sinks = L::sink_length(w.tokens);  // fp32 sink tokens, spread over the tokens
   return {name,
-          Cache::bits_per_element(),
-          kLayers * kKvHeads * kContext * Cache::bytes_per_token() / kGiB,
+          (Cache::bits_per_element() * (w.tokens - sinks) + 32.0 * sinks) / w.tokens,
+          kLayers * kKvHeads * (kContext * Cache::bytes_per_token() + sinks * L::sink_bytes_per_token()) / kGiB,
           ke / n,
           ve / n,
           skv_demo::relative_error(out, ref),
@@ -148,6 +155,10 @@ int main() {
   rows.push_back(measure<skv::KVCache<4, 2>>("K4V2", w, ref));
   rows.push_back(measure<skv::KVCache<2, 4>>("K2V4", w, ref));
   rows.push_back(measure<skv::KVCache<2, 2>>("K2V2", w, ref));
+  rows.push_back(measure<skv::KVCache<4, 2, 128, skv::RotateKeys>>("K4V2+rot", w, ref));
+  rows.push_back(measure<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>>("K4V2+rot+sink4", w, ref));
+  rows.push_back(measure<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>("K4V2+clip", w, ref));
+  rows.push_back(measure<skv::KVCache<2, 2, 128, skv::RotateKeys>>("K2V2+rot", w, ref));
   print(rows);
 
   const Row& k4v2 = rows[4];

@@ -170,7 +170,8 @@ int cmd_eval(const std::string& path, const std::string& configs, const std::str
     for (const auto& r : res)
       j["configs"].push_back({{"name", r.name}, {"key_bits", bits_json(r.key_bits)}, {"value_bits", bits_json(r.value_bits)},
                               {"bits_per_element", r.bits_per_element}, {"key_mse", r.key_mse},
-                              {"value_mse", r.value_mse}, {"attn_rel_err", r.attn_rel_err}});
+                              {"value_mse", r.value_mse}, {"score_rel_err", r.score_rel_err},
+                              {"attn_rel_err", r.attn_rel_err}});
     std::cout << j.dump(2) << "\n";
     return 0;
   }
@@ -181,8 +182,8 @@ int cmd_eval(const std::string& path, const std::string& configs, const std::str
   std::vector<std::vector<std::string>> rows;
   for (const auto& r : res)
     rows.push_back({r.name, skv_cli::num(r.bits_per_element), skv_cli::num(r.key_mse), skv_cli::num(r.value_mse),
-                    skv_cli::num(r.attn_rel_err)});
-  skv_cli::print_table({"config", "bits/elem", "key MSE", "value MSE", "attn rel err"}, rows);
+                    skv_cli::num(r.score_rel_err), skv_cli::num(r.attn_rel_err)});
+  skv_cli::print_table({"config", "bits/elem", "key MSE", "value MSE", "score rel err", "attn rel err"}, rows);
   return 0;
 }
 
@@ -277,7 +278,9 @@ int main(int argc, char** argv) {
   bool ev_json = false;
   auto* eval = app.add_subcommand("eval", "quantize a K/V dump with each configuration and report its error");
   eval->add_option("DUMP", ev_path, "K/V dump (layers.{i}.k / .v / optional .q, [tokens, heads, head_dim])")->required();
-  eval->add_option("--configs", ev_configs, "comma-separated kKvV configurations")->capture_default_str();
+  eval->add_option("--configs", ev_configs,
+                   "comma-separated kKvV configurations, each with options +rot, +sink4, +clip, +tok (e.g. k4v2+rot+sink4)")
+      ->capture_default_str();
   eval->add_option("--queries", ev_queries, "query tokens per layer for the attention error")->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
   eval->add_option("--plan", ev_plan, "also evaluate a per-layer plan (the JSON of skv plan --json)");

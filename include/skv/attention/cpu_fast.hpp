@@ -9,7 +9,8 @@
 //                         per head, the zero term subtracted once per tile (groups narrower than a
 //                         vector are dequantized once per token instead)
 //   values, Axis::Channel sum_t p[t] * code[t][c] per tile, then scaled and shifted once per tile
-//   residual window       full-precision rows, same dot / accumulate kernels
+//   sinks, residual window full-precision rows, same dot / accumulate kernels
+//   rotated keys          the scaled query is rotated once per work item (O(D log D) per head)
 // Codes are unpacked with AVX-512 / AVX2 shuffles (cpu_simd.hpp) into a float tile in L1.
 //
 // Tolerance against decode_attention_reference (double accumulation): float arithmetic in a
@@ -36,6 +37,7 @@
 #include <skv/error.hpp>
 #include <skv/numeric/half.hpp>
 #include <skv/quant/quantizer.hpp>
+#include <skv/quant/rotation.hpp>
 
 namespace skv {
 namespace cpu {
@@ -391,12 +393,12 @@ struct FastDecode {
     }
   }
 
-  /// Tokens [t, t + n) of KV head h, all quantized, in one tile.
-  static void quantized_tile(const SequenceView<Layout>& view, int h, int t, int n, int nh, ItemState& st,
+  /// Quantized indices [j, j + n) of KV head h (within one tile).
+  static void quantized_tile(const SequenceView<Layout>& view, int h, int j, int n, int nh, ItemState& st,
                              Scratch& sc) {
-    const int slot = t % kPage;
-    const auto kb = view.keys(t, h);
-    const auto vb = view.values(t, h);
+    const int slot = j % kPage;
+    const auto kb = view.keys(j, h);
+    const auto vb = view.values(j, h);
     float* kbuf = sc.kbuf.data();
     float* logits = sc.logits.data();
     float* p = sc.p.data();
@@ -443,13 +445,14 @@ struct FastDecode {
     values_tile(vb, slot, n, nh, st, sc);
   }
 
-  /// Tokens [t, t + n) of KV head h from the full-precision residual ring.
-  static void residual_tile(const SequenceView<Layout>& view, int h, int t, int n, int nh, ItemState& st,
-                            Scratch& sc) {
+  /// Tokens [t, t + n) of KV head h in full precision: sinks (all below kSinkTokens) or ring tokens.
+  static void full_precision_tile(const SequenceView<Layout>& view, int h, int t, int n, int nh, ItemState& st,
+                                  Scratch& sc, bool sinks) {
     for (int i = 0; i < n; ++i) {
-      std::memcpy(sc.kbuf.data() + static_cast<std::size_t>(i) * kD, view.residual_key(t + i, h), sizeof(float) * kD);
-      std::memcpy(sc.vbuf.data() + static_cast<std::size_t>(i) * kD, view.residual_value(t + i, h),
-                  sizeof(float) * kD);
+      const float* k = sinks ? view.sink_key(t + i, h) : view.residual_key(t + i, h);
+      const float* v = sinks ? view.sink_value(t + i, h) : view.residual_value(t + i, h);
+      std::memcpy(sc.kbuf.data() + static_cast<std::size_t>(i) * kD, k, sizeof(float) * kD);
+      std::memcpy(sc.vbuf.data() + static_cast<std::size_t>(i) * kD, v, sizeof(float) * kD);
     }
     dot_rows(sc.q0.data(), nh, kD, sc.kbuf.data(), kD, n, nullptr, sc.logits.data(), kTile);
     softmax_tile(st, nh, kD, sc.logits.data(), kTile, n, sc.p.data());
@@ -466,32 +469,46 @@ struct FastDecode {
 #endif
   }
 
-  /// One work item: q is [nh][kD] (the query heads of KV head `h`).
+  /// One work item: q is [nh][kD] (the query heads of KV head `h`), tokens [begin, end) in order:
+  /// sinks, then quantized tokens (quantized index j = token - kSinkTokens), then the ring.
   static void process(const SequenceView<Layout>& view, const float* q, float scale, int h, int begin, int end, int nh,
                       ItemState& st, Scratch& sc) {
+    constexpr int kSinks = Layout::kSinkTokens;
     sc.ensure(nh);
     for (std::size_t i = 0; i < static_cast<std::size_t>(nh) * kD; ++i) sc.q0[i] = q[i] * scale;
-    const int qlen = view.quantized_length();
+    if constexpr (Layout::kRotateKeys) {  // the query in the rotated keys' basis, while it is in L1 anyway
+      for (int i = 0; i < nh; ++i)
+        HadamardRotation<kD, Layout::kRotationSeed>::apply(sc.q0.data() + static_cast<std::size_t>(i) * kD);
+    }
     int t = begin;
-    const int qend = std::min(end, qlen);
-    if (t < qend) prefetch_block(view.head_block(t, h), Layout::kHeadBytes);
-    while (t < qend) {
-      const int n = std::min(kTile - t % kTile, qend - t);
-      // a page's block of this head is contiguous; the next page's is elsewhere in the pool, so
-      // fetch it one page ahead (the hardware prefetcher would restart at every page)
-      // (spread over the page's tiles so that the requests do not arrive in one burst)
-      if (t + kPage < qend) {
-        constexpr std::size_t kPart = (Layout::kHeadBytes / (kPage / kTile) + 63) / 64 * 64;
-        const std::size_t off = static_cast<std::size_t>((t % kPage) / kTile) * kPart;
-        if (off < Layout::kHeadBytes)
-          prefetch_block(view.head_block(t + kPage, h) + off, std::min(kPart, Layout::kHeadBytes - off));
-      }
-      quantized_tile(view, h, t, n, nh, st, sc);
+    for (const int e = std::min(end, view.sink_length()); t < e;) {
+      const int n = std::min(kTile, e - t);
+      full_precision_tile(view, h, t, n, nh, st, sc, true);
       t += n;
+    }
+    int j = t - kSinks;
+    const int jend = std::min(end - kSinks, view.quantized_length());
+    if (j < jend) {
+      prefetch_block(view.head_block(j, h), Layout::kHeadBytes);
+      while (j < jend) {
+        const int n = std::min(kTile - j % kTile, jend - j);
+        // a page's block of this head is contiguous; the next page's is elsewhere in the pool, so
+        // fetch it one page ahead (the hardware prefetcher would restart at every page), spread
+        // over the page's tiles so that the requests do not arrive in one burst
+        if (j + kPage < jend) {
+          constexpr std::size_t kPart = (Layout::kHeadBytes / (kPage / kTile) + 63) / 64 * 64;
+          const std::size_t off = static_cast<std::size_t>((j % kPage) / kTile) * kPart;
+          if (off < Layout::kHeadBytes)
+            prefetch_block(view.head_block(j + kPage, h) + off, std::min(kPart, Layout::kHeadBytes - off));
+        }
+        quantized_tile(view, h, j, n, nh, st, sc);
+        j += n;
+      }
+      t = kSinks + jend;
     }
     while (t < end) {
       const int n = std::min(kTile, end - t);
-      residual_tile(view, h, t, n, nh, st, sc);
+      full_precision_tile(view, h, t, n, nh, st, sc, false);
       t += n;
     }
   }

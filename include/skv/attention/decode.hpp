@@ -28,20 +28,20 @@ void decode_attention(const SequenceView<Layout>& view, const float* q, int num_
   decode_attention(view, q, num_q_heads, out, default_scale<Layout>());
 }
 
-template <class KeyQ, class ValueQ, int D, int P, int R>
-void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R>& cache, const float* q, int num_q_heads, float* out,
+template <class KeyQ, class ValueQ, int D, int P, int R, class O>
+void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads, float* out,
                       float scale, const DecodeOptions& opt = DecodeOptions{}) {
   decode_attention(cache.view(), q, num_q_heads, out, scale, opt);
 }
 
-template <class KeyQ, class ValueQ, int D, int P, int R>
-void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R>& cache, const float* q, int num_q_heads, float* out) {
+template <class KeyQ, class ValueQ, int D, int P, int R, class O>
+void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads, float* out) {
   decode_attention(cache.view(), q, num_q_heads, out);
 }
 
 /// The reference path for a whole cache (the view overload lives in attention/reference.hpp).
-template <class KeyQ, class ValueQ, int D, int P, int R>
-void decode_attention_reference(const BasicKVCache<KeyQ, ValueQ, D, P, R>& cache, const float* q, int num_q_heads,
+template <class KeyQ, class ValueQ, int D, int P, int R, class O>
+void decode_attention_reference(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads,
                                 float* out, float scale) {
   decode_attention_reference(cache.view(), q, num_q_heads, out, scale);
 }

@@ -2,7 +2,8 @@
 //
 // The oracle the fast CPU path and the CUDA kernels are tested against: plain loops, double
 // accumulation, and the one shared dequantization function (SequenceView::key / value ->
-// Quantizer::decode). Attention sees every appended token: quantized blocks and the residual window.
+// Quantizer::decode). Attention sees every appended token: sinks, quantized blocks and the residual
+// window; with rotated keys the query is rotated by the same R first.
 #pragma once
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <skv/attention/softmax.hpp>
 #include <skv/cache/view.hpp>
 #include <skv/error.hpp>
+#include <skv/quant/rotation.hpp>
 
 namespace skv {
 namespace cpu {
@@ -37,6 +39,16 @@ void check_attention_args(const SequenceView<Layout>& view, const float* q, int 
     require(std::isfinite(q[i]), "decode_attention: q has a NaN or Inf at head " +
                                      std::to_string(i / Layout::kHeadDim) + ", dim " +
                                      std::to_string(i % Layout::kHeadDim));
+}
+
+/// The queries as the cache's keys expect them: a copy of q, rotated when the layout rotates keys.
+template <class Layout>
+std::vector<float> stored_basis_queries(const float* q, int num_q_heads) {
+  constexpr int D = Layout::kHeadDim;
+  std::vector<float> r(q, q + static_cast<std::size_t>(num_q_heads) * D);
+  if constexpr (Layout::kRotateKeys)
+    for (std::size_t i = 0; i < r.size(); i += D) HadamardRotation<D, Layout::kRotationSeed>::apply(r.data() + i);
+  return r;
 }
 
 /// Softmax state of query head `qh` over tokens [begin, end), in double.
@@ -68,9 +80,10 @@ template <class Layout>
 void decode_attention_reference(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out,
                                 float scale) {
   detail::check_attention_args(view, q, num_q_heads, out, scale);
+  const std::vector<float> qr = detail::stored_basis_queries<Layout>(q, num_q_heads);
   const int group = num_q_heads / view.num_kv_heads;
   for (int h = 0; h < num_q_heads; ++h) {
-    detail::reference_state(view, q, h, h / group, 0, view.length, scale)
+    detail::reference_state(view, qr.data(), h, h / group, 0, view.length, scale)
         .finish(out + static_cast<std::size_t>(h) * Layout::kHeadDim);
   }
 }
@@ -82,12 +95,13 @@ void decode_attention_chunked(const SequenceView<Layout>& view, const float* q, 
                               float scale, int chunk_tokens) {
   detail::check_attention_args(view, q, num_q_heads, out, scale);
   skv::detail::require(chunk_tokens > 0, "decode_attention_chunked: chunk_tokens must be positive");
+  const std::vector<float> qr = detail::stored_basis_queries<Layout>(q, num_q_heads);
   const int group = num_q_heads / view.num_kv_heads;
   for (int h = 0; h < num_q_heads; ++h) {
     SoftmaxState<double, Layout::kHeadDim> total;
     for (int begin = 0; begin < view.length; begin += chunk_tokens) {
       const int end = std::min(view.length, begin + chunk_tokens);
-      total.merge(detail::reference_state(view, q, h, h / group, begin, end, scale));
+      total.merge(detail::reference_state(view, qr.data(), h, h / group, begin, end, scale));
     }
     total.finish(out + static_cast<std::size_t>(h) * Layout::kHeadDim);
   }

@@ -1,9 +1,9 @@
 // skv/cache/append.hpp: appending tokens to a sequence view (host).
 //
 // All-or-nothing: every argument and every value is checked before the first byte is written, so a
-// rejected call leaves the cache exactly as it was. Tokens enter the full-precision ring; whenever
-// kBlockTokens of them are older than the residual window, that block is quantized into its page,
-// once (it is never re-quantized).
+// rejected call leaves the cache exactly as it was. The first kSinkTokens tokens go to the sinks;
+// later tokens enter the full-precision ring, and whenever kBlockTokens of them are older than the
+// residual window, that block is quantized into its page, once (it is never re-quantized).
 #pragma once
 
 #include <cmath>
@@ -18,6 +18,7 @@
 #include <skv/cache/view.hpp>
 #include <skv/error.hpp>
 #include <skv/numeric/half.hpp>
+#include <skv/quant/rotation.hpp>
 
 namespace skv {
 
@@ -53,10 +54,12 @@ void check_values(const float* x, std::size_t count, int num_kv_heads, int head_
 }  // namespace detail
 
 /// Appends `n` tokens of keys and values, each [n][num_kv_heads][HeadDim] floats, to `view`
-/// (whose length advances by n). Throws skv::Error, leaving the cache unchanged, on a null pointer,
-/// a bad view, a block-table entry outside the pool, capacity overflow or a non-finite value.
+/// (whose length advances by n). With Options<RotateKeys> the keys are rotated first (and the rotated
+/// keys must be in range). Throws skv::Error, leaving the cache unchanged, on a null pointer, a bad
+/// view, a block-table entry outside the pool, capacity overflow or a non-finite value.
 template <class Layout>
 void append(SequenceView<Layout>& view, const float* keys, const float* values, int n) {
+  constexpr int D = Layout::kHeadDim;
   detail::check_view(view);
   detail::require(n >= 0, "cannot append a negative number of tokens (" + std::to_string(n) + ")");
   if (n == 0) return;
@@ -64,9 +67,17 @@ void append(SequenceView<Layout>& view, const float* keys, const float* values, 
   detail::require(n <= view.capacity() - view.length,
                   "append of " + std::to_string(n) + " tokens past capacity (" + std::to_string(view.length) + " of " +
                       std::to_string(view.capacity()) + " used)");
-  const std::size_t count = static_cast<std::size_t>(n) * view.num_kv_heads * Layout::kHeadDim;
-  detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, Layout::kHeadDim, "keys");
-  detail::check_values<typename Layout::ValueQuantizer>(values, count, view.num_kv_heads, Layout::kHeadDim, "values");
+  const std::size_t count = static_cast<std::size_t>(n) * view.num_kv_heads * D;
+  std::vector<float> rotated;
+  if constexpr (Layout::kRotateKeys) {
+    detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, D, "keys");
+    rotated = std::vector<float>(keys, keys + count);
+    for (std::size_t i = 0; i < count; i += D) HadamardRotation<D, Layout::kRotationSeed>::apply(rotated.data() + i);
+    keys = rotated.data();
+  }
+  detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, D,
+                                                      Layout::kRotateKeys ? "rotated keys" : "keys");
+  detail::check_values<typename Layout::ValueQuantizer>(values, count, view.num_kv_heads, D, "values");
   const int q_before = Layout::quantized_length(view.length);
   const int q_after = Layout::quantized_length(view.length + n);
   for (int p = q_before / Layout::kPageSize; q_after > q_before && p <= (q_after - 1) / Layout::kPageSize; ++p) {
@@ -76,15 +87,16 @@ void append(SequenceView<Layout>& view, const float* keys, const float* values, 
                                                             std::to_string(view.num_pages) + " pages");
   }
 
-  const std::size_t token_floats = static_cast<std::size_t>(view.num_kv_heads) * Layout::kHeadDim;
+  const std::size_t token_floats = static_cast<std::size_t>(view.num_kv_heads) * D;
   for (int i = 0; i < n; ++i) {
     const int t = view.length;
+    const bool sink = t < Layout::kSinkTokens;
     for (int h = 0; h < view.num_kv_heads; ++h) {
-      const float* k = keys + i * token_floats + static_cast<std::size_t>(h) * Layout::kHeadDim;
-      const float* v = values + i * token_floats + static_cast<std::size_t>(h) * Layout::kHeadDim;
-      float* rk = view.residual_key(t, h);
-      float* rv = view.residual_value(t, h);
-      for (int c = 0; c < Layout::kHeadDim; ++c) {
+      const float* k = keys + i * token_floats + static_cast<std::size_t>(h) * D;
+      const float* v = values + i * token_floats + static_cast<std::size_t>(h) * D;
+      float* rk = sink ? view.sink_key(t, h) : view.residual_key(t, h);
+      float* rv = sink ? view.sink_value(t, h) : view.residual_value(t, h);
+      for (int c = 0; c < D; ++c) {
         rk[c] = k[c];
         rv[c] = v[c];
       }

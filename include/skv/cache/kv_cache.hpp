@@ -31,10 +31,11 @@ namespace skv {
 ///   HeadDim       elements per head
 ///   PageSize      tokens per page (a power of two, a multiple of every Channel-axis group)
 ///   Residual      extra recent tokens kept in full precision beyond the incomplete block
-template <class KeyQ, class ValueQ, int HeadDim = 128, int PageSize = 64, int Residual = 0>
+///   Opts          skv::Options<...>: RotateKeys, Sinks<N>, ClipKeys, ClipValues (cache/options.hpp)
+template <class KeyQ, class ValueQ, int HeadDim = 128, int PageSize = 64, int Residual = 0, class Opts = Options<>>
 class BasicKVCache {
  public:
-  using Layout = CacheLayout<KeyQ, ValueQ, HeadDim, PageSize, Residual>;
+  using Layout = CacheLayout<KeyQ, ValueQ, HeadDim, PageSize, Residual, Opts>;
   using View = SequenceView<Layout>;
   using KeyQuantizer = KeyQ;
   using ValueQuantizer = ValueQ;
@@ -44,10 +45,13 @@ class BasicKVCache {
   static constexpr int kHeadDim = HeadDim;
   static constexpr int kPageSize = PageSize;
   static constexpr int kResidual = Residual;
+  static constexpr int kSinkTokens = Layout::kSinkTokens;
+  static constexpr bool kRotateKeys = Layout::kRotateKeys;
   /// Bytes of one KV head in one page (naming it also checks the configuration at compile time).
   static constexpr std::size_t kHeadBytes = Layout::kHeadBytes;
 
-  /// Quantized bytes per token per KV head (keys + values, codes + scales + zeros).
+  /// Quantized bytes per token per KV head (keys + values, codes + scales + zeros); sink tokens cost
+  /// Layout::sink_bytes_per_token() each instead, counted in memory_bytes().
   static constexpr double bytes_per_token() { return Layout::bytes_per_token(); }
   /// Average bits per cached element, metadata included.
   static constexpr double bits_per_element() { return Layout::bits_per_element(); }
@@ -56,7 +60,8 @@ class BasicKVCache {
     detail::require(num_kv_heads > 0, "the cache needs at least one KV head (num_kv_heads = " +
                                           std::to_string(num_kv_heads) + ")");
     detail::require(max_tokens >= 0, "max_tokens must not be negative (" + std::to_string(max_tokens) + ")");
-    num_pages_ = max_tokens / PageSize + (max_tokens % PageSize != 0);
+    const int paged = max_tokens > Layout::kSinkTokens ? max_tokens - Layout::kSinkTokens : 0;
+    num_pages_ = paged / PageSize + (paged % PageSize != 0);
     const std::size_t page_bytes = Layout::page_bytes(num_kv_heads);
     detail::require(num_pages_ == 0 || page_bytes <= std::numeric_limits<std::size_t>::max() / num_pages_,
                     "cache size overflows size_t");
@@ -92,17 +97,18 @@ class BasicKVCache {
   int size() const { return length_; }
   int capacity() const { return max_tokens_; }
   int num_kv_heads() const { return num_kv_heads_; }
-  /// Tokens stored quantized / still in the full-precision residual window.
+  /// Tokens kept as sinks / stored quantized / still in the full-precision residual window.
+  int sink_size() const { return Layout::sink_length(length_); }
   int quantized_size() const { return Layout::quantized_length(length_); }
-  int residual_size() const { return length_ - quantized_size(); }
+  int residual_size() const { return length_ - Layout::residual_begin(length_); }
 
-  /// Bytes holding cached tokens now: the pages in use plus the residual ring.
+  /// Bytes holding cached tokens now: the pages in use plus the full-precision area (ring and sinks).
   std::size_t memory_bytes() const {
     const int q = quantized_size();
     const std::size_t pages_used = static_cast<std::size_t>(q / PageSize + (q % PageSize != 0));
     return pages_used * Layout::page_bytes(num_kv_heads_) + residual_bytes();
   }
-  /// Bytes reserved for max_tokens: every page plus the residual ring.
+  /// Bytes reserved for max_tokens: every page plus the full-precision area.
   std::size_t reserved_bytes() const { return pool_bytes_ + residual_bytes(); }
 
   /// A view of this cache (valid while the cache lives and is not moved). Read it for attention;
@@ -158,9 +164,11 @@ constexpr int default_value_group(int head_dim) {
 }  // namespace detail
 
 /// The short form: KeyBits-bit keys grouped per channel over 32 tokens, ValueBits-bit values grouped
-/// per token over 64 channels, asymmetric, fp16 scales and zeros, pages of 64 tokens.
-template <int KeyBits, int ValueBits, int HeadDim = 128>
+/// per token over 64 channels, asymmetric, fp16 scales and zeros, pages of 64 tokens, and any
+/// accuracy options: skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>.
+template <int KeyBits, int ValueBits, int HeadDim = 128, class... Opts>
 using KVCache = BasicKVCache<Quantizer<KeyBits, 32, Axis::Channel>,
-                             Quantizer<ValueBits, detail::default_value_group(HeadDim), Axis::Token>, HeadDim>;
+                             Quantizer<ValueBits, detail::default_value_group(HeadDim), Axis::Token>, HeadDim, 64, 0,
+                             Options<Opts...>>;
 
 }  // namespace skv

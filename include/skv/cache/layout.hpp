@@ -7,15 +7,22 @@
 // form rows of HeadDim (one row per PageSize / GroupSize token group); for Axis::Token groups rows
 // of HeadDim / GroupSize (one row per token).
 //
-// Tokens not yet quantized live in a full-precision ring (the residual window) of
-// kResidualCapacity slots per sequence: float [2][kResidualCapacity][num_kv_heads][HeadDim], keys
-// first; token t sits in slot t % kResidualCapacity. quantized_length(length) is a pure function of
-// the length, so a reader needs nothing but the length to know where each token is.
+// A sequence's tokens come in three runs, in order: kSinkTokens sink tokens (Options: Sinks<N>),
+// kept in full precision; quantized tokens, in pages, addressed by their quantized index j (token
+// kSinkTokens + j); and the tokens not yet quantized. Both full-precision parts live in the sequence's
+// float area of residual_floats(num_kv_heads) floats:
+//   [2][kResidualCapacity][num_kv_heads][HeadDim]  the ring (residual window), keys first; token t
+//                                                  sits in slot (t - kSinkTokens) % kResidualCapacity
+//   [2][kSinkTokens][num_kv_heads][HeadDim]        the sinks, keys first
+// quantized_length(length) is a pure function of the length, so a reader needs nothing but the
+// length to know where each token is. With Options<RotateKeys> every stored key (sink, page, ring)
+// is the rotated key R k.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include <skv/cache/options.hpp>
 #include <skv/config.hpp>
 #include <skv/numeric/pack.hpp>
 #include <skv/quant/quantizer.hpp>
@@ -81,7 +88,7 @@ struct TensorBlock {
 
 /// Every compile-time fact about a cache configuration; shared by the host cache, the views and
 /// the GPU kernels.
-template <class KeyQ, class ValueQ, int HeadDim, int PageSize, int Residual>
+template <class KeyQ, class ValueQ, int HeadDim, int PageSize, int Residual, class Opts = Options<>>
 struct CacheLayout {
   static_assert(IsQuantizer<KeyQ>::value, "skv: KeyQuantizer must be an skv::Quantizer");
   static_assert(IsQuantizer<ValueQ>::value, "skv: ValueQuantizer must be an skv::Quantizer");
@@ -89,9 +96,13 @@ struct CacheLayout {
                 "skv: HeadDim must be a multiple of 8 between 8 and 1024");
   static_assert(PageSize >= 1 && (PageSize & (PageSize - 1)) == 0, "skv: PageSize must be a power of two");
   static_assert(Residual >= 0, "skv: Residual must not be negative");
+  static_assert(IsOptions<Opts>::value, "skv: the options of a cache must be skv::Options<...>");
+  static_assert(!Opts::kRotateKeys || (HeadDim & (HeadDim - 1)) == 0,
+                "skv: RotateKeys needs a power-of-two HeadDim (the Walsh-Hadamard transform)");
 
   using KeyQuantizer = KeyQ;
   using ValueQuantizer = ValueQ;
+  using CacheOptions = Opts;
   using Keys = TensorLayout<KeyQ, HeadDim, PageSize>;
   using Values = TensorLayout<ValueQ, HeadDim, PageSize>;
   using KeyBlock = TensorBlock<KeyQ, HeadDim, PageSize>;
@@ -102,6 +113,11 @@ struct CacheLayout {
   static constexpr int kHeadDim = HeadDim;
   static constexpr int kPageSize = PageSize;
   static constexpr int kResidual = Residual;
+  static constexpr int kSinkTokens = Opts::kSinkTokens;
+  static constexpr bool kRotateKeys = Opts::kRotateKeys;
+  static constexpr std::uint64_t kRotationSeed = Opts::kRotationSeed;
+  static constexpr bool kClipKeys = Opts::kClipKeys;
+  static constexpr bool kClipValues = Opts::kClipValues;
   /// Tokens quantized together: one Channel-axis group (both extents are powers of two).
   static constexpr int kBlockTokens = detail::max_of(KeyQ::kTokenExtent, ValueQ::kTokenExtent);
   static_assert(PageSize % kBlockTokens == 0, "skv: PageSize must be a multiple of every Channel-axis GroupSize");
@@ -119,16 +135,25 @@ struct CacheLayout {
   static constexpr double bytes_per_token() { return static_cast<double>(kHeadBytes) / PageSize; }
   /// Bits per cached element (keys and values averaged), metadata included.
   static constexpr double bits_per_element() { return bytes_per_token() * 8.0 / (2.0 * HeadDim); }
-  /// Floats of the residual ring per sequence.
+  /// Floats of a sequence's full-precision area: the residual ring, then the sinks.
   SKV_HOST_DEVICE static constexpr std::size_t residual_floats(int num_kv_heads) {
-    return 2u * kResidualCapacity * static_cast<std::size_t>(num_kv_heads) * HeadDim;
+    return 2u * (kResidualCapacity + kSinkTokens) * static_cast<std::size_t>(num_kv_heads) * HeadDim;
   }
+  /// Bytes of the sinks per token per KV head (float keys and values).
+  static constexpr std::size_t sink_bytes_per_token() { return 2u * HeadDim * sizeof(float); }
 
-  /// Tokens of a sequence of `length` tokens that are stored quantized (the rest are in the ring).
+  /// Sink tokens of a sequence of `length` tokens.
+  SKV_HOST_DEVICE static constexpr int sink_length(int length) { return length < kSinkTokens ? length : kSinkTokens; }
+  /// Tokens of a sequence of `length` tokens that are stored quantized: quantized indices
+  /// [0, quantized_length), tokens [kSinkTokens, kSinkTokens + quantized_length).
   SKV_HOST_DEVICE static constexpr int quantized_length(int length) {
-    return length <= Residual ? 0 : (length - Residual) / kBlockTokens * kBlockTokens;
+    return length <= kSinkTokens + Residual ? 0 : (length - kSinkTokens - Residual) / kBlockTokens * kBlockTokens;
   }
-  SKV_HOST_DEVICE static constexpr int residual_slot(int token) { return token % kResidualCapacity; }
+  /// First token in the ring: the ring holds tokens [residual_begin(length), length).
+  SKV_HOST_DEVICE static constexpr int residual_begin(int length) {
+    return sink_length(length) + quantized_length(length);
+  }
+  SKV_HOST_DEVICE static constexpr int residual_slot(int token) { return (token - kSinkTokens) % kResidualCapacity; }
   /// Offset (in floats) of residual key / value `token`, head `h` within a sequence's ring.
   SKV_HOST_DEVICE static constexpr std::size_t residual_key_offset(int token, int h, int num_kv_heads) {
     return (static_cast<std::size_t>(residual_slot(token)) * num_kv_heads + h) * HeadDim;
@@ -136,6 +161,14 @@ struct CacheLayout {
   SKV_HOST_DEVICE static constexpr std::size_t residual_value_offset(int token, int h, int num_kv_heads) {
     return residual_key_offset(token, h, num_kv_heads) +
            static_cast<std::size_t>(kResidualCapacity) * num_kv_heads * HeadDim;
+  }
+  /// Offset (in floats) of sink key / value `token` (< kSinkTokens), head `h`.
+  SKV_HOST_DEVICE static constexpr std::size_t sink_key_offset(int token, int h, int num_kv_heads) {
+    return (2u * kResidualCapacity + static_cast<std::size_t>(token)) * num_kv_heads * HeadDim +
+           static_cast<std::size_t>(h) * HeadDim;
+  }
+  SKV_HOST_DEVICE static constexpr std::size_t sink_value_offset(int token, int h, int num_kv_heads) {
+    return sink_key_offset(token, h, num_kv_heads) + static_cast<std::size_t>(kSinkTokens) * num_kv_heads * HeadDim;
   }
 };
 

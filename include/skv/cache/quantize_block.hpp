@@ -17,8 +17,8 @@ namespace skv {
 
 /// Quantizes `rows` tokens, x[r * row_stride + c] for r < rows and c < HeadDim, into page slots
 /// [slot0, slot0 + rows) of the tensor block at `block`. `rows` and `slot0` must be multiples of
-/// Q::kTokenExtent.
-template <class Q, int HeadDim, int PageSize>
+/// Q::kTokenExtent. With Clip, each group's parameters come from Quantizer::fit_clipped.
+template <class Q, int HeadDim, int PageSize, bool Clip = false>
 SKV_HOST_DEVICE void quantize_rows(const float* x, std::size_t row_stride, int rows, int slot0, std::uint8_t* block) {
   using TL = TensorLayout<Q, HeadDim, PageSize>;
   using Scale = typename Q::Scale;
@@ -39,7 +39,7 @@ SKV_HOST_DEVICE void quantize_rows(const float* x, std::size_t row_stride, int r
           mn = detail::min_of(mn, col[i * row_stride]);
           mx = detail::max_of(mx, col[i * row_stride]);
         }
-        store(TL::meta_index(slot0 + g * G, c), Q::fit(mn, mx));
+        store(TL::meta_index(slot0 + g * G, c), Clip ? Q::fit_clipped(col, row_stride, mn, mx) : Q::fit(mn, mx));
       }
     }
   } else {
@@ -51,7 +51,7 @@ SKV_HOST_DEVICE void quantize_rows(const float* x, std::size_t row_stride, int r
           mn = detail::min_of(mn, grp[i]);
           mx = detail::max_of(mx, grp[i]);
         }
-        store(TL::meta_index(slot0 + t, j * G), Q::fit(mn, mx));
+        store(TL::meta_index(slot0 + t, j * G), Clip ? Q::fit_clipped(grp, 1, mn, mx) : Q::fit(mn, mx));
       }
     }
   }
@@ -68,18 +68,20 @@ SKV_HOST_DEVICE void quantize_rows(const float* x, std::size_t row_stride, int r
   }
 }
 
-/// Quantizes block [first, first + kBlockTokens) of a sequence from its residual ring into its page,
-/// for every KV head. `first` must be a multiple of kBlockTokens.
+/// Quantizes quantized indices [first, first + kBlockTokens) of a sequence (tokens kSinkTokens +
+/// first, ...) from its residual ring into its page, for every KV head. `first` must be a multiple
+/// of kBlockTokens.
 template <class Layout, class View>
 SKV_HOST_DEVICE void quantize_block(const View& view, int first) {
   const std::size_t stride = static_cast<std::size_t>(view.num_kv_heads) * Layout::kHeadDim;
   const int slot0 = first % Layout::kPageSize;
+  const int token = Layout::kSinkTokens + first;
   for (int h = 0; h < view.num_kv_heads; ++h) {
     std::uint8_t* block = view.head_block(first, h);
-    quantize_rows<typename Layout::KeyQuantizer, Layout::kHeadDim, Layout::kPageSize>(
-        view.residual_key(first, h), stride, Layout::kBlockTokens, slot0, block);
-    quantize_rows<typename Layout::ValueQuantizer, Layout::kHeadDim, Layout::kPageSize>(
-        view.residual_value(first, h), stride, Layout::kBlockTokens, slot0, block + Layout::Keys::kBytes);
+    quantize_rows<typename Layout::KeyQuantizer, Layout::kHeadDim, Layout::kPageSize, Layout::kClipKeys>(
+        view.residual_key(token, h), stride, Layout::kBlockTokens, slot0, block);
+    quantize_rows<typename Layout::ValueQuantizer, Layout::kHeadDim, Layout::kPageSize, Layout::kClipValues>(
+        view.residual_value(token, h), stride, Layout::kBlockTokens, slot0, block + Layout::Keys::kBytes);
   }
 }
 

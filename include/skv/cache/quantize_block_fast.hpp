@@ -15,6 +15,7 @@
 
 #include <skv/attention/cpu_simd.hpp>
 #include <skv/cache/layout.hpp>
+#include <skv/cache/quantize_block.hpp>
 #include <skv/config.hpp>
 #include <skv/numeric/pack.hpp>
 #include <skv/quant/quantizer.hpp>
@@ -226,17 +227,28 @@ void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int sl
   }
 }
 
-/// Same as skv::quantize_block (every KV head of block [first, first + kBlockTokens)), vectorized.
+/// Same as skv::quantize_block (every KV head of quantized indices [first, first + kBlockTokens)),
+/// vectorized; a tensor with the clipping search goes through skv::quantize_rows.
 template <class Layout, class View>
 void quantize_block_fast(const View& view, int first) {
-  const std::size_t stride = static_cast<std::size_t>(view.num_kv_heads) * Layout::kHeadDim;
-  const int slot0 = first % Layout::kPageSize;
+  using KQ = typename Layout::KeyQuantizer;
+  using VQ = typename Layout::ValueQuantizer;
+  constexpr int D = Layout::kHeadDim, P = Layout::kPageSize, B = Layout::kBlockTokens;
+  const std::size_t stride = static_cast<std::size_t>(view.num_kv_heads) * D;
+  const int slot0 = first % P;
+  const int token = Layout::kSinkTokens + first;
   for (int h = 0; h < view.num_kv_heads; ++h) {
     std::uint8_t* block = view.head_block(first, h);
-    quantize_rows_fast<typename Layout::KeyQuantizer, Layout::kHeadDim, Layout::kPageSize>(
-        view.residual_key(first, h), stride, Layout::kBlockTokens, slot0, block);
-    quantize_rows_fast<typename Layout::ValueQuantizer, Layout::kHeadDim, Layout::kPageSize>(
-        view.residual_value(first, h), stride, Layout::kBlockTokens, slot0, block + Layout::Keys::kBytes);
+    if constexpr (Layout::kClipKeys) {
+      quantize_rows<KQ, D, P, true>(view.residual_key(token, h), stride, B, slot0, block);
+    } else {
+      quantize_rows_fast<KQ, D, P>(view.residual_key(token, h), stride, B, slot0, block);
+    }
+    if constexpr (Layout::kClipValues) {
+      quantize_rows<VQ, D, P, true>(view.residual_value(token, h), stride, B, slot0, block + Layout::Keys::kBytes);
+    } else {
+      quantize_rows_fast<VQ, D, P>(view.residual_value(token, h), stride, B, slot0, block + Layout::Keys::kBytes);
+    }
   }
 }
 

@@ -132,9 +132,9 @@ template <class T>
 struct DecodeTraits;
 
 /// Quantized cache: codes staged per token row, value metadata per token and group.
-template <class KQ, class VQ, int D, int P, int R>
-struct DecodeTraits<CacheLayout<KQ, VQ, D, P, R>> {
-  using L = CacheLayout<KQ, VQ, D, P, R>;
+template <class KQ, class VQ, int D, int P, int R, class O>
+struct DecodeTraits<CacheLayout<KQ, VQ, D, P, R, O>> {
+  using L = CacheLayout<KQ, VQ, D, P, R, O>;
   using View = BatchView<L>;
   static constexpr bool kQuantized = true;
   static_assert(D == 64 || D == 128 || D == 256, "skv::gpu::decode_attention: HeadDim must be 64, 128 or 256");

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
@@ -75,6 +76,8 @@ struct Quantizer {
   static constexpr std::uint32_t kMaxCode = (1u << Bits) - 1u;
   /// Symmetric codes are centred here; the implied zero point.
   static constexpr float kSymmetricZero = static_cast<float>(1u << (Bits - 1));
+  /// Largest symmetric code magnitude (2^(b-1) - 1; symmetric needs b >= 2).
+  static constexpr float kSymmetricMaxCode = Bits >= 2 ? kSymmetricZero - 1.0f : 1.0f;
   /// Bytes of metadata (scale, and zero point when asymmetric) per group.
   static constexpr int kMetaBytes = static_cast<int>(sizeof(ScaleT)) * (kHasZero ? 2 : 1);
   /// Tokens spanned by one group (the granularity at which a block can be quantized).
@@ -121,7 +124,41 @@ struct Quantizer {
       return Stored{scale, from_float<ScaleT>(zero)};
     }
     const float amax = detail::max_of(detail::abs_f(mn), detail::abs_f(mx));
-    return Stored{from_float<ScaleT>(amax / (kSymmetricZero - 1.0f), Round::Up), zero_storage};
+    return Stored{from_float<ScaleT>(amax / kSymmetricMaxCode, Round::Up), zero_storage};
+  }
+
+  /// Ratios tried by fit_clipped: 1, 0.95, ..., 1 - 0.05 * (kClipCandidates - 1).
+  static constexpr int kClipCandidates = 10;
+
+  /// The clipping search (Options ClipKeys / ClipValues): fits the group x[i * stride], i < GroupSize,
+  /// whose minimum and maximum are mn and mx, trying the full range and ranges shrunk around the
+  /// midpoint (around zero when symmetric), and keeps the one with the lowest squared error over the
+  /// group (the full range on ties, so the error is never above fit's).
+  SKV_HOST_DEVICE static Stored fit_clipped(const float* x, std::size_t stride, float mn, float mx) {
+    Stored best = fit(mn, mx);
+    if (mn == mx) return best;
+    float best_err = squared_error(x, stride, params(best));
+    const float mid = kHasZero ? 0.5f * mn + 0.5f * mx : 0.0f;
+    for (int i = 1; i < kClipCandidates; ++i) {
+      const float r = 1.0f - 0.05f * static_cast<float>(i);
+      const Stored s = fit(mid - r * (mid - mn), mid + r * (mx - mid));
+      const float e = squared_error(x, stride, params(s));
+      if (e < best_err) {
+        best = s;
+        best_err = e;
+      }
+    }
+    return best;
+  }
+
+  /// Sum over the group of (x - decode(encode(x)))^2.
+  SKV_HOST_DEVICE static float squared_error(const float* x, std::size_t stride, Params p) {
+    float e = 0.0f;
+    for (int i = 0; i < GroupSize; ++i) {
+      const float d = x[i * stride] - decode(encode(x[i * stride], p), p);
+      e += d * d;
+    }
+    return e;
   }
 
   /// The code of one element (a scale of zero means a group of zeros).

@@ -1,0 +1,103 @@
+// skv/cache/options.hpp: the accuracy options of a cache type (docs/accuracy.md).
+//
+//   skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>     // rotated keys, 4 fp32 sink tokens
+//   skv::BasicKVCache<KQ, VQ, 128, 64, 0, skv::Options<skv::ClipValues>>
+//
+//   RotateKeys   keys are multiplied by a randomized Hadamard matrix R (quant/rotation.hpp) before
+//                they are stored, and queries by R before attention; R is orthogonal, so attention
+//                is unchanged in exact arithmetic while outlier channels are spread over all channels.
+//                The sign vector comes from the seed, part of the type, so a cache is reproducible.
+//   Sinks<N>     the first N tokens of a sequence are kept in full precision (float) and never
+//                quantized: attention sinks draw a large share of the attention.
+//   ClipKeys     each group's range is chosen by a search over shrunken ranges (ratios 1, 0.95, ...,
+//   ClipValues   0.55 of the half-width around the midpoint) for the lowest squared error; the
+//                search is exact over its candidates, so a group's error never grows.
+//
+// Every option is a type; Options<...> combines them in any order (a repeated option keeps the last).
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+namespace skv {
+
+/// Default seed of the key rotation's sign vector.
+constexpr std::uint64_t kDefaultRotationSeed = 0x5eedull;
+
+/// Rotate keys (and queries) by the randomized Hadamard rotation with sign seed `Seed`.
+template <std::uint64_t Seed = kDefaultRotationSeed>
+struct RotateKeysWithSeed {};
+using RotateKeys = RotateKeysWithSeed<>;
+
+/// Keep the first N tokens of every sequence in full precision.
+template <int N>
+struct Sinks {
+  static_assert(N >= 0 && N <= 4096, "skv::Sinks: N must be between 0 and 4096");
+};
+
+/// Per-group clipping search for keys / values.
+struct ClipKeys {};
+struct ClipValues {};
+
+namespace detail {
+
+/// What each option sets; an unknown type is a compile-time error naming it.
+template <class Opt>
+struct OptionTraits {
+  static_assert(sizeof(Opt) == 0,
+                "skv::Options: every option must be skv::RotateKeys(WithSeed), skv::Sinks<N>, skv::ClipKeys or "
+                "skv::ClipValues");
+};
+
+template <bool Rotate, std::uint64_t Seed, int SinkTokens, bool ClipK, bool ClipV>
+struct OptionValues {
+  static constexpr bool kRotateKeys = Rotate;
+  static constexpr std::uint64_t kRotationSeed = Seed;
+  static constexpr int kSinkTokens = SinkTokens;
+  static constexpr bool kClipKeys = ClipK;
+  static constexpr bool kClipValues = ClipV;
+};
+
+template <std::uint64_t S>
+struct OptionTraits<RotateKeysWithSeed<S>> {
+  template <class A>
+  using apply = OptionValues<true, S, A::kSinkTokens, A::kClipKeys, A::kClipValues>;
+};
+template <int N>
+struct OptionTraits<Sinks<N>> {
+  template <class A>
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, N, A::kClipKeys, A::kClipValues>;
+};
+template <>
+struct OptionTraits<ClipKeys> {
+  template <class A>
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, true, A::kClipValues>;
+};
+template <>
+struct OptionTraits<ClipValues> {
+  template <class A>
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, true>;
+};
+
+template <class Acc, class... Opts>
+struct FoldOptions {
+  using type = Acc;
+};
+template <class Acc, class First, class... Rest>
+struct FoldOptions<Acc, First, Rest...> {
+  using type = typename FoldOptions<typename OptionTraits<First>::template apply<Acc>, Rest...>::type;
+};
+
+}  // namespace detail
+
+/// A set of accuracy options; Options<> is the plain cache.
+template <class... Opts>
+struct Options : detail::FoldOptions<detail::OptionValues<false, kDefaultRotationSeed, 0, false, false>,
+                                     Opts...>::type {};
+
+template <class T>
+struct IsOptions : std::false_type {};
+template <class... Opts>
+struct IsOptions<Options<Opts...>> : std::true_type {};
+
+}  // namespace skv

@@ -1,0 +1,334 @@
+// Cache options: rotated keys, full-precision sinks and the clipping search (cache/options.hpp).
+#include <skv/skv.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace test_options {
+
+constexpr int kD = 128;
+constexpr int kHeads = 2;
+constexpr int kQHeads = 8;
+
+using KQ4 = skv::Quantizer<4, 32, skv::Axis::Channel>;
+using KQ2 = skv::Quantizer<2, 32, skv::Axis::Channel>;
+using VQ2 = skv::Quantizer<2, 64, skv::Axis::Token>;
+
+/// Random [n][kHeads][kD] data; `outlier` scales channels 5 and 77 (the key outliers LLMs show).
+std::vector<float> random_tensor(int n, unsigned seed, float outlier = 1.0f, float offset = 0.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g;
+  std::vector<float> x(static_cast<std::size_t>(n) * kHeads * kD);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const int c = static_cast<int>(i % kD);
+    x[i] = g(rng) * ((c == 5 || c == 77) ? outlier : 1.0f) + offset;
+  }
+  return x;
+}
+
+/// Exact attention in double over the raw (unquantized) K and V.
+std::vector<double> exact_attention(const std::vector<float>& k, const std::vector<float>& v, int n,
+                                    const std::vector<float>& q) {
+  std::vector<double> out(static_cast<std::size_t>(kQHeads) * kD, 0.0);
+  const double scale = 1.0 / std::sqrt(double(kD));
+  for (int h = 0; h < kQHeads; ++h) {
+    const int kv = h / (kQHeads / kHeads);
+    std::vector<double> logit(n);
+    double m = -1e300;
+    for (int t = 0; t < n; ++t) {
+      double d = 0;
+      for (int c = 0; c < kD; ++c) d += double(q[h * kD + c]) * k[(std::size_t(t) * kHeads + kv) * kD + c];
+      logit[t] = d * scale;
+      m = std::max(m, logit[t]);
+    }
+    double l = 0;
+    for (int t = 0; t < n; ++t) l += std::exp(logit[t] - m);
+    for (int t = 0; t < n; ++t) {
+      const double p = std::exp(logit[t] - m) / l;
+      for (int c = 0; c < kD; ++c) out[h * kD + c] += p * v[(std::size_t(t) * kHeads + kv) * kD + c];
+    }
+  }
+  return out;
+}
+
+template <class Cache>
+double relative_error(const Cache& cache, const std::vector<double>& exact, const std::vector<float>& q) {
+  std::vector<float> out(exact.size());
+  skv::cpu::decode_attention(cache, q.data(), kQHeads, out.data());
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < exact.size(); ++i) {
+    num += (out[i] - exact[i]) * (out[i] - exact[i]);
+    den += exact[i] * exact[i];
+  }
+  return std::sqrt(num / den);
+}
+
+template <class Cache>
+void expect_fast_matches_reference(const Cache& cache, const std::vector<float>& q, const char* what) {
+  using L = typename Cache::Layout;
+  std::vector<float> ref(static_cast<std::size_t>(kQHeads) * kD), chunked(ref.size()), fast(ref.size());
+  const float scale = skv::cpu::default_scale<L>();
+  skv::cpu::decode_attention_reference(cache, q.data(), kQHeads, ref.data(), scale);
+  skv::cpu::decode_attention_chunked(cache.view(), q.data(), kQHeads, chunked.data(), scale, 7);
+  float vmax = 0;
+  for (int t = 0; t < cache.size(); ++t)
+    for (int c = 0; c < kD; ++c) vmax = std::max(vmax, std::fabs(cache.view().value(t, 0, c)));
+  for (int split : {0, 16, 100}) {
+    skv::cpu::DecodeOptions opt;
+    opt.split_tokens = split;
+    opt.num_threads = split == 100 ? 2 : 1;
+    skv::cpu::decode_attention(cache, q.data(), kQHeads, fast.data(), scale, opt);
+    for (std::size_t i = 0; i < ref.size(); ++i) {
+      ASSERT_NEAR(chunked[i], ref[i], 1e-5f * (1 + vmax)) << what << " length " << cache.size() << " element " << i;
+      ASSERT_NEAR(fast[i], ref[i], skv::cpu::kFastTolerance * (1 + vmax))
+          << what << " length " << cache.size() << " split " << split << " element " << i;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- options as types
+
+TEST(Options, CombineInAnyOrderAndReachTheLayout) {
+  using A = skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::ClipValues>;
+  using B = skv::Options<skv::ClipValues, skv::Sinks<4>, skv::RotateKeys>;
+  static_assert(A::kRotateKeys && B::kRotateKeys && A::kSinkTokens == 4 && B::kSinkTokens == 4, "");
+  static_assert(A::kClipValues && !A::kClipKeys && A::kRotationSeed == skv::kDefaultRotationSeed, "");
+  static_assert(skv::Options<skv::RotateKeysWithSeed<7>>::kRotationSeed == 7, "");
+  static_assert(!skv::Options<>::kRotateKeys && skv::Options<>::kSinkTokens == 0, "");
+  using C = skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>;
+  static_assert(C::kRotateKeys && C::kSinkTokens == 4 && C::kKeyBits == 4 && C::kValueBits == 2, "");
+  static_assert(std::is_same<skv::KVCache<4, 2>, skv::KVCache<4, 2, 128>>::value, "");
+  SUCCEED();
+}
+
+// ---------------------------------------------------------------- rotation
+
+TEST(Options, RotatedKeysAreStoredAsRotatedInputs) {
+  using C = skv::KVCache<4, 2, 128, skv::RotateKeys>;
+  using R = skv::HadamardRotation<kD, skv::kDefaultRotationSeed>;
+  const int n = 40;  // one block quantized, 8 tokens in the ring
+  const auto k = random_tensor(n, 1, 10.0f), v = random_tensor(n, 2);
+  C cache(kHeads, 64);
+  cache.append(k.data(), v.data(), n);
+  const auto view = cache.view();
+  for (int t = 32; t < n; ++t)
+    for (int h = 0; h < kHeads; ++h) {
+      float r[kD];
+      std::memcpy(r, &k[(std::size_t(t) * kHeads + h) * kD], sizeof r);
+      R::apply(r);
+      for (int c = 0; c < kD; ++c) ASSERT_EQ(view.residual_key(t, h)[c], r[c]) << t << " " << h << " " << c;
+      for (int c = 0; c < kD; ++c) ASSERT_EQ(view.residual_value(t, h)[c], v[(std::size_t(t) * kHeads + h) * kD + c]);
+    }
+}
+
+TEST(Options, RotationLeavesFullPrecisionAttentionUnchanged) {
+  // everything stays in the full-precision ring: rotation alone must not change attention
+  using Plain = skv::BasicKVCache<KQ4, VQ2, kD, 64, 256>;
+  using Rotated = skv::BasicKVCache<KQ4, VQ2, kD, 64, 256, skv::Options<skv::RotateKeys>>;
+  const int n = 250;
+  const auto k = random_tensor(n, 3, 20.0f), v = random_tensor(n, 4);
+  auto q = random_tensor(kQHeads / kHeads, 5);
+  Plain plain(kHeads, 512);
+  Rotated rotated(kHeads, 512);
+  plain.append(k.data(), v.data(), n);
+  rotated.append(k.data(), v.data(), n);
+  ASSERT_EQ(rotated.quantized_size(), 0);
+  std::vector<float> a(static_cast<std::size_t>(kQHeads) * kD), b(a.size());
+  skv::cpu::decode_attention(plain, q.data(), kQHeads, a.data());
+  skv::cpu::decode_attention(rotated, q.data(), kQHeads, b.data());
+  for (std::size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 2e-5f * (1 + std::fabs(a[i]))) << i;
+}
+
+TEST(Options, RotationCutsTheErrorOfKeysWithOutlierChannels) {
+  using Plain = skv::BasicKVCache<KQ2, skv::Quantizer<8, 64, skv::Axis::Token>, kD>;
+  using Rotated = skv::BasicKVCache<KQ2, skv::Quantizer<8, 64, skv::Axis::Token>, kD, 64, 0,
+                                    skv::Options<skv::RotateKeys>>;
+  const int n = 1024;
+  const auto k = random_tensor(n, 6, 30.0f), v = random_tensor(n, 7);
+  auto q = random_tensor(kQHeads / kHeads, 8);
+  for (auto& x : q) x *= 0.3f;
+  Plain plain(kHeads, n);
+  Rotated rotated(kHeads, n);
+  plain.append(k.data(), v.data(), n);
+  rotated.append(k.data(), v.data(), n);
+  const auto exact = exact_attention(k, v, n, q);
+  const double e_plain = relative_error(plain, exact, q), e_rot = relative_error(rotated, exact, q);
+  EXPECT_LT(e_rot, 0.7 * e_plain) << "2-bit keys with two 30x outlier channels: plain " << e_plain << ", rotated "
+                                  << e_rot;
+}
+
+TEST(Options, RotatedCachesMatchTheReference) {
+  const auto k = random_tensor(300, 9, 8.0f), v = random_tensor(300, 10);
+  const auto q = random_tensor(kQHeads / kHeads, 11);
+  for (int n : {1, 31, 32, 33, 100, 300}) {
+    skv::KVCache<4, 2, 128, skv::RotateKeys> a(kHeads, 512);
+    skv::KVCache<3, 4, 128, skv::RotateKeysWithSeed<99>, skv::Sinks<3>> b(kHeads, 512);
+    a.append(k.data(), v.data(), n);
+    b.append(k.data(), v.data(), n);
+    expect_fast_matches_reference(a, q, "k4v2+rot");
+    expect_fast_matches_reference(b, q, "k3v4+rot+sink3");
+  }
+}
+
+TEST(Options, RotatedKeysOutOfRangeAreRejectedAndTheCacheIsUnchanged) {
+  // |k| = 30000 on one channel is accepted unrotated; rotated, the energy of many channels meets in one
+  using C = skv::KVCache<4, 2, 128, skv::RotateKeys>;
+  std::vector<float> k(static_cast<std::size_t>(kHeads) * kD, 30000.0f), v(k.size(), 1.0f);
+  C cache(kHeads, 64);
+  const auto ok = random_tensor(1, 12);
+  cache.append(ok.data(), ok.data(), 1);
+  const auto before = cache.view().residual_key(0, 0)[0];
+  try {
+    cache.append(k.data(), v.data(), 1);
+    FAIL() << "expected skv::Error";
+  } catch (const skv::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rotated keys"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(cache.size(), 1);
+  EXPECT_EQ(cache.view().residual_key(0, 0)[0], before);
+}
+
+// ---------------------------------------------------------------- sinks
+
+TEST(Options, SinkTokensAreExactAndCounted) {
+  constexpr int S = 5;
+  using C = skv::KVCache<2, 2, 128, skv::Sinks<S>>;
+  using L = C::Layout;
+  const int n = 200;
+  const auto k = random_tensor(n, 13), v = random_tensor(n, 14);
+  C cache(kHeads, n);
+  // capacity: sinks + pages for the other 195 tokens
+  EXPECT_EQ(cache.reserved_bytes(), 4 * L::page_bytes(kHeads) + L::residual_floats(kHeads) * sizeof(float));
+  EXPECT_EQ(L::residual_floats(kHeads), 2u * (32 + S) * kHeads * kD);
+  for (int len : {1, 4, 5, 6, 36, 37, 38, 69, 70, 200}) {
+    C c(kHeads, n);
+    c.append(k.data(), v.data(), len);
+    const int sinks = std::min(len, S);
+    const int quantized = len - S >= 32 ? (len - S) / 32 * 32 : 0;
+    ASSERT_EQ(c.sink_size(), sinks) << len;
+    ASSERT_EQ(c.quantized_size(), quantized) << len;
+    ASSERT_EQ(c.residual_size(), len - sinks - quantized) << len;
+    const std::size_t pages = static_cast<std::size_t>((quantized + 63) / 64);
+    ASSERT_EQ(c.memory_bytes(), pages * L::page_bytes(kHeads) + L::residual_floats(kHeads) * sizeof(float)) << len;
+    const auto view = c.view();
+    for (int t = 0; t < sinks; ++t)
+      for (int h = 0; h < kHeads; ++h)
+        for (int ch = 0; ch < kD; ++ch) {
+          ASSERT_EQ(view.key(t, h, ch), k[(std::size_t(t) * kHeads + h) * kD + ch]);
+          ASSERT_EQ(view.value(t, h, ch), v[(std::size_t(t) * kHeads + h) * kD + ch]);
+        }
+    // tokens after the sinks: quantized within half a step of their group, or exact in the ring
+    for (int t = S; t < len; ++t) {
+      const float got = view.key(t, 1, 9), want = k[(std::size_t(t) * kHeads + 1) * kD + 9];
+      if (t < S + quantized) {
+        ASSERT_NEAR(got, want, 2.0f) << t;
+      } else {
+        ASSERT_EQ(got, want) << t;
+      }
+    }
+  }
+  cache.append(k.data(), v.data(), n);
+  EXPECT_THROW(cache.append(k.data(), v.data(), 1), skv::Error);
+}
+
+TEST(Options, SinkCachesMatchTheReference) {
+  const auto k = random_tensor(400, 15, 4.0f), v = random_tensor(400, 16);
+  const auto q = random_tensor(kQHeads / kHeads, 17);
+  for (int n : {1, 3, 4, 35, 36, 37, 99, 400}) {
+    skv::KVCache<4, 2, 128, skv::Sinks<4>> a(kHeads, 512);
+    skv::BasicKVCache<skv::Quantizer<3, 16, skv::Axis::Token>, skv::Quantizer<4, 32, skv::Axis::Channel>, kD, 32, 32,
+                      skv::Options<skv::Sinks<70>>>
+        b(kHeads, 512);
+    a.append(k.data(), v.data(), n);
+    b.append(k.data(), v.data(), n);
+    expect_fast_matches_reference(a, q, "k4v2+sink4");
+    expect_fast_matches_reference(b, q, "token keys, channel values, residual 32, sink70");
+  }
+}
+
+TEST(Options, SinksRemoveTheErrorOfAttentionSinks) {
+  // token 0 is an attention sink: a key aligned with the queries (about half of the attention goes
+  // to it), a value unlike the others
+  const int n = 512;
+  auto k = random_tensor(n, 18), v = random_tensor(n, 19);
+  auto q = random_tensor(kQHeads / kHeads, 20);
+  for (int h = 0; h < kHeads; ++h)
+    for (int c = 0; c < kD; ++c) {
+      k[h * kD + c] = 0.55f * q[(h * (kQHeads / kHeads)) * kD + c];
+      v[h * kD + c] = 6.0f;
+    }
+  skv::KVCache<2, 2> plain(kHeads, n);
+  skv::KVCache<2, 2, 128, skv::Sinks<4>> sinks(kHeads, n);
+  plain.append(k.data(), v.data(), n);
+  sinks.append(k.data(), v.data(), n);
+  const auto exact = exact_attention(k, v, n, q);
+  const double e_plain = relative_error(plain, exact, q), e_sinks = relative_error(sinks, exact, q);
+  EXPECT_LT(e_sinks, 0.5 * e_plain) << "plain " << e_plain << ", sinks " << e_sinks;
+}
+
+// ---------------------------------------------------------------- clipping
+
+template <class Q>
+void check_clip_never_worse() {
+  std::mt19937 rng(21 + Q::kBits);
+  std::normal_distribution<float> g;
+  std::student_t_distribution<float> heavy(2.0f);
+  int improved = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    float x[Q::kGroupSize];
+    for (float& e : x) e = trial % 2 ? heavy(rng) : g(rng) + (trial % 3 == 0 ? 5.0f : 0.0f);
+    if (trial % 50 == 7) std::fill(x, x + Q::kGroupSize, 0.375f);  // constant: stays exact
+    float mn = x[0], mx = x[0];
+    for (float e : x) mn = std::min(mn, e), mx = std::max(mx, e);
+    const auto full = Q::params(Q::fit(mn, mx));
+    const auto clipped = Q::params(Q::fit_clipped(x, 1, mn, mx));
+    const float e_full = Q::squared_error(x, 1, full), e_clip = Q::squared_error(x, 1, clipped);
+    ASSERT_LE(e_clip, e_full) << Q::kBits << " bits, trial " << trial;
+    if (mn == mx && Q::kHasZero) {
+      ASSERT_EQ(e_clip, 0.0f);
+    }
+    improved += e_clip < e_full;
+  }
+  EXPECT_GT(improved, 100) << Q::kBits << " bits: the search should find a better range for heavy-tailed groups";
+}
+
+TEST(Options, ClippingSearchNeverIncreasesAGroupsError) {
+  check_clip_never_worse<skv::Quantizer<2, 64, skv::Axis::Token>>();
+  check_clip_never_worse<skv::Quantizer<3, 32, skv::Axis::Channel>>();
+  check_clip_never_worse<skv::Quantizer<4, 32, skv::Axis::Token, skv::Scheme::Symmetric>>();
+}
+
+TEST(Options, ClippedCachesHaveLowerValueErrorAndMatchTheReference) {
+  using Plain = skv::KVCache<4, 2>;
+  using Clipped = skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>;
+  const int n = 256;
+  auto k = random_tensor(n, 22, 6.0f), v = random_tensor(n, 23);
+  std::mt19937 rng(24);
+  std::student_t_distribution<float> heavy(3.0f);
+  for (auto& x : v) x = heavy(rng);
+  Plain plain(kHeads, n);
+  Clipped clipped(kHeads, n);
+  plain.append(k.data(), v.data(), n);
+  clipped.append(k.data(), v.data(), n);
+  double ek_plain = 0, ek_clip = 0, ev_plain = 0, ev_clip = 0;
+  for (int t = 0; t < n; ++t)
+    for (int h = 0; h < kHeads; ++h)
+      for (int c = 0; c < kD; ++c) {
+        const std::size_t i = (std::size_t(t) * kHeads + h) * kD + c;
+        ek_plain += std::pow(plain.view().key(t, h, c) - k[i], 2);
+        ek_clip += std::pow(clipped.view().key(t, h, c) - k[i], 2);
+        ev_plain += std::pow(plain.view().value(t, h, c) - v[i], 2);
+        ev_clip += std::pow(clipped.view().value(t, h, c) - v[i], 2);
+      }
+  EXPECT_LE(ek_clip, ek_plain * (1 + 1e-6));
+  EXPECT_LT(ev_clip, 0.95 * ev_plain) << "2-bit heavy-tailed values: plain " << ev_plain << ", clipped " << ev_clip;
+  const auto q = random_tensor(kQHeads / kHeads, 25);
+  expect_fast_matches_reference(clipped, q, "k4v2+clip");
+}
+
+}  // namespace test_options
