@@ -9,6 +9,7 @@
 #include <skv/attention/cpu_fast.hpp>
 #include <skv/attention/decode.hpp>
 #include <skv/cache/quantize_block_fast.hpp>
+#include <skv/dispatch.hpp>
 #include <skv/skv.hpp>
 
 #include <benchmark/benchmark.h>
@@ -292,7 +293,28 @@ int main(int argc, char** argv) {
         ->MinTime(0.2);
   }
 
+  // the cost of the accuracy options at 32k context: rotated queries, fp32 sinks (issue target:
+  // rotation within 5% of plain decode time); one thread, plain k4v2 registered next to them
+  for (int batch : {1, 8}) {
+    const std::string tail = "/ctx:32768/batch:" + std::to_string(batch) + "/threads:1";
+    auto reg = [&](const std::string& cfg, auto tag) {
+      using W = typename decltype(tag)::type;
+      benchmark::RegisterBenchmark(("options/" + cfg + tail).c_str(),
+                                   [=](benchmark::State& s) { bench_decode<W>(s, "options/" + cfg, 32768, batch, 1); })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.5);
+    };
+    reg("k4v2", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2>>>{});
+    reg("k4v2+rot", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2, 128, skv::RotateKeys>>>{});
+    reg("k4v2+rot+sink4", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>>>{});
+  }
+
   benchmark::RegisterBenchmark("memcpy/block_input", bench_memcpy)->MinTime(0.2);
+  benchmark::RegisterBenchmark("append/k4v2+rot/block", bench_append<skv::KVCache<4, 2, 128, skv::RotateKeys>>)->MinTime(0.2);
+  benchmark::RegisterBenchmark("append/k4v2+clip/block",
+                               bench_append<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>)
+      ->MinTime(0.2);
   benchmark::RegisterBenchmark("append/k2v2/block", bench_append<skv::KVCache<2, 2>>)->MinTime(0.2);
   benchmark::RegisterBenchmark("append/k4v2/block", bench_append<skv::KVCache<4, 2>>)->MinTime(0.2);
   benchmark::RegisterBenchmark("append/k4v4/block", bench_append<skv::KVCache<4, 4>>)->MinTime(0.2);

@@ -39,6 +39,10 @@ void check_view(const SequenceView<Layout>& view) {
 /// Rejects NaN, Inf and magnitudes whose scale the storage type cannot hold.
 template <class Q>
 void check_values(const float* x, std::size_t count, int num_kv_heads, int head_dim, const char* what) {
+  // a branch-free pass first (it vectorizes); the failing element is looked for only on failure
+  unsigned bad = 0;
+  for (std::size_t i = 0; i < count; ++i) bad |= static_cast<unsigned>(!(std::fabs(x[i]) <= Q::kMaxInput));
+  if (bad == 0) return;
   for (std::size_t i = 0; i < count; ++i) {
     const float a = std::fabs(x[i]);
     if (!(a <= Q::kMaxInput)) {  // also catches NaN
