@@ -18,6 +18,8 @@
 
 #include <skv/io/safetensors.hpp>
 
+#include "../synthetic_kv.hpp"  // skv_demo::detail::rope
+
 namespace skv_cli {
 
 struct GenDumpOptions {
@@ -30,18 +32,6 @@ struct GenDumpOptions {
   bool queries = true;
   skv::io::DType dtype = skv::io::DType::F32;
 };
-
-namespace detail {
-inline void rope(float* x, int d, int pos) {
-  for (int i = 0; i < d / 2; ++i) {
-    const double theta = pos * std::pow(10000.0, -2.0 * i / d);
-    const double c = std::cos(theta), s = std::sin(theta);
-    const double a = x[i], b = x[i + d / 2];
-    x[i] = static_cast<float>(a * c - b * s);
-    x[i + d / 2] = static_cast<float>(a * s + b * c);
-  }
-}
-}  // namespace detail
 
 inline void gen_dump(const std::string& path, const GenDumpOptions& o) {
   skv::detail::require(o.layers > 0 && o.kv_heads > 0 && o.q_per_kv > 0 && o.tokens > 0 && o.head_dim > 0 &&
@@ -74,11 +64,11 @@ inline void gen_dump(const std::string& path, const GenDumpOptions& o) {
           kr[c] = key_scale * (mean[static_cast<std::size_t>(c)] + spread[static_cast<std::size_t>(c)] * n01(rng));
           vr[c] = value_std * n01(rng);
         }
-        detail::rope(kr, d, s);
+        skv_demo::detail::rope(kr, d, s);
         for (int g = 0; g < o.q_per_kv; ++g) {
           float* qr = &q[(static_cast<std::size_t>(s) * hq + head * o.q_per_kv + g) * d];
           for (int c = 0; c < d; ++c) qr[c] = 0.15f * mean[static_cast<std::size_t>(c)] + n01(rng);
-          detail::rope(qr, d, s);
+          skv_demo::detail::rope(qr, d, s);
         }
       }
       // Scale this head's queries so the logits q.k / sqrt(d) of a query against all earlier keys

@@ -7,6 +7,7 @@
 #include <skv/numeric/pack.hpp>
 #include <skv/quant/quantizer.hpp>
 #include <skv/quant/rotation.hpp>
+#include <skv/cache/options.hpp>
 #include <skv/cache/layout.hpp>
 #include <skv/cache/view.hpp>
 #include <skv/cache/quantize_block.hpp>

@@ -93,17 +93,20 @@ inline void fit_groups(const float* SKV_RESTRICT mn, const float* SKV_RESTRICT m
       const __m512 zr = _mm512_roundscale_ps(
           _mm512_add_ps(_mm512_div_ps(_mm512_sub_ps(fzero, lo), sf), half), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
       const __m256i zh = _mm512_cvtps_ph(zr, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      // exact lanes: scale v (0 when x == 0), zero -1 / +1 (0 when x == 0)
-      const __m256i one_m = _mm256_set1_epi16(static_cast<short>(0xBC00)), one_p = _mm256_set1_epi16(0x3C00);
-      const __m256i ez = _mm256_maskz_mov_epi16(static_cast<__mmask16>(~is_zero),
-                                                _mm256_mask_mov_epi16(one_p, positive, one_m));
-      const __m256i es = _mm256_maskz_mov_epi16(static_cast<__mmask16>(~is_zero), v);
-      const __m256i fs = _mm256_mask_mov_epi16(sh, exact, es);
-      const __m256i fz = _mm256_mask_mov_epi16(zh, exact, ez);
+      // exact lanes: scale |x| (0 when x == 0), zero -1 / +1 (0 when x == 0). Chosen among fp16
+      // values in float (AVX-512F masks only), so narrowing them again is exact.
+      const __m512 one = _mm512_set1_ps(1.0f);
+      const __m512 ez = _mm512_maskz_mov_ps(static_cast<__mmask16>(~is_zero),
+                                            _mm512_mask_mov_ps(one, positive, _mm512_set1_ps(-1.0f)));
+      const __m512 es = _mm512_maskz_mov_ps(static_cast<__mmask16>(~is_zero), _mm512_cvtph_ps(v));
+      const __m512 fsf = _mm512_mask_mov_ps(sf, exact, es);
+      const __m512 fzf = _mm512_mask_mov_ps(_mm512_cvtph_ps(zh), exact, ez);
+      const __m256i fs = _mm512_cvtps_ph(fsf, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256i fz = _mm512_cvtps_ph(fzf, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(scales + i), fs);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(zeros + i), fz);
-      _mm512_storeu_ps(s + i, _mm512_cvtph_ps(fs));
-      _mm512_storeu_ps(z + i, _mm512_cvtph_ps(fz));
+      _mm512_storeu_ps(s + i, fsf);
+      _mm512_storeu_ps(z + i, fzf);
     }
   }
 #endif
