@@ -332,3 +332,65 @@ TEST(Options, ClippedCachesHaveLowerValueErrorAndMatchTheReference) {
 }
 
 }  // namespace test_options
+
+namespace test_options {
+
+/// Appending in chunks of any size writes the same bytes as one append, for every option.
+template <class Cache>
+void check_chunked_append_bytes(unsigned seed) {
+  using L = typename Cache::Layout;
+  const int n = 333;
+  const auto k = random_tensor(n, seed, 5.0f), v = random_tensor(n, seed + 1);
+  Cache whole(kHeads, n), chunked(kHeads, n);
+  whole.append(k.data(), v.data(), n);
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> size(0, 70);
+  int done = 0;
+  while (done < n) {
+    const int m = std::min(n - done, size(rng));
+    const std::size_t at = static_cast<std::size_t>(done) * kHeads * kD;
+    chunked.append(k.data() + at, v.data() + at, m);
+    done += m;
+  }
+  ASSERT_EQ(chunked.size(), n);
+  const auto a = whole.view(), b = chunked.view();
+  const int pages = (whole.quantized_size() + L::kPageSize - 1) / L::kPageSize;
+  ASSERT_EQ(std::memcmp(a.pages, b.pages, static_cast<std::size_t>(pages) * L::page_bytes(kHeads)), 0);
+  // the sinks and the live ring slots hold the same floats
+  for (int t = 0; t < n; ++t)
+    for (int h = 0; h < kHeads; ++h)
+      for (int c = 0; c < kD; ++c) {
+        ASSERT_EQ(a.key(t, h, c), b.key(t, h, c)) << t;
+        ASSERT_EQ(a.value(t, h, c), b.value(t, h, c)) << t;
+      }
+}
+
+TEST(Options, ChunkedAppendsWriteTheSameBytes) {
+  check_chunked_append_bytes<skv::KVCache<4, 2>>(30);
+  check_chunked_append_bytes<skv::KVCache<4, 2, 128, skv::RotateKeys>>(31);
+  check_chunked_append_bytes<skv::KVCache<3, 2, 128, skv::Sinks<7>>>(32);
+  check_chunked_append_bytes<skv::KVCache<2, 4, 128, skv::RotateKeys, skv::Sinks<4>, skv::ClipKeys, skv::ClipValues>>(33);
+  check_chunked_append_bytes<skv::BasicKVCache<KQ2, VQ2, kD, 32, 64, skv::Options<skv::Sinks<40>, skv::ClipValues>>>(34);
+}
+
+TEST(Options, Fp16AppendEqualsFloatAppendOfTheSameValues) {
+  using C = skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>;
+  const int n = 100;
+  auto k = random_tensor(n, 35, 3.0f), v = random_tensor(n, 36);
+  std::vector<skv::fp16> kh(k.size()), vh(v.size());
+  for (std::size_t i = 0; i < k.size(); ++i) {
+    kh[i] = skv::to_fp16(k[i]);
+    vh[i] = skv::to_fp16(v[i]);
+    k[i] = skv::to_float(kh[i]);
+    v[i] = skv::to_float(vh[i]);
+  }
+  C a(kHeads, n), b(kHeads, n);
+  a.append(k.data(), v.data(), n);
+  b.append(kh.data(), vh.data(), n);
+  using L = C::Layout;
+  ASSERT_EQ(std::memcmp(a.view().pages, b.view().pages, 2 * L::page_bytes(kHeads)), 0);
+  for (int t = 0; t < n; ++t)
+    for (int c = 0; c < kD; ++c) ASSERT_EQ(a.view().key(t, 1, c), b.view().key(t, 1, c)) << t;
+}
+
+}  // namespace test_options

@@ -35,7 +35,8 @@ void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const
 }
 
 template <class KeyQ, class ValueQ, int D, int P, int R, class O>
-void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads, float* out) {
+void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads,
+                      float* out) {
   decode_attention(cache.view(), q, num_q_heads, out);
 }
 

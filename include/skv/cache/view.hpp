@@ -2,8 +2,9 @@
 //
 // The engine owns the memory: a pool of pages (CacheLayout::page_bytes(num_kv_heads) each), a block
 // table mapping the sequence's logical pages to pool pages, and the sequence's full-precision area
-// (CacheLayout::residual_floats(num_kv_heads) floats: the residual ring and the sink tokens). The view only points at them, so it can be
-// passed by value into a kernel. Reading is host and device; appending is skv::append (append.hpp).
+// (CacheLayout::residual_floats(num_kv_heads) floats: the residual ring and the sink tokens). The
+// view only points at them, so it can be passed by value into a kernel. Reading is host and device;
+// appending is skv::append (append.hpp).
 #pragma once
 
 #include <cstddef>
