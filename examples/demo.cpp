@@ -49,10 +49,8 @@ Row measure(const char* name, const skv_demo::Workload& w, const std::vector<dou
   Cache cache(w.kv_heads, w.tokens);
   cache.append(w.k.data(), w.v.data(), w.tokens);
   const auto view = cache.view();
-  std::vector<float> keys = w.k;  // as the cache stores them (rotated keys: compare with R k)
-  if constexpr (L::kRotateKeys)
-    for (std::size_t i = 0; i < keys.size(); i += L::kHeadDim)
-      skv::HadamardRotation<L::kHeadDim, L::kRotationSeed>::apply(keys.data() + i);
+  // the keys as the cache stores them (rotated keys: compare with R k)
+  const std::vector<float> keys = skv::to_key_basis<L>(w.k.data(), w.k.size() / L::kHeadDim);
   double ke = 0, ve = 0;
   for (int t = 0; t < w.tokens; ++t)
     for (int h = 0; h < w.kv_heads; ++h)
@@ -64,9 +62,9 @@ Row measure(const char* name, const skv_demo::Workload& w, const std::vector<dou
   std::vector<float> out(w.q.size());
   const double ms = time_ms([&] { skv::cpu::decode_attention(cache, w.q.data(), w.q_heads, out.data()); });
   const double n = static_cast<double>(w.k.size());
-  const int sinks = L::sink_length(w.tokens);  // fp32 sink tokens, spread over the tokens
+  const int sinks = L::sink_length(w.tokens);
   return {name,
-          (Cache::bits_per_element() * (w.tokens - sinks) + 32.0 * sinks) / w.tokens,
+          L::bits_per_element(w.tokens),
           kLayers * kKvHeads * (kContext * Cache::bytes_per_token() + sinks * L::sink_bytes_per_token()) / kGiB,
           ke / n,
           ve / n,

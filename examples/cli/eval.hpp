@@ -70,20 +70,18 @@ double eval_layer(const skv::calib::LayerKV& l, int queries, EvalAccum& acc) {
   Cache cache(h, t);
   cache.append(l.k.data(), l.v.data(), t);
   const auto view = cache.view();
-  // the keys in the basis the cache stores them in
-  std::vector<float> rotated_k;
-  if constexpr (L::kRotateKeys) {
-    rotated_k = l.k;
-    for (std::size_t i = 0; i < rotated_k.size(); i += D)
-      skv::HadamardRotation<D, L::kRotationSeed>::apply(rotated_k.data() + i);
-  }
-  const std::vector<float>& k_stored = L::kRotateKeys ? rotated_k : l.k;
+  // the keys attention sees, and the input keys, in the basis the cache stores keys in
+  std::vector<double> k_hat(static_cast<std::size_t>(t) * h * D);
+  for (int s = 0; s < t; ++s)
+    for (int head = 0; head < h; ++head)
+      for (int c = 0; c < D; ++c) k_hat[(static_cast<std::size_t>(s) * h + head) * D + c] = view.key(s, head, c);
+  const std::vector<float> k_stored = skv::to_key_basis<L>(l.k.data(), static_cast<std::size_t>(t) * h);
   const int tq = L::residual_begin(t);
   for (int s = 0; s < tq; ++s)
     for (int head = 0; head < h; ++head)
       for (int c = 0; c < D; ++c) {
         const std::size_t i = (static_cast<std::size_t>(s) * h + head) * D + c;
-        const double ek = static_cast<double>(view.key(s, head, c)) - k_stored[i];
+        const double ek = k_hat[i] - k_stored[i];
         const double ev = static_cast<double>(view.value(s, head, c)) - l.v[i];
         acc.key_se += ek * ek;
         acc.value_se += ev * ev;
@@ -96,10 +94,6 @@ double eval_layer(const skv::calib::LayerKV& l, int queries, EvalAccum& acc) {
   const int nq = std::min(queries, have_q ? t : t - 1);
   std::vector<float> q(static_cast<std::size_t>(hq) * D), out(q.size());
   std::vector<double> p(static_cast<std::size_t>(t)), o(D);
-  std::vector<double> k_hat(static_cast<std::size_t>(t) * h * D);  // the keys attention sees, stored basis
-  for (int s = 0; s < t; ++s)
-    for (int head = 0; head < h; ++head)
-      for (int c = 0; c < D; ++c) k_hat[(static_cast<std::size_t>(s) * h + head) * D + c] = view.key(s, head, c);
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
   for (int n = 0; n < nq; ++n) {
     const int pos = have_q ? t - 1 - n : t - 2 - n;  // query token; without queries, key pos + 1 is the query
@@ -108,7 +102,7 @@ double eval_layer(const skv::calib::LayerKV& l, int queries, EvalAccum& acc) {
         q[static_cast<std::size_t>(qh) * D + c] =
             have_q ? l.q[(static_cast<std::size_t>(pos) * hq + qh) * D + c] : l.k[(static_cast<std::size_t>(pos + 1) * h + qh) * D + c];
     skv::cpu::decode_attention(cache, q.data(), hq, out.data());
-    const std::vector<float> q_stored = skv::cpu::detail::stored_basis_queries<L>(q.data(), hq);
+    const std::vector<float> q_stored = skv::to_key_basis<L>(q.data(), static_cast<std::size_t>(hq));
     for (int qh = 0; qh < hq; ++qh) {
       const int head = qh / group;
       const float* qv = &q[static_cast<std::size_t>(qh) * D];
@@ -140,9 +134,7 @@ double eval_layer(const skv::calib::LayerKV& l, int queries, EvalAccum& acc) {
       }
     }
   }
-  // sinks are fp32: spread their cost over the layer's tokens
-  const int sinks = L::sink_length(t);
-  return (Cache::bits_per_element() * (t - sinks) + 32.0 * sinks) / t;
+  return L::bits_per_element(t);
 }
 
 template <class F>

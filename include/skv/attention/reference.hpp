@@ -41,16 +41,6 @@ void check_attention_args(const SequenceView<Layout>& view, const float* q, int 
                                      std::to_string(i % Layout::kHeadDim));
 }
 
-/// The queries as the cache's keys expect them: a copy of q, rotated when the layout rotates keys.
-template <class Layout>
-std::vector<float> stored_basis_queries(const float* q, int num_q_heads) {
-  constexpr int D = Layout::kHeadDim;
-  std::vector<float> r(q, q + static_cast<std::size_t>(num_q_heads) * D);
-  if constexpr (Layout::kRotateKeys)
-    for (std::size_t i = 0; i < r.size(); i += D) HadamardRotation<D, Layout::kRotationSeed>::apply(r.data() + i);
-  return r;
-}
-
 /// Softmax state of query head `qh` over tokens [begin, end), in double.
 template <class Layout>
 SoftmaxState<double, Layout::kHeadDim> reference_state(const SequenceView<Layout>& view, const float* q, int qh,
@@ -80,7 +70,7 @@ template <class Layout>
 void decode_attention_reference(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out,
                                 float scale) {
   detail::check_attention_args(view, q, num_q_heads, out, scale);
-  const std::vector<float> qr = detail::stored_basis_queries<Layout>(q, num_q_heads);
+  const std::vector<float> qr = to_key_basis<Layout>(q, static_cast<std::size_t>(num_q_heads));
   const int group = num_q_heads / view.num_kv_heads;
   for (int h = 0; h < num_q_heads; ++h) {
     detail::reference_state(view, qr.data(), h, h / group, 0, view.length, scale)
@@ -95,7 +85,7 @@ void decode_attention_chunked(const SequenceView<Layout>& view, const float* q, 
                               float scale, int chunk_tokens) {
   detail::check_attention_args(view, q, num_q_heads, out, scale);
   skv::detail::require(chunk_tokens > 0, "decode_attention_chunked: chunk_tokens must be positive");
-  const std::vector<float> qr = detail::stored_basis_queries<Layout>(q, num_q_heads);
+  const std::vector<float> qr = to_key_basis<Layout>(q, static_cast<std::size_t>(num_q_heads));
   const int group = num_q_heads / view.num_kv_heads;
   for (int h = 0; h < num_q_heads; ++h) {
     SoftmaxState<double, Layout::kHeadDim> total;

@@ -75,8 +75,7 @@ void append(SequenceView<Layout>& view, const float* keys, const float* values, 
   std::vector<float> rotated;
   if constexpr (Layout::kRotateKeys) {
     detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, D, "keys");
-    rotated = std::vector<float>(keys, keys + count);
-    for (std::size_t i = 0; i < count; i += D) HadamardRotation<D, Layout::kRotationSeed>::apply(rotated.data() + i);
+    rotated = to_key_basis<Layout>(keys, count / D);
     keys = rotated.data();
   }
   detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, D,

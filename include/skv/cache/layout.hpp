@@ -135,6 +135,11 @@ struct CacheLayout {
   static constexpr double bytes_per_token() { return static_cast<double>(kHeadBytes) / PageSize; }
   /// Bits per cached element (keys and values averaged), metadata included.
   static constexpr double bits_per_element() { return bytes_per_token() * 8.0 / (2.0 * HeadDim); }
+  /// The same averaged over a sequence of `length` > 0 tokens whose sinks are fp32 (tokens still in
+  /// the ring count at the rate they will be quantized at).
+  static constexpr double bits_per_element(int length) {
+    return (bits_per_element() * (length - sink_length(length)) + 32.0 * sink_length(length)) / length;
+  }
   /// Floats of a sequence's full-precision area: the residual ring, then the sinks.
   SKV_HOST_DEVICE static constexpr std::size_t residual_floats(int num_kv_heads) {
     return 2u * (kResidualCapacity + kSinkTokens) * static_cast<std::size_t>(num_kv_heads) * HeadDim;

@@ -6,7 +6,9 @@
 // channels over all channels and shrinks the quantization range. Cost O(D log D) per vector.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include <skv/config.hpp>
 
@@ -68,5 +70,17 @@ struct HadamardRotation {
     return d == 2 ? r * 0.70710678118654752f : r;
   }
 };
+
+/// A copy of `rows` vectors of Layout::kHeadDim floats in the basis the layout stores keys in:
+/// rotated by the layout's HadamardRotation when it rotates keys (Options<RotateKeys>), unchanged
+/// otherwise. Keys at append, queries at attention and the checks against stored keys use it (host).
+template <class Layout>
+std::vector<float> to_key_basis(const float* x, std::size_t rows) {
+  constexpr int D = Layout::kHeadDim;
+  std::vector<float> r(x, x + rows * D);
+  if constexpr (Layout::kRotateKeys)
+    for (std::size_t i = 0; i < r.size(); i += D) HadamardRotation<D, Layout::kRotationSeed>::apply(r.data() + i);
+  return r;
+}
 
 }  // namespace skv
