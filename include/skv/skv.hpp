@@ -19,3 +19,4 @@
 #include <skv/attention/cpu_fast.hpp>
 #include <skv/attention/baseline.hpp>
 #include <skv/attention/decode.hpp>
+#include <skv/attention/cpu_prefill.hpp>

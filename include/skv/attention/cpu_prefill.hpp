@@ -1,0 +1,617 @@
+// skv/attention/cpu_prefill.hpp: attention for many query tokens over a quantized cache (host only):
+// chunked prefill, a reused prefix, speculative verification.
+//
+//   cache.append(k, v, n);                                           // the chunk's keys and values
+//   skv::cpu::prefill_attention(cache, q, n, num_q_heads, out);      // q, out [n][num_q_heads][D]
+//
+// The queries belong to the last num_q_tokens tokens already appended: query i sits at position
+// length - num_q_tokens + i and attends causally to every token up to and including its own, as
+// the cache stores them now (sinks, quantized pages, the full-precision ring). With num_q_tokens == 1
+// this is decode_attention (it runs the decode path, bit for bit). docs/cpu.md, "Prefill".
+//
+// Work: an item is (sequence, KV head, block of query tokens, KV token range). Its rows are the
+// query tokens of the block times the GQA heads of the KV head, so each tile of codes is unpacked
+// once and read by every row (keys: the integer / scaled-query dots of cpu_fast.hpp, now with a
+// matrix of queries; values: folded probabilities). Rows are stored last query first, so the rows
+// that see a token of the chunk are always a prefix of the rows; tokens past a row's position get a
+// logit of -inf. Items run on OpenMP threads; a long KV range is split and the partial softmax
+// states merged by log-sum-exp (attention/softmax.hpp).
+//
+// Tolerance against prefill_attention_reference (double): kPrefillTolerance * (1 + max |value|)
+// per output element, the decode path's kFastTolerance (the same kernels in the same order per row).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <skv/attention/baseline.hpp>
+#include <skv/attention/cpu_fast.hpp>
+#include <skv/attention/cpu_kernels.hpp>
+#include <skv/attention/cpu_simd.hpp>
+#include <skv/attention/reference.hpp>
+#include <skv/cache/kv_cache.hpp>
+#include <skv/cache/layout.hpp>
+#include <skv/cache/view.hpp>
+#include <skv/config.hpp>
+#include <skv/error.hpp>
+#include <skv/quant/rotation.hpp>
+
+#if defined(SKV_HAS_OPENMP)
+#include <omp.h>
+#endif
+
+namespace skv {
+namespace cpu {
+
+/// Documented accuracy of prefill_attention against prefill_attention_reference, per output
+/// element: |fast - reference| <= kPrefillTolerance * (1 + max |value|).
+constexpr float kPrefillTolerance = kFastTolerance;
+
+/// Run-time knobs of the CPU prefill paths (quantized and dense baselines).
+struct PrefillOptions {
+  /// Threads: 0 means every OpenMP thread, 1 the calling thread (always 1 without OpenMP).
+  int num_threads = 0;
+  /// KV tokens per work item when a query block's range is split across threads; 0 chooses
+  /// automatically (a split only when there are fewer than 4 items per thread).
+  int split_tokens = 0;
+  /// Rows (query tokens x GQA heads of one KV head) per work item; 0 chooses automatically.
+  int query_rows = 0;
+};
+
+namespace detail {
+
+/// Rows per work item when PrefillOptions::query_rows is 0: enough to amortize a tile's unpacking
+/// over many dot products, few enough that the rows' softmax state stays in L2.
+constexpr int kPrefillRows = 64;
+
+inline int prefill_threads(const PrefillOptions& opt) {
+#if defined(SKV_HAS_OPENMP)
+  return opt.num_threads > 0 ? opt.num_threads : omp_get_max_threads();
+#else
+  (void)opt;
+  return 1;
+#endif
+}
+
+/// Validates one sequence's prefill arguments (q holds num_q_tokens * num_q_heads rows).
+template <int D, class View>
+void check_prefill_args(const View& view, int length, int capacity, const float* q, int num_q_tokens, int num_q_heads,
+                        const float* out, float scale, const char* what) {
+  using skv::detail::require;
+  const std::string w(what);
+  require(num_q_tokens >= 0, w + ": num_q_tokens must not be negative (" + std::to_string(num_q_tokens) + ")");
+  require(view.num_kv_heads > 0, w + ": the cache has no KV heads");
+  require(num_q_heads > 0 && num_q_heads % view.num_kv_heads == 0,
+          w + ": num_q_heads (" + std::to_string(num_q_heads) + ") must be a positive multiple of the " +
+              std::to_string(view.num_kv_heads) + " KV heads");
+  require(std::isfinite(scale), w + ": the softmax scale must be finite");
+  require(length >= 0 && length <= capacity, w + ": view length exceeds its capacity");
+  require(num_q_tokens <= length, w + ": " + std::to_string(num_q_tokens) +
+                                      " query tokens, but the cache holds only " + std::to_string(length) +
+                                      " tokens (append the chunk's keys and values first)");
+  if (num_q_tokens == 0) return;
+  require(q != nullptr && out != nullptr, w + ": q and out must not be null");
+  const std::size_t n = static_cast<std::size_t>(num_q_tokens) * num_q_heads * D;
+  for (std::size_t i = 0; i < n; ++i)
+    if (!std::isfinite(q[i]))
+      throw Error(w + ": q has a NaN or Inf at token " + std::to_string(i / (static_cast<std::size_t>(num_q_heads) * D)) +
+                  ", head " + std::to_string(i / D % num_q_heads) + ", dim " + std::to_string(i % D));
+}
+
+template <class Layout>
+void check_prefill_view(const SequenceView<Layout>& view, const float* q, int num_q_tokens, int num_q_heads,
+                        const float* out, float scale, const char* what) {
+  check_prefill_args<Layout::kHeadDim>(view, view.length, view.capacity(), q, num_q_tokens, num_q_heads, out, scale, what);
+  skv::detail::require(view.length == 0 || (view.pages != nullptr && view.block_table != nullptr && view.residual != nullptr),
+                       std::string(what) + ": the sequence view has a null pointer");
+}
+
+/// One unit of prefill work: query tokens [q_begin, q_end) of sequence `seq` (rows: those tokens x
+/// the GQA heads of `kv_head`, last token first) over KV tokens [begin, end).
+struct PrefillItem {
+  int seq;
+  int kv_head;
+  int q_begin;
+  int q_end;
+  int begin;
+  int end;
+};
+
+/// Per-item geometry: which rows see which tokens. Query i of the sequence sits at position
+/// first_pos + i; row r is query q_end - 1 - r / group, head r % group.
+struct CausalRows {
+  int first_pos;
+  int q_begin;
+  int q_end;
+  int group;
+
+  int rows() const { return (q_end - q_begin) * group; }
+  int position(int r) const { return first_pos + q_end - 1 - r / group; }
+  /// Rows that see token t0 (a prefix of the rows: later queries see more).
+  int rows_seeing(int t0) const {
+    const int lo = std::max(q_begin, t0 - first_pos);
+    return lo >= q_end ? 0 : (q_end - lo) * group;
+  }
+  /// Whether some row among the first `rows` does not see all of tokens [t0, t0 + n).
+  bool needs_mask(int t0, int n, int rows) const { return rows > 0 && position(rows - 1) < t0 + n - 1; }
+  /// Sets logits [r * ldl + k] of tokens t0 + k past row r's position to -inf (exp gives 0, or
+  /// below 2e-38 with the polynomial's clamp, which no softmax sum can notice).
+  void mask(float* logits, int ldl, int t0, int n, int rows) const {
+    for (int r = rows - 1; r >= 0; --r) {
+      const int first_hidden = position(r) - t0 + 1;
+      if (first_hidden >= n) break;  // earlier rows see more
+      float* lg = logits + static_cast<std::size_t>(r) * ldl;
+      for (int k = std::max(first_hidden, 0); k < n; ++k) lg[k] = -std::numeric_limits<float>::infinity();
+    }
+  }
+};
+
+/// Runs process(item, rows, state, scratch) for every item on the threads and merges the partial
+/// states into out ([total query rows][num_q_heads][d], sequence b from row q_offsets[b]).
+/// `tile` aligns split points.
+template <class Scratch, class Process>
+void run_prefill(int batch, const int* lengths, const int* kv_heads, const int* q_counts, const int* q_offsets,
+                 int num_q_heads, int d, int tile, const PrefillOptions& opt, float* out, Process&& process) {
+  const int threads = std::max(1, prefill_threads(opt));
+  // query blocks: rows = tokens x group, at most query_rows (at least one token)
+  const int want_rows = opt.query_rows > 0 ? opt.query_rows : kPrefillRows;
+  std::vector<int> block_tokens(static_cast<std::size_t>(batch));
+  long base_items = 0;
+  int max_len = 0;
+  for (int b = 0; b < batch; ++b) {
+    const int group = num_q_heads / kv_heads[b];
+    block_tokens[b] = std::max(1, want_rows / group);
+    if (q_counts[b] > 0) {
+      base_items += static_cast<long>(kv_heads[b]) * ((q_counts[b] + block_tokens[b] - 1) / block_tokens[b]);
+      max_len = std::max(max_len, lengths[b]);
+    }
+  }
+  if (base_items == 0) return;
+  int split = opt.split_tokens;
+  if (split <= 0) {
+    split = std::numeric_limits<int>::max();
+    const long target = threads > 1 ? 4L * threads : 1;
+    if (base_items < target) {
+      const long want = (target + base_items - 1) / base_items;
+      split = std::max(512, static_cast<int>((max_len + want - 1) / want));
+    }
+  }
+  split = split >= std::numeric_limits<int>::max() - tile ? split : (split + tile - 1) / tile * tile;
+
+  // items of one (sequence, KV head, query block) are consecutive, in token order
+  std::vector<PrefillItem> items;
+  std::vector<std::size_t> group_first;  // first item of each (sequence, KV head, query block)
+  for (int b = 0; b < batch; ++b) {
+    const int nq = q_counts[b];
+    for (int h = 0; h < kv_heads[b]; ++h) {
+      // the last block (the longest range) first, for the dynamic schedule
+      for (int qe = nq; qe > 0; qe -= block_tokens[b]) {
+        const int qb = std::max(0, qe - block_tokens[b]);
+        const int kv_end = lengths[b] - nq + qe;  // the last query's position + 1
+        group_first.push_back(items.size());
+        int begin = 0;
+        do {
+          const int end = kv_end - begin > split ? begin + split : kv_end;
+          items.push_back(PrefillItem{b, h, qb, qe, begin, end});
+          begin = end;
+        } while (begin < kv_end);
+      }
+    }
+  }
+  group_first.push_back(items.size());
+
+  int max_rows = 1;
+  for (int b = 0; b < batch; ++b)
+    max_rows = std::max(max_rows, std::min(q_counts[b], block_tokens[b]) * (num_q_heads / kv_heads[b]));
+  const std::size_t per_item = static_cast<std::size_t>(max_rows) * (d + 2);
+  std::vector<float> partial(items.size() * per_item);
+  const long n_items = static_cast<long>(items.size());
+  const long n_groups = static_cast<long>(group_first.size()) - 1;
+
+#if defined(SKV_HAS_OPENMP)
+#pragma omp parallel num_threads(threads) if (threads > 1 && n_items > 1)
+#endif
+  {
+    Scratch scratch;
+#if defined(SKV_HAS_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (long i = 0; i < n_items; ++i) {
+      const PrefillItem& it = items[static_cast<std::size_t>(i)];
+      const int group = num_q_heads / kv_heads[it.seq];
+      const CausalRows cr{lengths[it.seq] - q_counts[it.seq], it.q_begin, it.q_end, group};
+      const int rows = cr.rows();
+      float* base = partial.data() + static_cast<std::size_t>(i) * per_item;
+      ItemState st{base, base + rows, base + 2 * rows};
+      st.reset(rows, d);
+      if (it.end > it.begin) process(it, cr, st, scratch);
+    }
+
+    // merge the items of each query block in token order, row by row
+#if defined(SKV_HAS_OPENMP)
+#pragma omp for schedule(dynamic, 4)
+#endif
+    for (long g = 0; g < n_groups; ++g) {
+      const std::size_t i0 = group_first[static_cast<std::size_t>(g)], i1 = group_first[static_cast<std::size_t>(g) + 1];
+      const PrefillItem& first = items[i0];
+      const int b = first.seq;
+      const int group = num_q_heads / kv_heads[b];
+      const int rows = (first.q_end - first.q_begin) * group;
+      for (int r = 0; r < rows; ++r) {
+        const int token = first.q_end - 1 - r / group;
+        const int head = first.kv_head * group + r % group;
+        float* o = out + ((static_cast<std::size_t>(q_offsets[b]) + token) * num_q_heads + head) * d;
+        float m = -std::numeric_limits<float>::infinity();
+        for (std::size_t k = i0; k < i1; ++k) {
+          const float* s = partial.data() + k * per_item;
+          if (s[rows + r] != 0.0f) m = std::max(m, s[r]);
+        }
+        float l = 0.0f;
+        std::fill(o, o + d, 0.0f);
+        for (std::size_t k = i0; k < i1; ++k) {
+          const float* s = partial.data() + k * per_item;
+          if (s[rows + r] == 0.0f) continue;
+          const float f = i1 - i0 == 1 ? 1.0f : ::expf(s[r] - m);
+          l += s[rows + r] * f;
+          const float* acc = s + 2 * rows + static_cast<std::size_t>(r) * d;
+          if (f == 1.0f) {
+            for (int c = 0; c < d; ++c) o[c] += acc[c];
+          } else {
+            for (int c = 0; c < d; ++c) o[c] += acc[c] * f;
+          }
+        }
+        if (l > 0.0f) scale_array(o, d, 1.0f / l);
+      }
+    }
+  }
+}
+
+/// The fast prefill for one cache configuration, on the tile kernels of FastDecode.
+template <class Layout>
+struct FastPrefill {
+  using F = FastDecode<Layout>;
+  using KQ = typename Layout::KeyQuantizer;
+  using VQ = typename Layout::ValueQuantizer;
+  static constexpr int kD = Layout::kHeadDim;
+  static constexpr int kPage = Layout::kPageSize;
+  static constexpr int kTile = F::kTile;
+  using Scratch = typename F::Scratch;
+
+  /// Logits of rows [0, rows) for quantized indices [j, j + n) (one tile) into sc.logits.
+  static void key_logits(const SequenceView<Layout>& view, int h, int j, int n, int rows, Scratch& sc) {
+    const int slot = j % kPage;
+    const auto kb = view.keys(j, h);
+    float* kbuf = sc.kbuf.data();
+    if (KQ::kAxis == Axis::Channel) {
+      float* s = sc.ms.data();
+      float* z = sc.mz.data();
+      F::template load_meta<KQ>(kb.scales(), kb.zeros(), (slot / KQ::kGroupSize) * kD, kD, s, z);
+#if defined(SKV_HAS_AVX512)
+      if (F::kIntKeys) {
+        F::integer_key_logits(kb, slot, n, rows, s, z, sc);
+        return;
+      }
+#endif
+      F::template unpack_tile<KQ::kBits>(kb, slot, n, kbuf);
+      for (int r = 0; r < rows; ++r) {
+        const float* q0 = sc.q0.data() + static_cast<std::size_t>(r) * kD;
+        float* qs = sc.qs.data() + static_cast<std::size_t>(r) * kD;
+        Vec b = vzero();
+        int c = 0;
+        for (; c + kVecWidth <= kD; c += kVecWidth) {
+          const Vec v = vmul(vload(q0 + c), vload(s + c));
+          vstore(qs + c, v);
+          b = vfma(v, vload(z + c), b);
+        }
+        float bias = vsum(b);
+        for (; c < kD; ++c) {
+          qs[c] = q0[c] * s[c];
+          bias += qs[c] * z[c];
+        }
+        sc.bias[r] = bias;
+      }
+      dot_rows(sc.qs.data(), rows, kD, kbuf, kD, n, sc.bias.data(), sc.logits.data(), kTile);
+    } else {
+      F::template unpack_tile<KQ::kBits>(kb, slot, n, kbuf);
+      F::template dequantize_token_rows<KQ>(kb, slot, n, kbuf, sc.ms.data(), sc.mz.data());
+      dot_rows(sc.q0.data(), rows, kD, kbuf, kD, n, nullptr, sc.logits.data(), kTile);
+    }
+  }
+
+  static void quantized_tile(const SequenceView<Layout>& view, int h, int j, int n, const CausalRows& cr, ItemState& st,
+                             Scratch& sc) {
+    const int t0 = Layout::kSinkTokens + j;
+    const int rows = cr.rows_seeing(t0);
+    if (rows == 0) return;
+    key_logits(view, h, j, n, rows, sc);
+    if (cr.needs_mask(t0, n, rows)) cr.mask(sc.logits.data(), kTile, t0, n, rows);
+    softmax_tile(st, rows, kD, sc.logits.data(), kTile, n, sc.p.data());
+    F::values_tile(view.values(j, h), j % kPage, n, rows, st, sc);
+  }
+
+  static void full_precision_tile(const SequenceView<Layout>& view, int h, int t, int n, const CausalRows& cr,
+                                  ItemState& st, Scratch& sc, bool sinks) {
+    const int rows = cr.rows_seeing(t);
+    if (rows == 0) return;
+    for (int i = 0; i < n; ++i) {
+      const float* k = sinks ? view.sink_key(t + i, h) : view.residual_key(t + i, h);
+      const float* v = sinks ? view.sink_value(t + i, h) : view.residual_value(t + i, h);
+      std::memcpy(sc.kbuf.data() + static_cast<std::size_t>(i) * kD, k, sizeof(float) * kD);
+      std::memcpy(sc.vbuf.data() + static_cast<std::size_t>(i) * kD, v, sizeof(float) * kD);
+    }
+    dot_rows(sc.q0.data(), rows, kD, sc.kbuf.data(), kD, n, nullptr, sc.logits.data(), kTile);
+    if (cr.needs_mask(t, n, rows)) cr.mask(sc.logits.data(), kTile, t, n, rows);
+    softmax_tile(st, rows, kD, sc.logits.data(), kTile, n, sc.p.data());
+    acc_rows(st.acc, rows, kD, sc.p.data(), kTile, 1, kD, sc.vbuf.data(), kD, n);
+  }
+
+  /// One work item; q is the sequence's [num_q_tokens][num_q_heads][kD].
+  static void process(const SequenceView<Layout>& view, const float* q, int num_q_heads, float scale,
+                      const PrefillItem& it, const CausalRows& cr, ItemState& st, Scratch& sc) {
+    constexpr int kSinks = Layout::kSinkTokens;
+    const int rows = cr.rows();
+    sc.ensure(rows);
+    for (int r = 0; r < rows; ++r) {
+      const int token = it.q_end - 1 - r / cr.group;
+      const int head = it.kv_head * cr.group + r % cr.group;
+      const float* src = q + (static_cast<std::size_t>(token) * num_q_heads + head) * kD;
+      float* dst = sc.q0.data() + static_cast<std::size_t>(r) * kD;
+      for (int c = 0; c < kD; ++c) dst[c] = src[c] * scale;
+      if constexpr (Layout::kRotateKeys) HadamardRotation<kD, Layout::kRotationSeed>::apply(dst);
+    }
+    const int h = it.kv_head, begin = it.begin, end = it.end;
+    int t = begin;
+    for (const int e = std::min(end, view.sink_length()); t < e;) {
+      const int n = std::min(kTile, e - t);
+      full_precision_tile(view, h, t, n, cr, st, sc, true);
+      t += n;
+    }
+    int j = t - kSinks;
+    const int jend = std::min(end - kSinks, view.quantized_length());
+    if (j < jend) {
+      F::prefetch_block(view.head_block(j, h), Layout::kHeadBytes);
+      while (j < jend) {
+        const int n = std::min(kTile - j % kTile, jend - j);
+        if (j % kPage == 0 && j + kPage < jend) F::prefetch_block(view.head_block(j + kPage, h), Layout::kHeadBytes);
+        quantized_tile(view, h, j, n, cr, st, sc);
+        j += n;
+      }
+      t = kSinks + jend;
+    }
+    while (t < end) {
+      const int n = std::min(kTile, end - t);
+      full_precision_tile(view, h, t, n, cr, st, sc, false);
+      t += n;
+    }
+  }
+};
+
+/// The dense (fp32 / fp16) prefill: the same driver, tiles and kernels without quantization.
+template <class T, int D>
+struct DensePrefill {
+  static constexpr int kTile = 64;
+  struct Scratch {
+    std::vector<float> kbuf, vbuf, logits, p, q0;
+    int nh = 0;
+    void ensure(int rows) {
+      if (rows <= nh) return;
+      nh = rows;
+      kbuf.assign(static_cast<std::size_t>(kTile) * D, 0.0f);
+      vbuf.assign(static_cast<std::size_t>(kTile) * D, 0.0f);
+      logits.assign(static_cast<std::size_t>(rows) * kTile, 0.0f);
+      p.assign(static_cast<std::size_t>(rows) * kTile, 0.0f);
+      q0.assign(static_cast<std::size_t>(rows) * D, 0.0f);
+    }
+  };
+
+  static const float* rows_of(const float* x, int, float*) { return x; }
+  static const float* rows_of(const fp16* x, int n, float* buf) {
+    fp16_row_to_f32(x, n * D, buf);
+    return buf;
+  }
+
+  static void process(const DenseView<T, D>& view, const float* q, int num_q_heads, float scale, const PrefillItem& it,
+                      const CausalRows& cr, ItemState& st, Scratch& sc) {
+    const int all_rows = cr.rows();
+    sc.ensure(all_rows);
+    for (int r = 0; r < all_rows; ++r) {
+      const int token = it.q_end - 1 - r / cr.group;
+      const int head = it.kv_head * cr.group + r % cr.group;
+      const float* src = q + (static_cast<std::size_t>(token) * num_q_heads + head) * D;
+      for (int c = 0; c < D; ++c) sc.q0[static_cast<std::size_t>(r) * D + c] = src[c] * scale;
+    }
+    for (int t = it.begin; t < it.end; t += kTile) {
+      const int n = std::min(kTile, it.end - t);
+      const int rows = cr.rows_seeing(t);
+      if (rows == 0) break;
+      const float* k = rows_of(view.key_row(t, it.kv_head), n, sc.kbuf.data());
+      dot_rows(sc.q0.data(), rows, D, k, D, n, nullptr, sc.logits.data(), kTile);
+      if (cr.needs_mask(t, n, rows)) cr.mask(sc.logits.data(), kTile, t, n, rows);
+      softmax_tile(st, rows, D, sc.logits.data(), kTile, n, sc.p.data());
+      const float* v = rows_of(view.value_row(t, it.kv_head), n, sc.vbuf.data());
+      acc_rows(st.acc, rows, D, sc.p.data(), kTile, 1, D, v, D, n);
+    }
+  }
+};
+
+/// Checks a batch's query offsets and returns each sequence's query count.
+inline std::vector<int> prefill_counts(int batch, const int* q_indptr, const char* what) {
+  const std::string w(what);
+  skv::detail::require(q_indptr != nullptr, w + ": q_indptr must not be null");
+  skv::detail::require(q_indptr[0] == 0, w + ": q_indptr[0] must be 0");
+  std::vector<int> counts(static_cast<std::size_t>(batch));
+  for (int b = 0; b < batch; ++b) {
+    skv::detail::require(q_indptr[b + 1] >= q_indptr[b],
+                         w + ": q_indptr must not decrease (entry " + std::to_string(b + 1) + ")");
+    counts[b] = q_indptr[b + 1] - q_indptr[b];
+  }
+  return counts;
+}
+
+}  // namespace detail
+
+// ---- the reference ----------------------------------------------------------------------------------
+
+/// Reference prefill attention in double (the oracle): q and out are [num_q_tokens][num_q_heads][D];
+/// query i attends to tokens [0, length - num_q_tokens + i]. Each KV head is dequantized once through
+/// the shared decode function (SequenceView::key / value), then plain loops.
+template <class Layout>
+void prefill_attention_reference(const SequenceView<Layout>& view, const float* q, int num_q_tokens, int num_q_heads,
+                                 float* out, float scale) {
+  constexpr int D = Layout::kHeadDim;
+  detail::check_prefill_view(view, q, num_q_tokens, num_q_heads, out, scale, "prefill_attention_reference");
+  if (num_q_tokens == 0) return;
+  const int length = view.length;
+  const int group = num_q_heads / view.num_kv_heads;
+  const std::vector<float> qr = to_key_basis<Layout>(q, static_cast<std::size_t>(num_q_tokens) * num_q_heads);
+  std::vector<double> k(static_cast<std::size_t>(length) * D), v(k.size()), logit(static_cast<std::size_t>(length));
+  std::vector<double> acc(D);
+  for (int kv = 0; kv < view.num_kv_heads; ++kv) {
+    for (int t = 0; t < length; ++t)
+      for (int c = 0; c < D; ++c) {
+        k[static_cast<std::size_t>(t) * D + c] = view.key(t, kv, c);
+        v[static_cast<std::size_t>(t) * D + c] = view.value(t, kv, c);
+      }
+    for (int i = 0; i < num_q_tokens; ++i) {
+      const int visible = length - num_q_tokens + i + 1;
+      for (int g = 0; g < group; ++g) {
+        const int head = kv * group + g;
+        const float* qv = qr.data() + (static_cast<std::size_t>(i) * num_q_heads + head) * D;
+        double m = -HUGE_VAL;
+        for (int t = 0; t < visible; ++t) {
+          double dot = 0.0;
+          for (int c = 0; c < D; ++c) dot += static_cast<double>(qv[c]) * k[static_cast<std::size_t>(t) * D + c];
+          logit[t] = dot * scale;
+          m = std::max(m, logit[t]);
+        }
+        double l = 0.0;
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int t = 0; t < visible; ++t) {
+          const double p = std::exp(logit[t] - m);
+          l += p;
+          for (int c = 0; c < D; ++c) acc[c] += p * v[static_cast<std::size_t>(t) * D + c];
+        }
+        float* o = out + (static_cast<std::size_t>(i) * num_q_heads + head) * D;
+        for (int c = 0; c < D; ++c) o[c] = static_cast<float>(acc[c] / l);
+      }
+    }
+  }
+}
+
+template <class KeyQ, class ValueQ, int D, int P, int R, class O>
+void prefill_attention_reference(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_tokens,
+                                 int num_q_heads, float* out, float scale) {
+  prefill_attention_reference(cache.view(), q, num_q_tokens, num_q_heads, out, scale);
+}
+
+// ---- the fast path ----------------------------------------------------------------------------------
+
+/// Prefill attention for a batch of sequences with different lengths and query counts, the way an
+/// engine batches prefill chunks and decode steps together. Sequence b owns query rows
+/// [q_indptr[b], q_indptr[b + 1]) of q and out ([q_indptr[batch]][num_q_heads][D]); those are its
+/// last q_indptr[b + 1] - q_indptr[b] tokens (0 is allowed: the sequence is skipped).
+template <class Layout>
+void prefill_attention_batch(const SequenceView<Layout>* views, int batch, const int* q_indptr, const float* q,
+                             int num_q_heads, float* out, float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  constexpr int kD = Layout::kHeadDim;
+  skv::detail::require(batch >= 0, "prefill_attention_batch: batch must not be negative");
+  if (batch == 0) return;
+  skv::detail::require(views != nullptr, "prefill_attention_batch: views must not be null");
+  const std::vector<int> counts = detail::prefill_counts(batch, q_indptr, "prefill_attention_batch");
+  std::vector<int> lengths(static_cast<std::size_t>(batch)), heads(static_cast<std::size_t>(batch));
+  const std::size_t row = static_cast<std::size_t>(num_q_heads) * kD;
+  for (int b = 0; b < batch; ++b) {
+    detail::check_prefill_view(views[b], q ? q + q_indptr[b] * row : nullptr, counts[b], num_q_heads,
+                               out ? out + q_indptr[b] * row : nullptr, scale, "prefill_attention_batch");
+    lengths[b] = views[b].length;
+    heads[b] = views[b].num_kv_heads;
+  }
+  using P = detail::FastPrefill<Layout>;
+  detail::run_prefill<typename P::Scratch>(
+      batch, lengths.data(), heads.data(), counts.data(), q_indptr, num_q_heads, kD, P::kTile, opt, out,
+      [&](const detail::PrefillItem& it, const detail::CausalRows& cr, detail::ItemState& st,
+          typename P::Scratch& sc) {
+        P::process(views[it.seq], q + q_indptr[it.seq] * row, num_q_heads, scale, it, cr, st, sc);
+      });
+}
+
+/// Prefill attention for one sequence: q and out are [num_q_tokens][num_q_heads][HeadDim], the
+/// queries of the last num_q_tokens appended tokens; query i attends to tokens
+/// [0, length - num_q_tokens + i]. One query token runs decode_attention.
+template <class Layout>
+void prefill_attention(const SequenceView<Layout>& view, const float* q, int num_q_tokens, int num_q_heads, float* out,
+                       float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  if (num_q_tokens == 1) {
+    detail::check_prefill_view(view, q, num_q_tokens, num_q_heads, out, scale, "prefill_attention");
+    DecodeOptions d;
+    d.num_threads = opt.num_threads;
+    d.split_tokens = opt.split_tokens;
+    decode_attention_fast(view, q, num_q_heads, out, scale, d);
+    return;
+  }
+  const int q_indptr[2] = {0, num_q_tokens};
+  prefill_attention_batch(&view, 1, q_indptr, q, num_q_heads, out, scale, opt);
+}
+
+template <class Layout>
+void prefill_attention(const SequenceView<Layout>& view, const float* q, int num_q_tokens, int num_q_heads,
+                       float* out) {
+  prefill_attention(view, q, num_q_tokens, num_q_heads, out, default_scale<Layout>());
+}
+
+template <class KeyQ, class ValueQ, int D, int P, int R, class O>
+void prefill_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_tokens,
+                       int num_q_heads, float* out, float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  prefill_attention(cache.view(), q, num_q_tokens, num_q_heads, out, scale, opt);
+}
+
+template <class KeyQ, class ValueQ, int D, int P, int R, class O>
+void prefill_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_tokens,
+                       int num_q_heads, float* out) {
+  prefill_attention(cache.view(), q, num_q_tokens, num_q_heads, out);
+}
+
+// ---- dense baselines ----------------------------------------------------------------------------------
+
+/// Prefill attention over dense (fp32 / fp16) caches for a batch, with the same driver, tiles and
+/// kernels as the quantized path: the baseline of bench/cpu_prefill.cpp.
+template <class T, int D>
+void prefill_attention_batch(const DenseView<T, D>* views, int batch, const int* q_indptr, const float* q,
+                             int num_q_heads, float* out, float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  skv::detail::require(batch >= 0, "prefill_attention_batch: batch must not be negative");
+  if (batch == 0) return;
+  skv::detail::require(views != nullptr, "prefill_attention_batch: views must not be null");
+  const std::vector<int> counts = detail::prefill_counts(batch, q_indptr, "prefill_attention_batch");
+  std::vector<int> lengths(static_cast<std::size_t>(batch)), heads(static_cast<std::size_t>(batch));
+  const std::size_t row = static_cast<std::size_t>(num_q_heads) * D;
+  for (int b = 0; b < batch; ++b) {
+    detail::check_prefill_args<D>(views[b], views[b].length, views[b].capacity, q ? q + q_indptr[b] * row : nullptr,
+                               counts[b], num_q_heads, out ? out + q_indptr[b] * row : nullptr, scale,
+                               "prefill_attention_batch");
+    lengths[b] = views[b].length;
+    heads[b] = views[b].num_kv_heads;
+  }
+  using P = detail::DensePrefill<T, D>;
+  detail::run_prefill<typename P::Scratch>(
+      batch, lengths.data(), heads.data(), counts.data(), q_indptr, num_q_heads, D, P::kTile, opt, out,
+      [&](const detail::PrefillItem& it, const detail::CausalRows& cr, detail::ItemState& st,
+          typename P::Scratch& sc) {
+        P::process(views[it.seq], q + q_indptr[it.seq] * row, num_q_heads, scale, it, cr, st, sc);
+      });
+}
+
+template <class T, int D>
+void prefill_attention(const DenseView<T, D>& view, const float* q, int num_q_tokens, int num_q_heads, float* out,
+                       float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  const int q_indptr[2] = {0, num_q_tokens};
+  prefill_attention_batch(&view, 1, q_indptr, q, num_q_heads, out, scale, opt);
+}
+
+}  // namespace cpu
+}  // namespace skv

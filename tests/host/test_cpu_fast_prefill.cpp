@@ -1,0 +1,405 @@
+// Prefill attention (many query tokens, causal) over quantized caches: the fast path against the
+// double reference for chunks of 1, 7, 64 and 300 queries over caches up to 5000 tokens, every
+// option and axis, GQA 1/4/8, threads, splits and query blocks; one query equals decode; a chunk
+// equals decoding its tokens one by one within a bound derived from the blocks the chunk completed;
+// a reused prefix (shared pages) gives the same result; batches; bad input; the dense baselines.
+// (Named test_cpu_fast_* so that bench/cpu.cmake builds it for every SIMD level that runs here.)
+#include <skv/attention/baseline.hpp>
+#include <skv/attention/cpu_prefill.hpp>
+#include <skv/attention/decode.hpp>
+#include <skv/skv.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace test_prefill {
+
+std::vector<float> random_floats(std::size_t n, unsigned seed, float sigma = 1.0f, float offset = 0.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, sigma);
+  std::vector<float> x(n);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = g(rng) + offset * static_cast<float>(i % 7) / 7.0f;
+  return x;
+}
+
+template <class View>
+float max_abs_value(const View& v) {
+  float m = 0.0f;
+  for (int t = 0; t < v.length; ++t)
+    for (int h = 0; h < v.num_kv_heads; ++h)
+      for (int c = 0; c < View::L::kHeadDim; ++c) m = std::max(m, std::fabs(v.value(t, h, c)));
+  return m;
+}
+
+struct Shape {
+  int num_q_tokens;
+  int length;
+  int kv_heads;
+  int group;
+};
+
+/// Fast prefill vs the reference for one shape, with several thread counts, splits and query blocks.
+template <class Cache>
+void check_prefill(const Shape& s, unsigned seed, bool many_options = true) {
+  constexpr int D = Cache::kHeadDim;
+  Cache cache(s.kv_heads, s.length + 100);  // room for pages even when every token is a sink
+  const auto k = random_floats(static_cast<std::size_t>(s.length) * s.kv_heads * D, seed, 1.0f, 3.0f);
+  const auto v = random_floats(static_cast<std::size_t>(s.length) * s.kv_heads * D, seed + 1, 0.7f, -1.0f);
+  // the chunk arrives after the prefix, as an engine appends it
+  const int prefix = s.length - s.num_q_tokens;
+  const std::size_t row = static_cast<std::size_t>(s.kv_heads) * D;
+  cache.append(k.data(), v.data(), prefix);
+  cache.append(k.data() + prefix * row, v.data() + prefix * row, s.num_q_tokens);
+  const int nq = s.kv_heads * s.group;
+  const auto q = random_floats(static_cast<std::size_t>(s.num_q_tokens) * nq * D, seed + 2, 1.5f);
+  const float scale = skv::cpu::default_scale<typename Cache::Layout>();
+  std::vector<float> ref(q.size()), out(q.size());
+  skv::cpu::prefill_attention_reference(cache, q.data(), s.num_q_tokens, nq, ref.data(), scale);
+  const float tol = skv::cpu::kPrefillTolerance * (1.0f + max_abs_value(cache.view()));
+  struct Run {
+    int threads, split, rows;
+  };
+  std::vector<Run> runs{{2, 0, 0}};
+  if (many_options) {
+    runs.push_back({1, 0, 0});
+    runs.push_back({2, 96, 0});   // forced splits inside the chunk
+    runs.push_back({1, 0, 24});   // query blocks that are not a multiple of every group
+    runs.push_back({2, 200, 5});  // one token per block (group >= 5) and splits
+  }
+  for (const Run& r : runs) {
+    skv::cpu::PrefillOptions opt;
+    opt.num_threads = r.threads;
+    opt.split_tokens = r.split;
+    opt.query_rows = r.rows;
+    std::fill(out.begin(), out.end(), 1e30f);
+    skv::cpu::prefill_attention(cache, q.data(), s.num_q_tokens, nq, out.data(), scale, opt);
+    // the largest error and where (one assertion per run keeps the sanitizer builds fast)
+    float worst = 0.0f;
+    std::size_t at = 0;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      const float e = std::fabs(out[i] - ref[i]);
+      if (!(e <= worst)) {  // NaN counts as the worst
+        worst = e;
+        at = i;
+      }
+    }
+    ASSERT_LE(worst, tol) << "K" << Cache::kKeyBits << "V" << Cache::kValueBits << " chunk " << s.num_q_tokens
+                          << " length " << s.length << " heads " << s.kv_heads << "x" << s.group << " threads "
+                          << r.threads << " split " << r.split << " rows " << r.rows << " at token " << at / (nq * D)
+                          << " head " << at / D % nq << ": " << out[at] << " vs " << ref[at];
+  }
+}
+
+// chunks of 1, 7, 64, 300 over caches of up to 5000 tokens; page (64) and group (32) boundaries on
+// both sides of the chunk's first and last token; GQA 1, 4, 8
+TEST(Prefill, MatchesReferenceOverChunksAndCacheLengths) {
+  using C = skv::KVCache<4, 2>;
+  const Shape shapes[] = {{1, 1, 1, 4},     {1, 65, 2, 8},     {1, 5000, 1, 4},   {7, 7, 1, 1},
+                          {7, 40, 2, 4},    {7, 97, 1, 8},     {7, 5000, 1, 2},   {64, 64, 1, 4},
+                          {64, 128, 2, 1},  {64, 2000, 1, 2},  {300, 300, 1, 1},  {300, 700, 1, 1},
+                          {300, 333, 1, 4}, {2, 4999, 1, 1}};
+  unsigned seed = 10;
+  for (const Shape& s : shapes) check_prefill<C>(s, seed += 10, s.length < 1500);
+}
+
+TEST(Prefill, EmptyChunkOverAnyCacheIsANoOp) {
+  skv::KVCache<4, 2> cache(2, 64);
+  std::vector<float> out(4, 7.0f);
+  skv::cpu::prefill_attention(cache, nullptr, 0, 4, out.data(), 0.1f);
+  const auto k = random_floats(2 * 128 * 10, 1);
+  cache.append(k.data(), k.data(), 10);
+  skv::cpu::prefill_attention(cache, nullptr, 0, 4, nullptr, 0.1f);
+  EXPECT_EQ(out[0], 7.0f);
+}
+
+template <class Cache>
+void check_config(unsigned seed) {
+  const Shape shapes[] = {{1, 3, 1, 4}, {7, 7, 2, 1}, {7, 200, 1, 8}, {64, 230, 2, 4}, {40, 517, 1, 1}};
+  for (const Shape& s : shapes) check_prefill<Cache>(s, seed += 7, false);
+}
+
+// every option, alone and together; a residual window; other bit widths
+TEST(Prefill, MatchesReferenceWithRotatedKeys) { check_config<skv::KVCache<4, 2, 128, skv::RotateKeys>>(100); }
+TEST(Prefill, MatchesReferenceWithSinks) { check_config<skv::KVCache<4, 2, 128, skv::Sinks<4>>>(200); }
+TEST(Prefill, MatchesReferenceWithManySinks) { check_config<skv::KVCache<3, 2, 128, skv::Sinks<70>>>(250); }
+TEST(Prefill, MatchesReferenceWithClipping) {
+  check_config<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>(300);
+}
+TEST(Prefill, MatchesReferenceWithEveryOptionAndAResidualWindow) {
+  using C = skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>, skv::Quantizer<2, 64, skv::Axis::Token>, 128,
+                              64, 64, skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::ClipKeys, skv::ClipValues>>;
+  check_config<C>(400);
+}
+TEST(Prefill, MatchesReferenceOtherBitWidths) {
+  check_config<skv::KVCache<1, 8>>(500);
+  check_config<skv::KVCache<8, 1>>(600);
+  check_config<skv::KVCache<3, 5>>(700);
+}
+
+// other axes, schemes, scale types, head dims and pages (the same shapes as the decode tests)
+using TokenKeysChannelValues = skv::BasicKVCache<skv::Quantizer<3, 16, skv::Axis::Token>,
+                                                 skv::Quantizer<5, 32, skv::Axis::Channel>, 64, 32, 32>;
+using SymmetricBf16 = skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel, skv::Scheme::Symmetric, skv::bf16>,
+                                        skv::Quantizer<2, 8, skv::Axis::Token, skv::Scheme::Asymmetric, float>, 40, 64>;
+using WideGroups = skv::BasicKVCache<skv::Quantizer<6, 64, skv::Axis::Channel>,
+                                     skv::Quantizer<3, 32, skv::Axis::Token, skv::Scheme::Symmetric>, 96, 128, 64>;
+TEST(Prefill, MatchesReferenceTokenAxisKeysChannelAxisValues) { check_config<TokenKeysChannelValues>(800); }
+TEST(Prefill, MatchesReferenceSymmetricBf16AndNarrowValueGroups) { check_config<SymmetricBf16>(900); }
+TEST(Prefill, MatchesReferenceWideGroupsAndResidualWindow) { check_config<WideGroups>(1000); }
+
+TEST(Prefill, OneQueryTokenIsDecodeAttention) {
+  using C = skv::KVCache<4, 2, 128, skv::Sinks<4>>;
+  C cache(2, 1000);
+  const auto k = random_floats(2 * 128 * 777, 5), v = random_floats(2 * 128 * 777, 6);
+  cache.append(k.data(), v.data(), 777);
+  const auto q = random_floats(8 * 128, 7);
+  std::vector<float> a(q.size()), b(q.size());
+  skv::cpu::prefill_attention(cache, q.data(), 1, 8, a.data(), 0.1f);
+  skv::cpu::decode_attention(cache, q.data(), 8, b.data(), 0.1f);
+  for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << i;
+}
+
+/// Decoding a chunk token by token (append one, decode its query) against prefill of the whole chunk
+/// after appending it. A token that was still in the full-precision ring when its block-mate was
+/// decoded is quantized by the time the chunk is prefilled; nothing else differs. With logit changes
+/// |d_t| <= delta on those tokens and value changes <= eps, the attention output moves by at most
+/// (e^(2 delta) - 1) max|v| + eps (the probabilities change by a factor within e^(+-2 delta)); both
+/// sides also carry the fast path's own tolerance.
+template <class Cache>
+void check_token_by_token(int prefix, int chunk, int kv_heads, int group, unsigned seed) {
+  using L = typename Cache::Layout;
+  constexpr int D = Cache::kHeadDim;
+  const int length = prefix + chunk;
+  const int nq = kv_heads * group;
+  const std::size_t row = static_cast<std::size_t>(kv_heads) * D;
+  const auto k = random_floats(static_cast<std::size_t>(length) * row, seed, 1.0f, 2.0f);
+  const auto v = random_floats(static_cast<std::size_t>(length) * row, seed + 1);
+  const auto q = random_floats(static_cast<std::size_t>(chunk) * nq * D, seed + 2);
+  const float scale = skv::cpu::default_scale<L>();
+  Cache cache(kv_heads, length);
+  cache.append(k.data(), v.data(), prefix);
+  std::vector<float> decoded(q.size()), prefilled(q.size());
+  for (int i = 0; i < chunk; ++i) {
+    cache.append(k.data() + (prefix + i) * row, v.data() + (prefix + i) * row, 1);
+    skv::cpu::decode_attention(cache, q.data() + static_cast<std::size_t>(i) * nq * D, nq,
+                               decoded.data() + static_cast<std::size_t>(i) * nq * D, scale);
+  }
+  skv::cpu::prefill_attention(cache, q.data(), chunk, nq, prefilled.data(), scale);
+  const auto view = cache.view();
+  const float vmax = max_abs_value(view);
+  const double fast_tol = 2.0 * skv::cpu::kPrefillTolerance * (1.0 + vmax);
+  const std::vector<float> kb = skv::to_key_basis<L>(k.data(), static_cast<std::size_t>(length) * kv_heads);
+  const std::vector<float> qb = skv::to_key_basis<L>(q.data(), static_cast<std::size_t>(chunk) * nq);
+  int changed_queries = 0;
+  double worst_bound = 0.0;
+  for (int i = 0; i < chunk; ++i) {
+    const int pos = prefix + i;
+    // tokens quantized now but in the ring when query i was decoded
+    const int lo = L::kSinkTokens + L::quantized_length(pos + 1);
+    const int hi = std::min(pos + 1, L::kSinkTokens + L::quantized_length(length));
+    changed_queries += hi > lo;
+    for (int h = 0; h < nq; ++h) {
+      const int kv = h / group;
+      double delta = 0.0, eps = 0.0;
+      for (int t = lo; t < hi; ++t) {
+        double d = 0.0;
+        for (int c = 0; c < D; ++c) {
+          const double dk = static_cast<double>(view.key(t, kv, c)) - kb[(static_cast<std::size_t>(t) * kv_heads + kv) * D + c];
+          d += dk * qb[(static_cast<std::size_t>(i) * nq + h) * D + c];
+          eps = std::max(eps, std::fabs(static_cast<double>(view.value(t, kv, c)) -
+                                        v[(static_cast<std::size_t>(t) * kv_heads + kv) * D + c]));
+        }
+        delta = std::max(delta, std::fabs(d) * scale);
+      }
+      const double bound = std::expm1(2.0 * delta) * vmax + eps + fast_tol;
+      worst_bound = std::max(worst_bound, bound);
+      for (int c = 0; c < D; ++c) {
+        const std::size_t at = (static_cast<std::size_t>(i) * nq + h) * D + c;
+        ASSERT_NEAR(prefilled[at], decoded[at], bound)
+            << "query " << i << " head " << h << " dim " << c << " (quantized since its decode: tokens " << lo
+            << ".." << hi << ")";
+      }
+    }
+  }
+  // the comparison covered both kinds of queries: tight where nothing changed, derived where it did
+  EXPECT_GT(changed_queries, 0);
+  EXPECT_LT(changed_queries, chunk);
+  EXPECT_GT(worst_bound, fast_tol);
+}
+
+TEST(Prefill, ChunkEqualsDecodingItsTokensOneByOne) {
+  check_token_by_token<skv::KVCache<4, 2>>(100, 90, 2, 4, 1);
+  check_token_by_token<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>>(37, 64, 1, 8, 2);
+  check_token_by_token<skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>,
+                                         skv::Quantizer<4, 64, skv::Axis::Token>, 128, 64, 32>>(300, 40, 1, 1, 3);
+}
+
+// prefix caching: a second sequence reuses the first one's full pages through its block table,
+// copies the ring, appends its own chunk and attends; the result equals a cache built from scratch
+TEST(Prefill, ReusedPrefixThroughSharedPagesEqualsAFreshCache) {
+  using C = skv::KVCache<4, 2, 128, skv::Sinks<4>>;
+  using L = C::Layout;
+  constexpr int kHeads = 2, kPrefix = 4 + 3 * 64, kChunk = 45, kNq = 8;
+  const std::size_t row = kHeads * 128;
+  const auto k = random_floats((kPrefix + kChunk) * row, 11), v = random_floats((kPrefix + kChunk) * row, 12);
+  const auto q = random_floats(static_cast<std::size_t>(kChunk) * kNq * 128, 13);
+  C shared(kHeads, kPrefix);  // the cached prefix: three full pages after the sinks
+  shared.append(k.data(), v.data(), kPrefix);
+  ASSERT_EQ(shared.quantized_size(), 3 * 64);
+  const auto sv = shared.view();
+  // the new sequence: its own pool of pages after the shared ones
+  std::vector<std::uint8_t> pool(L::page_bytes(kHeads) * 8 + 64);
+  std::memcpy(pool.data(), sv.pages, L::page_bytes(kHeads) * 3);  // stands in for the engine's shared pool
+  std::vector<std::int32_t> table{0, 1, 2, 3, 4};
+  std::vector<float> ring(sv.residual, sv.residual + L::residual_floats(kHeads));
+  skv::SequenceView<L> mine;
+  mine.pages = pool.data();
+  mine.block_table = table.data();
+  mine.residual = ring.data();
+  mine.num_pages = 8;
+  mine.max_pages = 5;
+  mine.num_kv_heads = kHeads;
+  mine.length = kPrefix;
+  skv::append(mine, k.data() + kPrefix * row, v.data() + kPrefix * row, kChunk);
+  ASSERT_EQ(0, std::memcmp(pool.data(), sv.pages, L::page_bytes(kHeads) * 3));  // shared pages untouched
+  C fresh(kHeads, kPrefix + kChunk);
+  fresh.append(k.data(), v.data(), kPrefix + kChunk);
+  std::vector<float> a(q.size()), b(q.size());
+  skv::cpu::PrefillOptions opt;
+  opt.num_threads = 1;
+  skv::cpu::prefill_attention(mine, q.data(), kChunk, kNq, a.data(), 0.09f, opt);
+  skv::cpu::prefill_attention(fresh, q.data(), kChunk, kNq, b.data(), 0.09f, opt);
+  for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << i;
+}
+
+// an engine's mixed batch: prefill chunks, decode steps and idle sequences in one call
+TEST(Prefill, BatchOfMixedSequencesEqualsOneCallPerSequence) {
+  using C = skv::KVCache<4, 2>;
+  constexpr int D = 128;
+  const int kv = 2, nq = 8;
+  const int lengths[] = {300, 1, 700, 64, 0, 129};
+  const int counts[] = {64, 1, 7, 0, 0, 129};
+  std::vector<C> caches;
+  std::vector<C::View> views;
+  std::vector<int> indptr{0};
+  for (int b = 0; b < 6; ++b) {
+    caches.emplace_back(kv, 1024);
+    const auto k = random_floats(static_cast<std::size_t>(lengths[b]) * kv * D, 40u + b);
+    const auto v = random_floats(static_cast<std::size_t>(lengths[b]) * kv * D, 50u + b);
+    caches.back().append(k.data(), v.data(), lengths[b]);
+    indptr.push_back(indptr.back() + counts[b]);
+  }
+  for (auto& c : caches) views.push_back(c.view());
+  const auto q = random_floats(static_cast<std::size_t>(indptr.back()) * nq * D, 60);
+  const float scale = 0.1f;
+  for (int threads : {1, 2}) {
+    skv::cpu::PrefillOptions opt;
+    opt.num_threads = threads;
+    opt.split_tokens = 128;  // the same split points in both calls, so the same float operations
+    std::vector<float> out(q.size(), 1e30f);
+    skv::cpu::prefill_attention_batch(views.data(), 6, indptr.data(), q.data(), nq, out.data(), scale, opt);
+    for (int b = 0; b < 6; ++b) {
+      if (counts[b] == 0) continue;
+      const std::size_t at = static_cast<std::size_t>(indptr[b]) * nq * D;
+      std::vector<float> one(static_cast<std::size_t>(counts[b]) * nq * D);
+      if (counts[b] == 1) {  // a single query runs the decode path: compare with the reference
+        skv::cpu::prefill_attention_reference(views[b], q.data() + at, 1, nq, one.data(), scale);
+        const float tol = skv::cpu::kPrefillTolerance * (1.0f + max_abs_value(views[b]));
+        for (std::size_t i = 0; i < one.size(); ++i) ASSERT_NEAR(out[at + i], one[i], tol) << b;
+      } else {
+        skv::cpu::prefill_attention(views[b], q.data() + at, counts[b], nq, one.data(), scale, opt);
+        for (std::size_t i = 0; i < one.size(); ++i) ASSERT_EQ(out[at + i], one[i]) << b << " " << i;
+      }
+    }
+  }
+}
+
+TEST(Prefill, RejectsBadArguments) {
+  skv::KVCache<4, 2> cache(2, 64);
+  const auto k = random_floats(2 * 128 * 10, 1);
+  cache.append(k.data(), k.data(), 10);
+  std::vector<float> q(11 * 4 * 128, 0.5f), out(q.size());
+  EXPECT_THROW(skv::cpu::prefill_attention(cache, q.data(), 11, 4, out.data()), skv::Error);  // past the cache
+  EXPECT_THROW(skv::cpu::prefill_attention(cache, q.data(), -1, 4, out.data()), skv::Error);
+  EXPECT_THROW(skv::cpu::prefill_attention(cache, q.data(), 3, 3, out.data()), skv::Error);  // not a GQA multiple
+  EXPECT_THROW(skv::cpu::prefill_attention(cache, q.data(), 3, 0, out.data()), skv::Error);
+  EXPECT_THROW(skv::cpu::prefill_attention(cache, nullptr, 3, 4, out.data()), skv::Error);
+  EXPECT_THROW(skv::cpu::prefill_attention(cache, q.data(), 3, 4, nullptr), skv::Error);
+  EXPECT_THROW(skv::cpu::prefill_attention(cache, q.data(), 3, 4, out.data(), std::nanf("")), skv::Error);
+  EXPECT_THROW(skv::cpu::prefill_attention_reference(cache, q.data(), 11, 4, out.data(), 0.1f), skv::Error);
+  q[2 * 4 * 128 + 5] = std::numeric_limits<float>::infinity();  // token 2
+  EXPECT_THROW(skv::cpu::prefill_attention(cache, q.data(), 3, 4, out.data()), skv::Error);
+  EXPECT_NO_THROW(skv::cpu::prefill_attention(cache, q.data(), 2, 4, out.data()));
+  const auto view = cache.view();
+  const int bad_start[] = {1, 3}, decreasing[] = {0, 3, 2};
+  EXPECT_THROW(skv::cpu::prefill_attention_batch(&view, 1, bad_start, q.data(), 4, out.data(), 0.1f), skv::Error);
+  EXPECT_THROW(skv::cpu::prefill_attention_batch(&view, 1, nullptr, q.data(), 4, out.data(), 0.1f), skv::Error);
+  const skv::SequenceView<skv::KVCache<4, 2>::Layout> two[] = {view, view};
+  EXPECT_THROW(skv::cpu::prefill_attention_batch(two, 2, decreasing, q.data(), 4, out.data(), 0.1f), skv::Error);
+  EXPECT_THROW(skv::cpu::prefill_attention_batch(&view, -1, decreasing, q.data(), 4, out.data(), 0.1f), skv::Error);
+}
+
+// the dense baselines are exact causal attention over the stored (fp16-rounded) rows
+template <class T>
+void check_dense(int kv, int group, int length, int chunk, unsigned seed) {
+  constexpr int D = 128;
+  skv::cpu::DenseKVCache<T, D> cache(kv, length);
+  const auto k = random_floats(static_cast<std::size_t>(length) * kv * D, seed);
+  const auto v = random_floats(static_cast<std::size_t>(length) * kv * D, seed + 1);
+  cache.append(k.data(), v.data(), length);
+  const int nq = kv * group;
+  const auto q = random_floats(static_cast<std::size_t>(chunk) * nq * D, seed + 2);
+  const float scale = 0.125f;
+  auto stored = [](float x) { return static_cast<double>(skv::to_float(skv::from_float<T>(x))); };
+  double vmax = 0.0;
+  for (float x : v) vmax = std::max(vmax, std::fabs(stored(x)));
+  for (int threads : {1, 2}) {
+    skv::cpu::PrefillOptions opt;
+    opt.num_threads = threads;
+    opt.split_tokens = 64;
+    opt.query_rows = 12;
+    std::vector<float> out(q.size());
+    skv::cpu::prefill_attention(cache.view(), q.data(), chunk, nq, out.data(), scale, opt);
+    for (int i = 0; i < chunk; ++i) {
+      const int visible = length - chunk + i + 1;
+      for (int h = 0; h < nq; ++h) {
+        const int kvh = h / group;
+        std::vector<double> logit(static_cast<std::size_t>(visible));
+        double m = -1e300;
+        for (int t = 0; t < visible; ++t) {
+          double s = 0.0;
+          for (int c = 0; c < D; ++c)
+            s += static_cast<double>(q[(static_cast<std::size_t>(i) * nq + h) * D + c]) *
+                 stored(k[(static_cast<std::size_t>(t) * kv + kvh) * D + c]);
+          logit[t] = s * scale;
+          m = std::max(m, logit[t]);
+        }
+        double l = 0.0;
+        std::vector<double> acc(D, 0.0);
+        for (int t = 0; t < visible; ++t) {
+          const double p = std::exp(logit[t] - m);
+          l += p;
+          for (int c = 0; c < D; ++c) acc[c] += p * stored(v[(static_cast<std::size_t>(t) * kv + kvh) * D + c]);
+        }
+        for (int c = 0; c < D; ++c)
+          ASSERT_NEAR(out[(static_cast<std::size_t>(i) * nq + h) * D + c], acc[c] / l, 2e-5 * (1.0 + vmax))
+              << "token " << i << " head " << h << " dim " << c;
+      }
+    }
+  }
+}
+
+TEST(Prefill, DenseBaselinesAreExactCausalAttention) {
+  check_dense<float>(2, 4, 300, 70, 1);
+  check_dense<float>(1, 1, 7, 7, 2);
+  check_dense<skv::fp16>(1, 8, 200, 33, 3);
+  check_dense<skv::fp16>(2, 1, 129, 1, 4);
+}
+
+}  // namespace test_prefill
