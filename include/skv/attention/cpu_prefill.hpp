@@ -28,6 +28,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <skv/attention/baseline.hpp>
@@ -272,6 +273,381 @@ void run_prefill(int batch, const int* lengths, const int* kv_heads, const int* 
   }
 }
 
+#if defined(SKV_HAS_AVX512)
+// ---- AVX-512 integer matrix kernels of the prefill (docs/cpu.md, "Prefill") -----------------------
+
+/// Transposes a 16 x 16 block of int32: rows in + i * ldi become columns out + i * ldo.
+SKV_FORCEINLINE void transpose16_epi32(const std::int32_t* in, std::size_t ldi, std::int32_t* out, std::size_t ldo) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(in + i * ldi);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  // r[4g + k]: 128-bit lane L holds rows 4g..4g+3 of column 4L + k
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+    r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+    r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    const __m512i v0 = _mm512_shuffle_i32x4(r[k], r[4 + k], 0x88);
+    const __m512i v1 = _mm512_shuffle_i32x4(r[k], r[4 + k], 0xDD);
+    const __m512i v2 = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0x88);
+    const __m512i v3 = _mm512_shuffle_i32x4(r[8 + k], r[12 + k], 0xDD);
+    _mm512_storeu_si512(out + k * ldo, _mm512_shuffle_i32x4(v0, v2, 0x88));
+    _mm512_storeu_si512(out + (8 + k) * ldo, _mm512_shuffle_i32x4(v0, v2, 0xDD));
+    _mm512_storeu_si512(out + (4 + k) * ldo, _mm512_shuffle_i32x4(v1, v3, 0x88));
+    _mm512_storeu_si512(out + (12 + k) * ldo, _mm512_shuffle_i32x4(v1, v3, 0xDD));
+  }
+}
+
+/// Key dots with tokens in lanes: out[r][16v + l] = sum_p qp[r][p] . kt[p][16v + l] (int16 pairs,
+/// exact in int32) for NR rows and NV vectors of 16 tokens. kt holds the tile's codes transposed to
+/// [channel pair][token]; qp the rows' 16-bit scaled queries as [row][channel pair]. No horizontal
+/// sums: each vpdpwssd adds one channel pair for 16 tokens.
+template <int NR, int NV>
+SKV_FORCEINLINE void key_dots_i16(const std::int32_t* SKV_RESTRICT kt, int ldk, const std::int32_t* SKV_RESTRICT qp,
+                                  int pairs, std::int32_t* SKV_RESTRICT out, int ldo) {
+  __m512i acc[NR][NV];
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
+  for (int p = 0; p < pairs; ++p) {
+    __m512i x[NV];
+    for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_si512(kt + static_cast<std::size_t>(p) * ldk + 16 * v);
+    for (int r = 0; r < NR; ++r) {
+      const __m512i qv = _mm512_set1_epi32(qp[static_cast<std::size_t>(r) * pairs + p]);
+      for (int v = 0; v < NV; ++v) acc[r][v] = dpwssd(acc[r][v], x[v], qv);
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_si512(out + static_cast<std::size_t>(r) * ldo + 16 * v, acc[r][v]);
+}
+
+template <int NV>
+inline void key_dots_rows(const std::int32_t* kt, int ldk, const std::int32_t* qp, int rows, int pairs,
+                          std::int32_t* out, int ldo) {
+  int r = 0;
+  for (; r + 8 <= rows; r += 8)
+    key_dots_i16<8, NV>(kt, ldk, qp + static_cast<std::size_t>(r) * pairs, pairs, out + static_cast<std::size_t>(r) * ldo, ldo);
+  for (; r + 4 <= rows; r += 4)
+    key_dots_i16<4, NV>(kt, ldk, qp + static_cast<std::size_t>(r) * pairs, pairs, out + static_cast<std::size_t>(r) * ldo, ldo);
+  for (; r < rows; ++r)
+    key_dots_i16<1, NV>(kt, ldk, qp + static_cast<std::size_t>(r) * pairs, pairs, out + static_cast<std::size_t>(r) * ldo, ldo);
+}
+
+/// Value accumulation with channels in lanes: out[r][c] = sum_p wp[r][j(c)][p] . vp[p][c] for
+/// token pairs [p0, p1), NR rows, NC chunks of 32 channels from c0. vp holds the tile's value codes
+/// with the two tokens of each pair interleaved (vpunpcklwd / vpunpckhwd order, once per tile); wp
+/// the rows' 16-bit folded weights, whose pairs are consecutive tokens: [row][group][token].
+template <int NR, int NC>
+SKV_FORCEINLINE void value_acc_i16(const std::int32_t* SKV_RESTRICT vp, int d, int p0, int p1,
+                                   const std::int32_t* SKV_RESTRICT wp, int ldw, int ldg, int group_size, int c0,
+                                   std::int32_t* SKV_RESTRICT out) {
+  __m512i lo[NR][NC], hi[NR][NC];
+  int j[NC];
+  for (int k = 0; k < NC; ++k) j[k] = (c0 + 32 * k) / group_size * ldg;
+  for (int r = 0; r < NR; ++r)
+    for (int k = 0; k < NC; ++k) lo[r][k] = hi[r][k] = _mm512_setzero_si512();
+  for (int p = p0; p < p1; ++p) {
+    __m512i xl[NC], xh[NC];
+    const std::int32_t* row = vp + static_cast<std::size_t>(p) * d + c0;
+    for (int k = 0; k < NC; ++k) {
+      xl[k] = _mm512_loadu_si512(row + 32 * k);
+      xh[k] = _mm512_loadu_si512(row + 32 * k + 16);
+    }
+    for (int r = 0; r < NR; ++r) {
+      for (int k = 0; k < NC; ++k) {
+        const __m512i w = _mm512_set1_epi32(wp[static_cast<std::size_t>(r) * ldw + j[k] + p]);
+        lo[r][k] = dpwssd(lo[r][k], xl[k], w);
+        hi[r][k] = dpwssd(hi[r][k], xh[k], w);
+      }
+    }
+  }
+  // lane l of lo holds channels 8l..8l+3 of the chunk, of hi 8l+4..8l+7: back to channel order
+  const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (int r = 0; r < NR; ++r) {
+    for (int k = 0; k < NC; ++k) {
+      std::int32_t* o = out + static_cast<std::size_t>(r) * d + c0 + 32 * k;
+      _mm512_storeu_si512(o, _mm512_permutex2var_epi32(lo[r][k], i0, hi[r][k]));
+      _mm512_storeu_si512(o + 16, _mm512_permutex2var_epi32(lo[r][k], i1, hi[r][k]));
+    }
+  }
+}
+
+inline void value_acc_rows(const std::int32_t* vp, int d, int p0, int p1, const std::int32_t* wp, int rows, int ldw,
+                           int ldg, int group_size, std::int32_t* out) {
+  for (int r = 0; r < rows; r += 4) {
+    const std::int32_t* w = wp + static_cast<std::size_t>(r) * ldw;
+    std::int32_t* o = out + static_cast<std::size_t>(r) * d;
+    const int nr = std::min(4, rows - r);
+    for (int c = 0; c < d; c += 64) {
+      const bool two = c + 64 <= d;
+      switch (nr * 2 + (two ? 1 : 0)) {
+        case 9: value_acc_i16<4, 2>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
+        case 8: value_acc_i16<4, 1>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
+        case 7: value_acc_i16<3, 2>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
+        case 6: value_acc_i16<3, 1>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
+        case 5: value_acc_i16<2, 2>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
+        case 4: value_acc_i16<2, 1>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
+        case 3: value_acc_i16<1, 2>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
+        default: value_acc_i16<1, 1>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
+      }
+    }
+  }
+}
+
+/// Sum of the 16 int32 lanes in int64 (no overflow).
+SKV_FORCEINLINE std::int64_t reduce_add_epi32_wide(__m512i x) {
+  const __m512i a = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(x));
+  const __m512i b = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(x, 1));
+  return _mm512_reduce_add_epi64(_mm512_add_epi64(a, b));
+}
+
+/// The integer matrix prefill for the default axes (Channel keys, Token values in groups of a
+/// multiple of 32, fp16 metadata so that |zero| <= 2048 fits int16): tiles of up to 64 tokens in one
+/// page; per key group the rows' scaled queries are rounded to 16 bits (as in decode) and dotted with
+/// the transposed codes; one online-softmax update per tile; the folded weights p * s rounded to 16
+/// bits per row and tile, accumulated exactly in int32 over the tile, zero points subtracted exactly.
+template <class Layout>
+struct IntPrefill {
+  using KQ = typename Layout::KeyQuantizer;
+  using VQ = typename Layout::ValueQuantizer;
+  using F = FastDecode<Layout>;
+  static constexpr int kD = Layout::kHeadDim;
+  static constexpr int kPage = Layout::kPageSize;
+  static constexpr int kT = kPage < 64 ? kPage : 64;                                // tokens per tile
+  static constexpr int kKG = KQ::kGroupSize < kT ? KQ::kGroupSize : kT;           // tokens per key group in a tile
+  static constexpr int kJ = VQ::kAxis == Axis::Token ? kD / VQ::kGroupSize : 1;  // value groups per token
+  static constexpr int kPairs = kD / 2;
+  static constexpr bool kEnabled = KQ::kAxis == Axis::Channel && VQ::kAxis == Axis::Token && kD % 32 == 0 &&
+                                   kD <= 256 && VQ::kGroupSize % 32 == 0 && kKG % 16 == 0 && kT % 16 == 0 &&
+                                   std::is_same<typename KQ::Scale, fp16>::value &&
+                                   std::is_same<typename VQ::Scale, fp16>::value;
+
+  struct Scratch {
+    std::vector<std::int16_t> qi, zi, wi, zv;
+    std::vector<std::int32_t> kt, vp, dots, vint;
+    std::vector<std::uint16_t> codes;
+    std::vector<float> qs, ks, kz, vs, vz, meta, w;
+    std::vector<double> qbias, qinv, winv;
+    std::vector<std::int64_t> zsum;
+    int nr = 0;
+    void ensure(int rows) {
+      if (rows <= nr) return;
+      nr = rows;
+      const std::size_t r = static_cast<std::size_t>(rows);
+      qi.assign(r * kD, 0);
+      zi.assign(kD, 0);
+      wi.assign(r * kJ * kT, 0);
+      zv.assign(static_cast<std::size_t>(kJ) * kT, 0);
+      kt.assign(static_cast<std::size_t>(kPairs) * kKG, 0);
+      vp.assign(static_cast<std::size_t>(kT / 2) * kD, 0);
+      dots.assign(r * kT, 0);
+      vint.assign(r * kD, 0);
+      codes.assign(static_cast<std::size_t>(kT) * kD, 0);
+      qs.assign(kD, 0.0f);
+      ks.assign(kD, 0.0f);
+      kz.assign(kD, 0.0f);
+      vs.assign(static_cast<std::size_t>(kJ) * kT, 0.0f);
+      vz.assign(static_cast<std::size_t>(kJ) * kT, 0.0f);
+      meta.assign(2 * static_cast<std::size_t>(kJ) * kT, 0.0f);
+      w.assign(static_cast<std::size_t>(kJ) * kT, 0.0f);
+      qbias.assign(r, 0.0);
+      qinv.assign(r, 0.0);
+      winv.assign(r, 0.0);
+      zsum.assign(r * kJ, 0);
+    }
+  };
+
+  /// Logits of rows [0, rows) for the key group starting at tile slot g0 (kKG tokens) into
+  /// logits[r * kT + g0 - slot0 + i]. q0 is [rows][kD] (softmax scale and rotation applied).
+  template <class Block>
+  static void key_group(const Block& kb, int slot0, int g0, int rows, const float* q0, float* logits, Scratch& sc) {
+    float* s = sc.ks.data();
+    float* z = sc.kz.data();
+    F::template load_meta<KQ>(kb.scales(), kb.zeros(), (g0 / KQ::kGroupSize) * kD, kD, s, z);
+    std::int16_t* zi = sc.zi.data();
+    for (int c = 0; c < kD; c += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(zi + c),
+                          _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_loadu_ps(z + c))));
+    // codes of the group, transposed to [channel pair][token]
+    std::uint16_t* codes = sc.codes.data();
+    for (int i = 0; i < kKG; ++i)
+      unpack_row_u16<KQ::kBits>(kb.row(g0 + i), kD, codes + static_cast<std::size_t>(i) * kD);
+    const std::int32_t* c32 = reinterpret_cast<const std::int32_t*>(codes);
+    for (int tb = 0; tb < kKG; tb += 16)
+      for (int pb = 0; pb < kPairs; pb += 16)
+        transpose16_epi32(c32 + static_cast<std::size_t>(tb) * kPairs + pb, kPairs,
+                          sc.kt.data() + static_cast<std::size_t>(pb) * kKG + tb, kKG);
+    // the rows' scaled queries in 16 bits, and their zero-point bias (exact)
+    for (int r = 0; r < rows; ++r) {
+      const float* q = q0 + static_cast<std::size_t>(r) * kD;
+      float* qs = sc.qs.data();
+      __m512 vm = _mm512_setzero_ps();
+      for (int c = 0; c < kD; c += 16) {
+        const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(q + c), _mm512_loadu_ps(s + c));
+        _mm512_storeu_ps(qs + c, v);
+        vm = _mm512_max_ps(vm, _mm512_abs_ps(v));
+      }
+      const float m = _mm512_reduce_max_ps(vm);
+      const float step = m > 0.0f ? 32767.0f / m : 0.0f;
+      const __m512 vstep = _mm512_set1_ps(step);
+      std::int16_t* qi = sc.qi.data() + static_cast<std::size_t>(r) * kD;
+      __m512i bias = _mm512_setzero_si512();  // |pair sums| <= 2 * 32767 * 2048, at most 8 per lane
+      for (int c = 0; c < kD; c += 32) {
+        const __m256i a = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qs + c), vstep)));
+        const __m256i b = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qs + c + 16), vstep)));
+        const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+        _mm512_storeu_si512(qi + c, ab);
+        bias = _mm512_add_epi32(bias, _mm512_madd_epi16(ab, _mm512_loadu_si512(zi + c)));
+      }
+      sc.qbias[r] = static_cast<double>(reduce_add_epi32_wide(bias));
+      sc.qinv[r] = m > 0.0f ? 1.0 / static_cast<double>(step) : 0.0;
+    }
+    std::int32_t* dots = sc.dots.data();
+    key_dots_rows<kKG / 16>(sc.kt.data(), kKG, reinterpret_cast<const std::int32_t*>(sc.qi.data()), rows, kPairs, dots,
+                            kKG);
+    for (int r = 0; r < rows; ++r) {
+      const std::int32_t* dr = dots + static_cast<std::size_t>(r) * kKG;
+      float* lr = logits + static_cast<std::size_t>(r) * kT + (g0 - slot0);
+      const __m512d vb = _mm512_set1_pd(sc.qbias[r]), vs = _mm512_set1_pd(sc.qinv[r]);
+      for (int i = 0; i < kKG; i += 8) {
+        const __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dr + i)));
+        _mm256_storeu_ps(lr + i, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(x, vb), vs)));
+      }
+    }
+  }
+
+  /// One tile: quantized indices [ja, jb) inside the tile starting at jt (jt % kT == 0, one page),
+  /// rows [0, rows) of the item (those that see token ja); tokens past a row's position are masked.
+  static void tile(const SequenceView<Layout>& view, int h, int jt, int ja, int jb, int rows, const CausalRows& cr,
+                   const float* q0, float* logits, ItemState& st, Scratch& sc) {
+    const int slot0 = jt % kPage;
+    const int a = ja - jt, b = jb - jt;  // valid tokens [a, b) of the tile
+    const auto kb = view.keys(jt, h);
+    const auto vb = view.values(jt, h);
+    constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+    // ---- logits: the key groups that hold valid tokens; -inf elsewhere
+    for (int g = 0; g < kT; g += kKG) {
+      if (g + kKG <= a || g >= b) {
+        for (int r = 0; r < rows; ++r) std::fill_n(logits + static_cast<std::size_t>(r) * kT + g, kKG, kNegInf);
+        continue;
+      }
+      key_group(kb, slot0, slot0 + g, rows, q0, logits, sc);
+      if (g < a || g + kKG > b) {
+        for (int r = 0; r < rows; ++r) {
+          float* lr = logits + static_cast<std::size_t>(r) * kT;
+          for (int i = g; i < a; ++i) lr[i] = kNegInf;
+          for (int i = b; i < g + kKG; ++i) lr[i] = kNegInf;
+        }
+      }
+    }
+    const int t0 = Layout::kSinkTokens + jt;
+    if (cr.needs_mask(t0, b, rows)) cr.mask(logits, kT, t0, b, rows);
+
+    // ---- value metadata of the valid tokens as [group][token] (0 elsewhere: weight 0)
+    const int p0 = a / 2, p1 = (b + 1) / 2;  // token pairs that hold valid tokens
+    float* vs = sc.vs.data();
+    float* vz = sc.vz.data();
+    std::fill(vs, vs + kJ * kT, 0.0f);
+    std::fill(vz, vz + kJ * kT, 0.0f);
+    float* meta = sc.meta.data();
+    F::template load_meta<VQ>(vb.scales(), vb.zeros(), (slot0 + a) * kJ, (b - a) * kJ, meta, meta + kJ * kT);
+    for (int i = a; i < b; ++i)
+      for (int j = 0; j < kJ; ++j) {
+        vs[j * kT + i] = meta[(i - a) * kJ + j];
+        vz[j * kT + i] = meta[kJ * kT + (i - a) * kJ + j];
+      }
+    std::int16_t* zv = sc.zv.data();
+    for (int e = 0; e < kJ * kT; e += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(zv + e),
+                          _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_loadu_ps(vz + e))));
+
+    // ---- online softmax per row, folded weights in 16 bits
+    for (int r = 0; r < rows; ++r) {
+      float* lr = logits + static_cast<std::size_t>(r) * kT;
+      __m512 vmax = _mm512_set1_ps(kNegInf);
+      for (int i = 0; i < kT; i += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(lr + i));
+      const float mt = _mm512_reduce_max_ps(vmax);
+      if (mt > st.m[r]) {
+        if (st.l[r] != 0.0f) {
+          const float f = ::expf(st.m[r] - mt);
+          scale_array(st.acc + static_cast<std::size_t>(r) * kD, kD, f);
+          st.l[r] *= f;
+        }
+        st.m[r] = mt;
+      }
+      const __m512 vm = _mm512_set1_ps(st.m[r]);
+      const __m512 ninf = _mm512_set1_ps(kNegInf);
+      __m512 lsum = _mm512_setzero_ps();
+      float* w = sc.w.data();
+      __m512 wmax = _mm512_setzero_ps();
+      for (int i = 0; i < kT; i += 16) {
+        const __m512 x = _mm512_loadu_ps(lr + i);
+        const __m512 p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ), vexp_nonpositive(_mm512_sub_ps(x, vm)));
+        lsum = _mm512_add_ps(lsum, p);
+        for (int j = 0; j < kJ; ++j) {
+          const __m512 wj = _mm512_mul_ps(p, _mm512_loadu_ps(vs + j * kT + i));
+          _mm512_storeu_ps(w + j * kT + i, wj);
+          wmax = _mm512_max_ps(wmax, wj);
+        }
+      }
+      st.l[r] += _mm512_reduce_add_ps(lsum);
+      const float wm = _mm512_reduce_max_ps(wmax);
+      const float step = wm > 0.0f ? 32767.0f / wm : 0.0f;
+      sc.winv[r] = wm > 0.0f ? static_cast<double>(wm) / 32767.0 : 0.0;
+      const __m512 vstep = _mm512_set1_ps(step);
+      std::int16_t* wi = sc.wi.data() + static_cast<std::size_t>(r) * kJ * kT;
+      for (int j = 0; j < kJ; ++j) {
+        __m512i zacc = _mm512_setzero_si512();  // pair sums <= 2 * 32767 * 2048, kT / 32 <= 2 per lane
+        for (int i = 0; i < kT; i += 32) {
+          const __m256i x0 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(w + j * kT + i), vstep)));
+          const __m256i x1 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(w + j * kT + i + 16), vstep)));
+          const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
+          _mm512_storeu_si512(wi + j * kT + i, x);
+          zacc = _mm512_add_epi32(zacc, _mm512_madd_epi16(x, _mm512_loadu_si512(zv + j * kT + i)));
+        }
+        sc.zsum[static_cast<std::size_t>(r) * kJ + j] = reduce_add_epi32_wide(zacc);
+      }
+    }
+
+    // ---- value codes: token pairs interleaved, once for all rows
+    std::uint16_t* codes = sc.codes.data();
+    for (int i = 2 * p0; i < 2 * p1; ++i)
+      unpack_row_u16<VQ::kBits>(vb.row(slot0 + i), kD, codes + static_cast<std::size_t>(i) * kD);
+    for (int p = p0; p < p1; ++p) {
+      const std::uint16_t* ra = codes + static_cast<std::size_t>(2 * p) * kD;
+      std::int32_t* out = sc.vp.data() + static_cast<std::size_t>(p) * kD;
+      for (int c = 0; c < kD; c += 32) {
+        const __m512i xa = _mm512_loadu_si512(ra + c);
+        const __m512i xb = _mm512_loadu_si512(ra + kD + c);
+        _mm512_storeu_si512(out + c, _mm512_unpacklo_epi16(xa, xb));
+        _mm512_storeu_si512(out + c + 16, _mm512_unpackhi_epi16(xa, xb));
+      }
+    }
+    std::int32_t* vint = sc.vint.data();
+    value_acc_rows(sc.vp.data(), kD, p0, p1, reinterpret_cast<const std::int32_t*>(sc.wi.data()), rows, kJ * kT / 2,
+                   kT / 2, VQ::kGroupSize, vint);
+    for (int r = 0; r < rows; ++r) {
+      const std::int32_t* ar = vint + static_cast<std::size_t>(r) * kD;
+      float* acc = st.acc + static_cast<std::size_t>(r) * kD;
+      const __m512d vsc = _mm512_set1_pd(sc.winv[r]);
+      for (int j = 0; j < kJ; ++j) {
+        const __m512d vzs = _mm512_set1_pd(static_cast<double>(sc.zsum[static_cast<std::size_t>(r) * kJ + j]));
+        for (int c = j * VQ::kGroupSize; c < (j + 1) * VQ::kGroupSize; c += 8) {
+          const __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + c)));
+          const __m256 dlt = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(x, vzs), vsc));
+          _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), dlt));
+        }
+      }
+    }
+  }
+};
+#endif
+
 /// The fast prefill for one cache configuration, on the tile kernels of FastDecode.
 template <class Layout>
 struct FastPrefill {
@@ -281,7 +657,17 @@ struct FastPrefill {
   static constexpr int kD = Layout::kHeadDim;
   static constexpr int kPage = Layout::kPageSize;
   static constexpr int kTile = F::kTile;
+#if defined(SKV_HAS_AVX512)
+  using I = IntPrefill<Layout>;
+  static constexpr bool kIntTiles = I::kEnabled;
+  struct Scratch : F::Scratch {
+    typename I::Scratch ints;
+    std::vector<float> tile_logits;
+  };
+#else
+  static constexpr bool kIntTiles = false;
   using Scratch = typename F::Scratch;
+#endif
 
   /// Logits of rows [0, rows) for quantized indices [j, j + n) (one tile) into sc.logits.
   static void key_logits(const SequenceView<Layout>& view, int h, int j, int n, int rows, Scratch& sc) {
@@ -374,6 +760,24 @@ struct FastPrefill {
     }
     int j = t - kSinks;
     const int jend = std::min(end - kSinks, view.quantized_length());
+#if defined(SKV_HAS_AVX512)
+    if constexpr (kIntTiles) {
+      if (j < jend) {
+        sc.ints.ensure(rows);
+        if (sc.tile_logits.size() < static_cast<std::size_t>(rows) * I::kT) sc.tile_logits.resize(static_cast<std::size_t>(rows) * I::kT);
+        F::prefetch_block(view.head_block(j, h), Layout::kHeadBytes);
+        for (int jt = j - j % I::kT; jt < jend; jt += I::kT) {
+          if (jt % kPage == 0 && jt + kPage < jend) F::prefetch_block(view.head_block(jt + kPage, h), Layout::kHeadBytes);
+          const int ja = std::max(j, jt), jb = std::min(jend, jt + I::kT);
+          const int tile_rows = cr.rows_seeing(kSinks + ja);
+          if (tile_rows > 0)
+            I::tile(view, h, jt, ja, jb, tile_rows, cr, sc.q0.data(), sc.tile_logits.data(), st, sc.ints);
+        }
+        j = jend;
+        t = kSinks + jend;
+      }
+    }
+#endif
     if (j < jend) {
       F::prefetch_block(view.head_block(j, h), Layout::kHeadBytes);
       while (j < jend) {
