@@ -8,6 +8,9 @@
 //     using Cache = typename decltype(tag)::type;   // skv::KVCache<4, 2> for (4, 2)
 //     run_layer<Cache>(...);
 //   });
+//
+// dispatch_with<Pairs, CacheOf> does the same for any family of cache types (other head dims,
+// residual windows, options): the Python package instantiates its compiled set that way.
 #pragma once
 
 #include <string>
@@ -88,41 +91,64 @@ template <int HeadDim>
 struct DefaultCacheOf {
   template <int K, int V>
   using type = KVCache<K, V, HeadDim>;
+  static std::string describe() { return "head_dim " + std::to_string(HeadDim); }
 };
 
 namespace detail {
-template <int HeadDim, class F, class... Pairs>
+template <class CacheOf, class F, class... Pairs>
 decltype(auto) dispatch_impl(BitPairs<Pairs...>*, int key_bits, int value_bits, F&& f) {
   using First = std::tuple_element_t<0, std::tuple<Pairs...>>;
-  using R = decltype(f(TypeTag<KVCache<First::kKeyBits, First::kValueBits, HeadDim>>{}));
+  using R = decltype(f(TypeTag<typename CacheOf::template type<First::kKeyBits, First::kValueBits>>{}));
+  const auto not_found = [&] {
+    return Error("no cache compiled for k" + std::to_string(key_bits) + "v" + std::to_string(value_bits) + " (" +
+                 CacheOf::describe() + "); compiled pairs: " + BitPairs<Pairs...>::names());
+  };
   if constexpr (std::is_void_v<R>) {
-    const bool found = ((Pairs::kKeyBits == key_bits && Pairs::kValueBits == value_bits
-                             ? (f(TypeTag<KVCache<Pairs::kKeyBits, Pairs::kValueBits, HeadDim>>{}), true)
-                             : false) ||
-                        ...);
-    if (!found)
-      throw Error("no cache compiled for k" + std::to_string(key_bits) + "v" + std::to_string(value_bits) +
-                  " (head_dim " + std::to_string(HeadDim) + "); compiled pairs: " + BitPairs<Pairs...>::names());
+    const bool found =
+        ((Pairs::kKeyBits == key_bits && Pairs::kValueBits == value_bits
+              ? (f(TypeTag<typename CacheOf::template type<Pairs::kKeyBits, Pairs::kValueBits>>{}), true)
+              : false) ||
+         ...);
+    if (!found) throw not_found();
   } else {
     R result{};
-    const bool found = ((Pairs::kKeyBits == key_bits && Pairs::kValueBits == value_bits
-                             ? (result = f(TypeTag<KVCache<Pairs::kKeyBits, Pairs::kValueBits, HeadDim>>{}), true)
-                             : false) ||
-                        ...);
-    if (!found)
-      throw Error("no cache compiled for k" + std::to_string(key_bits) + "v" + std::to_string(value_bits) +
-                  " (head_dim " + std::to_string(HeadDim) + "); compiled pairs: " + BitPairs<Pairs...>::names());
+    const bool found =
+        ((Pairs::kKeyBits == key_bits && Pairs::kValueBits == value_bits
+              ? (result = f(TypeTag<typename CacheOf::template type<Pairs::kKeyBits, Pairs::kValueBits>>{}), true)
+              : false) ||
+         ...);
+    if (!found) throw not_found();
     return result;
   }
 }
+
+template <class F, class... Pairs>
+void for_each_pair_impl(BitPairs<Pairs...>*, F&& f) {
+  (f(TypeTag<Pairs>{}), ...);
+}
 }  // namespace detail
 
-/// Calls f(TypeTag<KVCache<key_bits, value_bits, HeadDim>>{}) for the matching pair of `Pairs` (an
-/// skv::BitPairs); throws skv::Error listing the compiled pairs when none matches. f must return the
-/// same type for every pair (void, or a default-constructible type that is returned).
+/// Calls f(TypeTag<CacheOf::type<key_bits, value_bits>>{}) for the matching pair of `Pairs` (an
+/// skv::BitPairs); throws skv::Error listing the compiled pairs when none matches. CacheOf maps a
+/// pair to a cache type (`template <int K, int V> using type = ...;`) and names the rest of the
+/// configuration (`static std::string describe();`), as DefaultCacheOf does. f must return the same
+/// type for every pair (void, or a default-constructible type that is returned).
+template <class Pairs, class CacheOf, class F>
+decltype(auto) dispatch_with(int key_bits, int value_bits, F&& f) {
+  return detail::dispatch_impl<CacheOf>(static_cast<Pairs*>(nullptr), key_bits, value_bits, std::forward<F>(f));
+}
+
+/// dispatch_with for the short form: f(TypeTag<KVCache<key_bits, value_bits, HeadDim>>{}).
 template <class Pairs, int HeadDim = 128, class F>
 decltype(auto) dispatch(int key_bits, int value_bits, F&& f) {
-  return detail::dispatch_impl<HeadDim>(static_cast<Pairs*>(nullptr), key_bits, value_bits, std::forward<F>(f));
+  return dispatch_with<Pairs, DefaultCacheOf<HeadDim>>(key_bits, value_bits, std::forward<F>(f));
+}
+
+/// Calls f(TypeTag<BitPair<K, V>>{}) for every pair of `Pairs`, in order (e.g. to list or register
+/// the compiled set).
+template <class Pairs, class F>
+void for_each_pair(F&& f) {
+  detail::for_each_pair_impl(static_cast<Pairs*>(nullptr), std::forward<F>(f));
 }
 
 }  // namespace skv

@@ -1,0 +1,87 @@
+// The Python package's view of a cache: one abstract interface over the compiled set of
+// skv::BasicKVCache types. Each compiled configuration is a CacheImpl<Cache>; the kernels it calls are
+// instantiated for exactly that type (no runtime branch inside them). Which types exist is decided
+// in compiled_set.inc, one translation unit per (head_dim, residual, options) family.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace skv_python {
+
+/// A cache configuration as Python names it. `options` is the accuracy bundle: rotated keys,
+/// 4 fp32 sink tokens, and the clipping search for keys and values.
+struct Config {
+  int key_bits = 0;
+  int value_bits = 0;
+  int head_dim = 0;
+  int residual = 0;
+  bool options = false;
+
+  std::string name() const;
+};
+
+enum class Dtype { kFloat32, kFloat16 };
+
+/// What Python can do with a cache. Inputs are validated by the caller (module.cpp) for shape,
+/// dtype and contiguity; the C++ cache checks values (NaN / Inf, capacity) all-or-nothing.
+class AnyCache {
+ public:
+  explicit AnyCache(const Config& config) : config_(config) {}
+  virtual ~AnyCache() = default;
+  AnyCache(const AnyCache&) = delete;
+  AnyCache& operator=(const AnyCache&) = delete;
+
+  const Config& config() const { return config_; }
+
+  /// k, v: [n][num_kv_heads][head_dim] of `dtype`.
+  virtual void append(const void* k, const void* v, int n, Dtype dtype) = 0;
+  /// q, out: [num_q_heads][head_dim] float.
+  virtual void decode(const float* q, int num_q_heads, float* out, float scale, int num_threads) const = 0;
+  /// Decodes `batch` caches of this same type in one call: q, out [batch][num_q_heads][head_dim].
+  virtual void decode_batch(const AnyCache* const* caches, int batch, const float* q, int num_q_heads, float* out,
+                            float scale, int num_threads) const = 0;
+  virtual bool same_type(const AnyCache& other) const = 0;
+  virtual void clear() = 0;
+
+  virtual int size() const = 0;
+  virtual int capacity() const = 0;
+  virtual int num_kv_heads() const = 0;
+  virtual int sink_size() const = 0;
+  virtual int quantized_size() const = 0;
+  virtual int residual_size() const = 0;
+  virtual std::size_t memory_bytes() const = 0;
+  virtual std::size_t reserved_bytes() const = 0;
+  virtual double bits_per_element() const = 0;
+  virtual float default_scale() const = 0;
+
+  /// The stored state, for tests and inspection: the bytes of the pages in use, and the
+  /// full-precision area (residual ring and sinks) as floats.
+  virtual std::vector<std::uint8_t> page_bytes() const = 0;
+  virtual std::vector<float> full_precision() const = 0;
+
+ private:
+  Config config_;
+};
+
+/// One compiled family: every bit pair of `pairs` at one (head_dim, residual, options).
+struct Family {
+  int head_dim;
+  int residual;
+  bool options;
+  std::vector<std::pair<int, int>> pairs;
+  /// Throws skv::Error (naming the compiled pairs) when the pair is not compiled.
+  std::unique_ptr<AnyCache> (*make)(int key_bits, int value_bits, int num_kv_heads, int max_tokens);
+};
+
+/// Every family compiled into the extension, in registration order.
+std::vector<Family>& families();
+
+struct RegisterFamily {
+  explicit RegisterFamily(Family f) { families().push_back(std::move(f)); }
+};
+
+}  // namespace skv_python

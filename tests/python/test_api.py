@@ -1,0 +1,260 @@
+"""skv.KVCache and skv.decode_batch: results against an fp64 reference within the bound the bits
+allow, float16 input, the compiled set, and bad input that raises and changes nothing."""
+import threading
+
+import numpy as np
+import pytest
+
+import skv
+from conftest import assert_same_state, random_kv, state
+
+
+def attention_fp64(k, v, q, scale):
+    """Exact attention of q [hq, d] over k, v [n, hkv, d] (GQA: query head h reads KV head h // group)."""
+    hq, hkv = q.shape[0], k.shape[1]
+    out = np.zeros(q.shape, dtype=np.float64)
+    for h in range(hq):
+        kh, vh = k[:, h // (hq // hkv)].astype(np.float64), v[:, h // (hq // hkv)].astype(np.float64)
+        logits = kh @ q[h].astype(np.float64) * scale
+        p = np.exp(logits - logits.max())
+        out[h] = p @ vh / p.sum()
+    return out
+
+
+def error_bound(k, v, q, scale, kb, vb):
+    """A bound from the bit widths: keys are quantized per channel over 32 tokens, so a logit moves by
+    at most delta = scale * sum_c |q_c| * step_c / 2; values per token over 64 channels, so each
+    element moves by at most half its group's step. Softmax then moves the output by at most
+    (exp(2 delta) - 1) * max |v| on top of the value error."""
+    n, hkv, d = k.shape
+    full = n // 32 * 32
+    kg = k[:full].reshape(-1, 32, hkv, d)
+    kstep = (kg.max(axis=1) - kg.min(axis=1)).max(axis=0) / (2**kb - 1)  # [hkv, d], worst group
+    vg = v.reshape(n, hkv, -1, 64)
+    vstep = ((vg.max(axis=3) - vg.min(axis=3)) / (2**vb - 1)).max()
+    group = q.shape[0] // hkv
+    delta = max(scale * np.abs(q[h]) @ kstep[h // group] / 2 for h in range(q.shape[0]))
+    return vstep / 2 + (np.exp(2 * delta) - 1) * np.abs(v).max() + 1e-3  # fp16 scales, float sums
+
+
+@pytest.mark.parametrize("kb,vb", [(8, 8), (4, 4), (4, 2), (2, 2)])
+def test_decode_within_the_bound_of_its_bits(rng, kb, vb):
+    n, hkv, hq, d = 320, 2, 8, 128
+    k, v = random_kv(rng, n, hkv, d)
+    q = rng.standard_normal((hq, d)).astype(np.float32)
+    cache = skv.KVCache(key_bits=kb, value_bits=vb, head_dim=d, num_kv_heads=hkv, max_tokens=n)
+    cache.append(k, v)
+    scale = 1 / np.sqrt(d)
+    err = np.abs(cache.decode(q) - attention_fp64(k, v, q, scale)).max()
+    assert err <= error_bound(k, v, q, scale, kb, vb)
+    if kb == 8 and vb == 8:
+        assert err < 0.02
+
+
+def test_properties_and_memory(rng):
+    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=8, max_tokens=1000)
+    assert (cache.key_bits, cache.value_bits, cache.head_dim, cache.num_kv_heads) == (4, 2, 128, 8)
+    assert cache.capacity == 1000 and len(cache) == 0
+    # nothing quantized yet: only the full-precision area (the block being filled) counts
+    assert cache.memory_bytes == cache.full_precision().size * 4 == 2 * 32 * 8 * 128 * 4
+    # K4V2, group 32, fp16 scale + zero: (4 + 1) + (2 + 0.5) = 7.5 bits per pair -> 3.75 per element
+    assert cache.bits_per_element == pytest.approx(3.75)
+    k, v = random_kv(rng, 130, 8, 128)
+    cache.append(k, v)
+    assert len(cache) == 130 and cache.quantized_size == 128 and cache.residual_size == 2
+    page = cache.page_bytes().size // 2  # two pages of 64 tokens in use
+    assert cache.memory_bytes == 2 * page + cache.full_precision().size * 4
+    assert cache.default_scale == pytest.approx(1 / np.sqrt(128))
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_options_and_residual_are_reported(rng):
+    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=3, max_tokens=400, residual=128,
+                        rotate_keys=True, sinks=4, clip=True)
+    assert (cache.residual, cache.rotate_keys, cache.sinks, cache.clip) == (128, True, 4, True)
+    k, v = random_kv(rng, 300, 3, 64)
+    cache.append(k, v)
+    assert cache.sink_size == 4
+    assert cache.quantized_size + cache.residual_size + cache.sink_size == 300
+    assert cache.residual_size >= 128
+
+
+def test_float16_input_gives_the_same_cache_as_float32(rng):
+    k16, v16 = random_kv(rng, 200, 3, 64, dtype=np.float16)
+    caches = []
+    for k, v in [(k16, v16), (k16.astype(np.float32), v16.astype(np.float32))]:
+        c = skv.KVCache(key_bits=3, value_bits=2, head_dim=64, num_kv_heads=3, max_tokens=256, residual=128)
+        c.append(k, v)
+        caches.append(c)
+    assert_same_state(state(caches[0]), state(caches[1]))
+    q = rng.standard_normal((9, 64)).astype(np.float32)
+    np.testing.assert_array_equal(caches[0].decode(q), caches[1].decode(q))
+
+
+def test_decode_batch_equals_one_decode_per_cache(rng):
+    caches, qs = [], []
+    for n in (1, 70, 333):
+        c = skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=2, max_tokens=400)
+        c.append(*random_kv(rng, n, 2, 128))
+        caches.append(c)
+    q = rng.standard_normal((3, 8, 128)).astype(np.float32)
+    out = skv.decode_batch(caches, q, num_threads=1)
+    assert out.shape == (3, 8, 128) and out.dtype == np.float32
+    for b, c in enumerate(caches):
+        np.testing.assert_array_equal(out[b], c.decode(q[b], num_threads=1))
+
+
+def test_scale_argument(rng):
+    c = skv.KVCache(key_bits=8, value_bits=8, head_dim=64, num_kv_heads=1, max_tokens=64)
+    k, v = random_kv(rng, 64, 1, 64)
+    c.append(k, v)
+    q = rng.standard_normal((1, 64)).astype(np.float32)
+    np.testing.assert_array_equal(c.decode(q), c.decode(q, scale=c.default_scale))
+    # scale 0: uniform attention, the mean of the (quantized) values
+    assert np.abs(c.decode(q, scale=0.0)[0] - v[:, 0].mean(axis=0)).max() < 0.02
+
+
+def test_compiled_set_and_what_is_not_compiled():
+    rows = skv.compiled()
+    assert len(rows) == 16 * (3 * 2 * 2 + 2)
+    assert {"key_bits": 4, "value_bits": 2, "head_dim": 128, "residual": 0, "rotate_keys": False, "sinks": 0,
+            "clip": False} in rows
+    assert {(r["key_bits"], r["value_bits"]) for r in rows} == {(a, b) for a in (2, 3, 4, 8) for b in (2, 3, 4, 8)}
+    with pytest.raises(ValueError, match="compiled pairs: k2v2, k2v3"):
+        skv.KVCache(key_bits=5, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8)
+    with pytest.raises(ValueError, match="no cache compiled for head_dim 80"):
+        skv.KVCache(key_bits=4, value_bits=2, head_dim=80, num_kv_heads=1, max_tokens=8)
+    with pytest.raises(ValueError, match="head_dim 96"):
+        skv.KVCache(key_bits=4, value_bits=2, head_dim=96, num_kv_heads=1, max_tokens=8, rotate_keys=True,
+                    sinks=4, clip=True)
+    with pytest.raises(ValueError, match="all off or all on"):
+        skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8, rotate_keys=True)
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=0, max_tokens=8)
+
+
+def bad_appends(rng):
+    k, v = random_kv(rng, 5, 2, 64)
+    nan = k.copy()
+    nan[4, 1, 63] = np.nan
+    inf = v.copy()
+    inf[0, 0, 0] = np.inf
+    big_k, big_v = random_kv(rng, 200, 2, 64)
+    return [
+        ("shape", k[:, :1].copy(), v[:, :1].copy(), "shape"),
+        ("head_dim", k[:, :, :32].copy(), v[:, :, :32].copy(), "shape"),
+        ("ndim", k.reshape(5, 128), v.reshape(5, 128), "shape"),
+        ("tokens", k, v[:4], "same number of tokens"),
+        ("float64", k.astype(np.float64), v.astype(np.float64), "float32 or float16"),
+        ("int", k.astype(np.int32), v.astype(np.int32), "float32 or float16"),
+        ("mixed dtypes", k, v.astype(np.float16), "same dtype"),
+        ("not contiguous", np.ascontiguousarray(k.transpose(1, 0, 2)).transpose(1, 0, 2), v, "C-contiguous"),
+        ("nan", nan, v, "NaN"),
+        ("inf", k, inf, "Inf"),
+        ("capacity", big_k, big_v, "capacity"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_bad_append_raises_and_changes_nothing(rng, case):
+    name, k, v, message = bad_appends(rng)[case]
+    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=2, max_tokens=100, residual=128,
+                        rotate_keys=True, sinks=4, clip=True)
+    cache.append(*random_kv(rng, 70, 2, 64))
+    before = state(cache)
+    with pytest.raises(ValueError, match=message):
+        cache.append(k, v)
+    assert_same_state(before, state(cache))
+
+
+def test_bad_queries_raise(rng):
+    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=2, max_tokens=100)
+    cache.append(*random_kv(rng, 10, 2, 64))
+    before = state(cache)
+    q = rng.standard_normal((4, 64)).astype(np.float32)
+    cases = [
+        (q[:3], "multiple of num_kv_heads"),
+        (q[:, :32].copy(), "shape"),
+        (q[None], "2 dimensions"),
+        (q.astype(np.float64), "float32"),
+        (rng.standard_normal((4, 128)).astype(np.float32)[:, ::2], "C-contiguous"),
+        (np.full((4, 64), np.nan, dtype=np.float32), "NaN"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            cache.decode(bad)
+    with pytest.raises(ValueError, match="finite"):
+        cache.decode(q, scale=float("inf"))
+    with pytest.raises(ValueError, match="rows for 1 caches"):
+        skv.decode_batch([cache], q[None].repeat(2, axis=0))
+    other = skv.KVCache(key_bits=4, value_bits=4, head_dim=64, num_kv_heads=2, max_tokens=100)
+    with pytest.raises(ValueError, match="same configuration"):
+        skv.decode_batch([cache, other], q[None].repeat(2, axis=0))
+    with pytest.raises(ValueError, match="at least one cache"):
+        skv.decode_batch([], q[None])
+    assert_same_state(before, state(cache))
+
+
+def test_arrays_are_read_in_place_and_read_only_arrays_work(rng):
+    k, v = random_kv(rng, 40, 2, 64)
+    k.setflags(write=False)
+    v.setflags(write=False)
+    cache = skv.KVCache(key_bits=4, value_bits=4, head_dim=64, num_kv_heads=2, max_tokens=40)
+    cache.append(k, v)
+    q = rng.standard_normal((2, 64)).astype(np.float32)
+    q.setflags(write=False)
+    assert np.isfinite(cache.decode(q)).all()
+
+
+def test_concurrent_decodes_and_appends_from_threads(rng):
+    """The GIL is released during the work; decodes share a cache, appends are exclusive."""
+    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=2, max_tokens=4096)
+    cache.append(*random_kv(rng, 2048, 2, 128))
+    q = rng.standard_normal((8, 128)).astype(np.float32)
+    expected = cache.decode(q, num_threads=1)
+    results, errors = [], []
+
+    def decode_many():
+        try:
+            for _ in range(20):
+                results.append(cache.decode(q, num_threads=1))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=decode_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 80
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+
+    extra_k, extra_v = random_kv(rng, 64, 2, 128)
+    appenders = [threading.Thread(target=cache.append, args=(extra_k[i:i + 16], extra_v[i:i + 16]))
+                 for i in range(0, 64, 16)]
+    for t in appenders:
+        t.start()
+    for t in appenders:
+        t.join()
+    assert len(cache) == 2048 + 64
+
+
+def test_torch_tensors_are_accepted(rng):
+    torch = pytest.importorskip("torch")
+    k, v = random_kv(rng, 100, 2, 64)
+    q = rng.standard_normal((4, 64)).astype(np.float32)
+    a = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=2, max_tokens=100)
+    b = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=2, max_tokens=100)
+    a.append(k, v)
+    b.append(torch.from_numpy(k), torch.from_numpy(v).half().float())
+    b.clear()
+    b.append(torch.from_numpy(k), torch.from_numpy(v))
+    assert_same_state(state(a), state(b))
+    np.testing.assert_array_equal(a.decode(q), b.decode(torch.from_numpy(q)))
+    a.clear()
+    a.append(k.astype(np.float16), v.astype(np.float16))
+    b.clear()
+    b.append(torch.from_numpy(k).half(), torch.from_numpy(v).half())
+    assert_same_state(state(a), state(b))
