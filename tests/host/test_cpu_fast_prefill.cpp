@@ -153,6 +153,27 @@ TEST(Prefill, MatchesReferenceTokenAxisKeysChannelAxisValues) { check_config<Tok
 TEST(Prefill, MatchesReferenceSymmetricBf16AndNarrowValueGroups) { check_config<SymmetricBf16>(900); }
 TEST(Prefill, MatchesReferenceWideGroupsAndResidualWindow) { check_config<WideGroups>(1000); }
 
+// keys and values far from the origin in some channels: zero points far outside the code range
+// (the integer path then keeps an exact 64-bit zero-point term instead of folding it into the codes)
+TEST(Prefill, MatchesReferenceWithChannelsFarFromTheOrigin) {
+  using C = skv::KVCache<4, 2>;
+  constexpr int D = 128, kHeads = 2, kLength = 300, kChunk = 70, kNq = 8;
+  auto k = random_floats(static_cast<std::size_t>(kLength) * kHeads * D, 71, 0.3f);
+  auto v = random_floats(static_cast<std::size_t>(kLength) * kHeads * D, 72, 0.3f);
+  for (std::size_t i = 0; i < k.size(); ++i) {
+    if (i % D == 5 || i % D == 77) k[i] += 400.0f;  // key zero points near -1000 * 15 / range
+    if (i % D < 64) v[i] += 1500.0f;                 // one value group of each token
+  }
+  C cache(kHeads, kLength);
+  cache.append(k.data(), v.data(), kLength);
+  const auto q = random_floats(static_cast<std::size_t>(kChunk) * kNq * D, 73, 0.05f);
+  std::vector<float> ref(q.size()), out(q.size());
+  skv::cpu::prefill_attention_reference(cache, q.data(), kChunk, kNq, ref.data(), 0.088f);
+  skv::cpu::prefill_attention(cache, q.data(), kChunk, kNq, out.data(), 0.088f);
+  const float tol = skv::cpu::kPrefillTolerance * (1.0f + max_abs_value(cache.view()));
+  for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], tol) << i;
+}
+
 TEST(Prefill, OneQueryTokenIsDecodeAttention) {
   using C = skv::KVCache<4, 2, 128, skv::Sinks<4>>;
   C cache(2, 1000);

@@ -276,6 +276,17 @@ void run_prefill(int batch, const int* lengths, const int* kv_heads, const int* 
 #if defined(SKV_HAS_AVX512)
 // ---- AVX-512 integer matrix kernels of the prefill (docs/cpu.md, "Prefill") -----------------------
 
+/// acc += pairwise products of x with the int16 pair at w broadcast to every lane. GCC keeps
+/// vpdpwssd accumulators in place only through inline assembly (the intrinsic's copies and spills
+/// cost a third of the kernel), which also folds the broadcast into the instruction.
+SKV_FORCEINLINE void dpwssd_bcast(__m512i& acc, __m512i x, const std::int32_t* w) {
+#if defined(SKV_HAS_AVX512VNNI) && (defined(__GNUC__) || defined(__clang__))
+  __asm__("vpdpwssd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(x), "m"(*w));
+#else
+  acc = dpwssd(acc, x, _mm512_set1_epi32(*w));
+#endif
+}
+
 /// Transposes a 16 x 16 block of int32: rows in + i * ldi become columns out + i * ldo.
 SKV_FORCEINLINE void transpose16_epi32(const std::int32_t* in, std::size_t ldi, std::int32_t* out, std::size_t ldo) {
   __m512i r[16], t[16];
@@ -305,63 +316,74 @@ SKV_FORCEINLINE void transpose16_epi32(const std::int32_t* in, std::size_t ldi, 
 
 /// Key dots with tokens in lanes: out[r][16v + l] = sum_p qp[r][p] . kt[p][16v + l] (int16 pairs,
 /// exact in int32) for NR rows and NV vectors of 16 tokens. kt holds the tile's codes transposed to
-/// [channel pair][token]; qp the rows' 16-bit scaled queries as [row][channel pair]. No horizontal
-/// sums: each vpdpwssd adds one channel pair for 16 tokens.
-template <int NR, int NV>
-SKV_FORCEINLINE void key_dots_i16(const std::int32_t* SKV_RESTRICT kt, int ldk, const std::int32_t* SKV_RESTRICT qp,
-                                  int pairs, std::int32_t* SKV_RESTRICT out, int ldo) {
+/// [channel pair][token] (row length LDK); qp the rows' 16-bit scaled queries as [row][channel pair]
+/// (row length PAIRS). No horizontal sums: each vpdpwssd adds one channel pair for 16 tokens.
+/// The strides are template parameters so that every operand address is a base plus a constant.
+template <int NR, int NV, int PAIRS, int LDK, int LDL>
+SKV_FORCEINLINE void key_dots_i16(const std::int32_t* SKV_RESTRICT kt, const std::int32_t* SKV_RESTRICT qp,
+                                  std::int32_t* SKV_RESTRICT out, const float* inv, float* SKV_RESTRICT logits) {
   __m512i acc[NR][NV];
   for (int r = 0; r < NR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
-  for (int p = 0; p < pairs; ++p) {
+  for (int p = 0; p < PAIRS; ++p) {
     __m512i x[NV];
-    for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_si512(kt + static_cast<std::size_t>(p) * ldk + 16 * v);
+    for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_si512(kt + p * LDK + 16 * v);
+    for (int r = 0; r < NR; ++r)
+      for (int v = 0; v < NV; ++v) dpwssd_bcast(acc[r][v], x[v], qp + r * PAIRS + p);
+  }
+  if (logits != nullptr) {  // the codes carry their zero point: logits straight from the registers
     for (int r = 0; r < NR; ++r) {
-      const __m512i qv = _mm512_set1_epi32(qp[static_cast<std::size_t>(r) * pairs + p]);
-      for (int v = 0; v < NV; ++v) acc[r][v] = dpwssd(acc[r][v], x[v], qv);
+      const __m512 vs = _mm512_set1_ps(inv[r]);
+      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(logits + r * LDL + 16 * v, _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][v]), vs));
     }
+    return;
   }
   for (int r = 0; r < NR; ++r)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_si512(out + static_cast<std::size_t>(r) * ldo + 16 * v, acc[r][v]);
+    for (int v = 0; v < NV; ++v) _mm512_storeu_si512(out + r * LDK + 16 * v, acc[r][v]);
 }
 
-template <int NV>
-inline void key_dots_rows(const std::int32_t* kt, int ldk, const std::int32_t* qp, int rows, int pairs,
-                          std::int32_t* out, int ldo) {
+/// key_dots_i16 for `rows` rows; out is [rows][LDK] (or, when logits is not null, logits [rows][LDL]).
+template <int NV, int PAIRS, int LDK, int LDL>
+inline void key_dots_rows(const std::int32_t* kt, const std::int32_t* qp, int rows, std::int32_t* out,
+                          const float* inv, float* logits) {
   int r = 0;
+  const auto lg = [&](int r0) { return logits ? logits + static_cast<std::size_t>(r0) * LDL : nullptr; };
   for (; r + 8 <= rows; r += 8)
-    key_dots_i16<8, NV>(kt, ldk, qp + static_cast<std::size_t>(r) * pairs, pairs, out + static_cast<std::size_t>(r) * ldo, ldo);
+    key_dots_i16<8, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS,
+                                         out + static_cast<std::size_t>(r) * LDK, inv + r, lg(r));
   for (; r + 4 <= rows; r += 4)
-    key_dots_i16<4, NV>(kt, ldk, qp + static_cast<std::size_t>(r) * pairs, pairs, out + static_cast<std::size_t>(r) * ldo, ldo);
+    key_dots_i16<4, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS,
+                                         out + static_cast<std::size_t>(r) * LDK, inv + r, lg(r));
   for (; r < rows; ++r)
-    key_dots_i16<1, NV>(kt, ldk, qp + static_cast<std::size_t>(r) * pairs, pairs, out + static_cast<std::size_t>(r) * ldo, ldo);
+    key_dots_i16<1, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS,
+                                         out + static_cast<std::size_t>(r) * LDK, inv + r, lg(r));
 }
 
-/// Value accumulation with channels in lanes: out[r][c] = sum_p wp[r][j(c)][p] . vp[p][c] for
-/// token pairs [p0, p1), NR rows, NC chunks of 32 channels from c0. vp holds the tile's value codes
-/// with the two tokens of each pair interleaved (vpunpcklwd / vpunpckhwd order, once per tile); wp
-/// the rows' 16-bit folded weights, whose pairs are consecutive tokens: [row][group][token].
-template <int NR, int NC>
-SKV_FORCEINLINE void value_acc_i16(const std::int32_t* SKV_RESTRICT vp, int d, int p0, int p1,
-                                   const std::int32_t* SKV_RESTRICT wp, int ldw, int ldg, int group_size, int c0,
-                                   std::int32_t* SKV_RESTRICT out) {
+/// Value accumulation with channels in lanes: out[r][c] = sum_p wp[r][g(c)][p] . vp[p][c] for
+/// token pairs [p0, p1), NR rows, the 64 channels from C0 (32 when only 32 are left). vp holds the
+/// tile's value codes with the two tokens of each pair interleaved (vpunpcklwd / vpunpckhwd order,
+/// once per tile, rows of D); wp the rows' 16-bit folded weights, whose pairs are consecutive tokens:
+/// [row][group][token] as int32 pairs, LDW per row, LDG per group; G channels per value group.
+template <int NR, int C0, int D, int LDW, int LDG, int G>
+SKV_FORCEINLINE void value_acc_i16(const std::int32_t* SKV_RESTRICT vp, int p0, int p1,
+                                   const std::int32_t* SKV_RESTRICT wp, std::int32_t* SKV_RESTRICT out) {
+  constexpr int NC = C0 + 64 <= D ? 2 : 1;
   __m512i lo[NR][NC], hi[NR][NC];
-  int j[NC];
-  for (int k = 0; k < NC; ++k) j[k] = (c0 + 32 * k) / group_size * ldg;
   for (int r = 0; r < NR; ++r)
     for (int k = 0; k < NC; ++k) lo[r][k] = hi[r][k] = _mm512_setzero_si512();
   for (int p = p0; p < p1; ++p) {
     __m512i xl[NC], xh[NC];
-    const std::int32_t* row = vp + static_cast<std::size_t>(p) * d + c0;
+    const std::int32_t* row = vp + static_cast<std::size_t>(p) * D + C0;
     for (int k = 0; k < NC; ++k) {
       xl[k] = _mm512_loadu_si512(row + 32 * k);
       xh[k] = _mm512_loadu_si512(row + 32 * k + 16);
     }
+    const std::int32_t* w = wp + p;
     for (int r = 0; r < NR; ++r) {
       for (int k = 0; k < NC; ++k) {
-        const __m512i w = _mm512_set1_epi32(wp[static_cast<std::size_t>(r) * ldw + j[k] + p]);
-        lo[r][k] = dpwssd(lo[r][k], xl[k], w);
-        hi[r][k] = dpwssd(hi[r][k], xh[k], w);
+        const int off = r * LDW + (C0 + 32 * k) / G * LDG;
+        dpwssd_bcast(lo[r][k], xl[k], w + off);
+        dpwssd_bcast(hi[r][k], xh[k], w + off);
       }
     }
   }
@@ -370,33 +392,31 @@ SKV_FORCEINLINE void value_acc_i16(const std::int32_t* SKV_RESTRICT vp, int d, i
   const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
   for (int r = 0; r < NR; ++r) {
     for (int k = 0; k < NC; ++k) {
-      std::int32_t* o = out + static_cast<std::size_t>(r) * d + c0 + 32 * k;
+      std::int32_t* o = out + r * D + C0 + 32 * k;
       _mm512_storeu_si512(o, _mm512_permutex2var_epi32(lo[r][k], i0, hi[r][k]));
       _mm512_storeu_si512(o + 16, _mm512_permutex2var_epi32(lo[r][k], i1, hi[r][k]));
     }
   }
 }
 
-inline void value_acc_rows(const std::int32_t* vp, int d, int p0, int p1, const std::int32_t* wp, int rows, int ldw,
-                           int ldg, int group_size, std::int32_t* out) {
-  for (int r = 0; r < rows; r += 4) {
-    const std::int32_t* w = wp + static_cast<std::size_t>(r) * ldw;
-    std::int32_t* o = out + static_cast<std::size_t>(r) * d;
-    const int nr = std::min(4, rows - r);
-    for (int c = 0; c < d; c += 64) {
-      const bool two = c + 64 <= d;
-      switch (nr * 2 + (two ? 1 : 0)) {
-        case 9: value_acc_i16<4, 2>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
-        case 8: value_acc_i16<4, 1>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
-        case 7: value_acc_i16<3, 2>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
-        case 6: value_acc_i16<3, 1>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
-        case 5: value_acc_i16<2, 2>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
-        case 4: value_acc_i16<2, 1>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
-        case 3: value_acc_i16<1, 2>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
-        default: value_acc_i16<1, 1>(vp, d, p0, p1, w, ldw, ldg, group_size, c, o); break;
-      }
-    }
+template <int NR, int C0, int D, int LDW, int LDG, int G>
+SKV_FORCEINLINE void value_acc_channels(const std::int32_t* vp, int p0, int p1, const std::int32_t* wp,
+                                        std::int32_t* out) {
+  if constexpr (C0 < D) {
+    value_acc_i16<NR, C0, D, LDW, LDG, G>(vp, p0, p1, wp, out);
+    value_acc_channels<NR, C0 + 64, D, LDW, LDG, G>(vp, p0, p1, wp, out);
   }
+}
+
+/// value_acc_i16 for `rows` rows and every channel; out is [rows][D].
+template <int D, int LDW, int LDG, int G>
+inline void value_acc_rows(const std::int32_t* vp, int p0, int p1, const std::int32_t* wp, int rows,
+                           std::int32_t* out) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4)
+    value_acc_channels<4, 0, D, LDW, LDG, G>(vp, p0, p1, wp + static_cast<std::size_t>(r) * LDW, out + static_cast<std::size_t>(r) * D);
+  for (; r < rows; ++r)
+    value_acc_channels<1, 0, D, LDW, LDG, G>(vp, p0, p1, wp + static_cast<std::size_t>(r) * LDW, out + static_cast<std::size_t>(r) * D);
 }
 
 /// Sum of the 16 int32 lanes in int64 (no overflow).
@@ -433,6 +453,7 @@ struct IntPrefill {
     std::vector<std::uint16_t> codes;
     std::vector<float> qs, ks, kz, vs, vz, meta, w;
     std::vector<double> qbias, qinv, winv;
+    std::vector<float> qinv_f;
     std::vector<std::int64_t> zsum;
     int nr = 0;
     void ensure(int rows) {
@@ -458,6 +479,7 @@ struct IntPrefill {
       qbias.assign(r, 0.0);
       qinv.assign(r, 0.0);
       winv.assign(r, 0.0);
+      qinv_f.assign(r, 0.0f);
       zsum.assign(r * kJ, 0);
     }
   };
@@ -473,10 +495,25 @@ struct IntPrefill {
     for (int c = 0; c < kD; c += 16)
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(zi + c),
                           _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_loadu_ps(z + c))));
-    // codes of the group, transposed to [channel pair][token]
+    // |sum_c qi (code - z)| <= 32767 * sum_c max|code - z|: when that fits int32 (always, unless zero
+    // points lie far outside the code range) the zero point goes into the codes, once per group, and
+    // the logit is one conversion and a multiply; otherwise an exact int64 bias per row
+    constexpr float kMaxCode = static_cast<float>((1 << KQ::kBits) - 1);
+    __m512 zb = _mm512_setzero_ps();
+    for (int c = 0; c < kD; c += 16) {
+      const __m512 zc = _mm512_loadu_ps(z + c);
+      zb = _mm512_max_ps(zb, _mm512_max_ps(_mm512_abs_ps(zc), _mm512_abs_ps(_mm512_sub_ps(_mm512_set1_ps(kMaxCode), zc))));
+    }
+    const bool narrow = _mm512_reduce_max_ps(zb) * kD <= 65535.0f;
+    // codes of the group (minus the zero points when narrow), transposed to [channel pair][token]
     std::uint16_t* codes = sc.codes.data();
-    for (int i = 0; i < kKG; ++i)
-      unpack_row_u16<KQ::kBits>(kb.row(g0 + i), kD, codes + static_cast<std::size_t>(i) * kD);
+    for (int i = 0; i < kKG; ++i) {
+      std::uint16_t* row = codes + static_cast<std::size_t>(i) * kD;
+      unpack_row_u16<KQ::kBits>(kb.row(g0 + i), kD, row);
+      if (narrow)
+        for (int c = 0; c < kD; c += 32)
+          _mm512_storeu_si512(row + c, _mm512_sub_epi16(_mm512_loadu_si512(row + c), _mm512_loadu_si512(zi + c)));
+    }
     const std::int32_t* c32 = reinterpret_cast<const std::int32_t*>(codes);
     for (int tb = 0; tb < kKG; tb += 16)
       for (int pb = 0; pb < kPairs; pb += 16)
@@ -502,14 +539,19 @@ struct IntPrefill {
         const __m256i b = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qs + c + 16), vstep)));
         const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
         _mm512_storeu_si512(qi + c, ab);
-        bias = _mm512_add_epi32(bias, _mm512_madd_epi16(ab, _mm512_loadu_si512(zi + c)));
+        if (!narrow) bias = _mm512_add_epi32(bias, _mm512_madd_epi16(ab, _mm512_loadu_si512(zi + c)));
       }
-      sc.qbias[r] = static_cast<double>(reduce_add_epi32_wide(bias));
-      sc.qinv[r] = m > 0.0f ? 1.0 / static_cast<double>(step) : 0.0;
+      if (narrow) {
+        sc.qinv_f[r] = m > 0.0f ? m / 32767.0f : 0.0f;
+      } else {
+        sc.qbias[r] = static_cast<double>(reduce_add_epi32_wide(bias));
+        sc.qinv[r] = m > 0.0f ? 1.0 / static_cast<double>(step) : 0.0;
+      }
     }
     std::int32_t* dots = sc.dots.data();
-    key_dots_rows<kKG / 16>(sc.kt.data(), kKG, reinterpret_cast<const std::int32_t*>(sc.qi.data()), rows, kPairs, dots,
-                            kKG);
+    key_dots_rows<kKG / 16, kPairs, kKG, kT>(sc.kt.data(), reinterpret_cast<const std::int32_t*>(sc.qi.data()), rows,
+                                             dots, sc.qinv_f.data(), narrow ? logits + (g0 - slot0) : nullptr);
+    if (narrow) return;
     for (int r = 0; r < rows; ++r) {
       const std::int32_t* dr = dots + static_cast<std::size_t>(r) * kKG;
       float* lr = logits + static_cast<std::size_t>(r) * kT + (g0 - slot0);
@@ -561,6 +603,14 @@ struct IntPrefill {
         vs[j * kT + i] = meta[(i - a) * kJ + j];
         vz[j * kT + i] = meta[kJ * kT + (i - a) * kJ + j];
       }
+    // |A - Z| <= 32767 * kT * max|code - z|: int32 unless zero points are far outside the codes
+    constexpr float kMaxValueCode = static_cast<float>((1 << VQ::kBits) - 1);
+    __m512 zb = _mm512_setzero_ps();
+    for (int e = 0; e < kJ * kT; e += 16) {
+      const __m512 zc = _mm512_loadu_ps(vz + e);
+      zb = _mm512_max_ps(zb, _mm512_max_ps(_mm512_abs_ps(zc), _mm512_abs_ps(_mm512_sub_ps(_mm512_set1_ps(kMaxValueCode), zc))));
+    }
+    const bool narrow = _mm512_reduce_max_ps(zb) * kT <= 65535.0f;
     std::int16_t* zv = sc.zv.data();
     for (int e = 0; e < kJ * kT; e += 16)
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(zv + e),
@@ -608,16 +658,24 @@ struct IntPrefill {
           const __m256i x1 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(w + j * kT + i + 16), vstep)));
           const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
           _mm512_storeu_si512(wi + j * kT + i, x);
-          zacc = _mm512_add_epi32(zacc, _mm512_madd_epi16(x, _mm512_loadu_si512(zv + j * kT + i)));
+          if (!narrow) zacc = _mm512_add_epi32(zacc, _mm512_madd_epi16(x, _mm512_loadu_si512(zv + j * kT + i)));
         }
-        sc.zsum[static_cast<std::size_t>(r) * kJ + j] = reduce_add_epi32_wide(zacc);
+        if (!narrow) sc.zsum[static_cast<std::size_t>(r) * kJ + j] = reduce_add_epi32_wide(zacc);
       }
     }
 
     // ---- value codes: token pairs interleaved, once for all rows
     std::uint16_t* codes = sc.codes.data();
-    for (int i = 2 * p0; i < 2 * p1; ++i)
-      unpack_row_u16<VQ::kBits>(vb.row(slot0 + i), kD, codes + static_cast<std::size_t>(i) * kD);
+    for (int i = 2 * p0; i < 2 * p1; ++i) {
+      std::uint16_t* row = codes + static_cast<std::size_t>(i) * kD;
+      unpack_row_u16<VQ::kBits>(vb.row(slot0 + i), kD, row);
+      if (narrow)  // the zero point goes into the codes (0 for tokens outside [a, b), whose weight is 0)
+        for (int j = 0; j < kJ; ++j) {
+          const __m512i zj = _mm512_set1_epi16(zv[j * kT + i]);
+          for (int c = j * VQ::kGroupSize; c < (j + 1) * VQ::kGroupSize; c += 32)
+            _mm512_storeu_si512(row + c, _mm512_sub_epi16(_mm512_loadu_si512(row + c), zj));
+        }
+    }
     for (int p = p0; p < p1; ++p) {
       const std::uint16_t* ra = codes + static_cast<std::size_t>(2 * p) * kD;
       std::int32_t* out = sc.vp.data() + static_cast<std::size_t>(p) * kD;
@@ -629,8 +687,18 @@ struct IntPrefill {
       }
     }
     std::int32_t* vint = sc.vint.data();
-    value_acc_rows(sc.vp.data(), kD, p0, p1, reinterpret_cast<const std::int32_t*>(sc.wi.data()), rows, kJ * kT / 2,
-                   kT / 2, VQ::kGroupSize, vint);
+    value_acc_rows<kD, kJ * kT / 2, kT / 2, VQ::kGroupSize>(sc.vp.data(), p0, p1,
+                                                            reinterpret_cast<const std::int32_t*>(sc.wi.data()), rows, vint);
+    if (narrow) {
+      for (int r = 0; r < rows; ++r) {
+        const std::int32_t* ar = vint + static_cast<std::size_t>(r) * kD;
+        float* acc = st.acc + static_cast<std::size_t>(r) * kD;
+        const __m512 vsc = _mm512_set1_ps(static_cast<float>(sc.winv[r]));
+        for (int c = 0; c < kD; c += 16)
+          _mm512_storeu_ps(acc + c, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_loadu_si512(ar + c)), vsc, _mm512_loadu_ps(acc + c)));
+      }
+      return;
+    }
     for (int r = 0; r < rows; ++r) {
       const std::int32_t* ar = vint + static_cast<std::size_t>(r) * kD;
       float* acc = st.acc + static_cast<std::size_t>(r) * kD;
