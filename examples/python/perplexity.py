@@ -47,8 +47,9 @@ Configurations (--configs, comma-separated):
 Metrics, over next-token predictions at positions 0..T-2, each against the fp32 cache (the batched
 exact forward pass, which the fp32 row reproduces through the loop):
 
-    bits/elem   cache.bits_per_element averaged over layers (codes + fp16 scales and zeros + sinks;
-                the residual window is not counted, as skv counts it)
+    bits/elem   cache.bits_per_element (codes + fp16 scales and zeros) with the fp32 sink tokens
+                spread over the T tokens, averaged over layers (skv eval's bits/elem); the residual
+                window is not counted, as skv's budgets do not count it
     mem bits    cache.memory_bytes * 8 per cached element at the end, averaged over layers: what the
                 cache really holds at T tokens, the fp32 residual ring and unfilled pages included
     ppl         exp(mean negative log-likelihood of the text's next token)
@@ -63,6 +64,10 @@ import os
 import platform
 import sys
 import time
+
+# One decode attends over at most a few thousand tokens here: OpenMP threads cost more than they
+# save, and the numpy parts are measured on one core too. Set OMP_NUM_THREADS to change it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 try:
     import numpy as np
@@ -210,7 +215,8 @@ def run_loop(model, ids, rope, make_cache):
         for t in range(T):
             append(k[t : t + 1], v[t : t + 1])
             att[t] = decode(q[t])
-        stats.append((float(cache.bits_per_element), int(cache.memory_bytes)))
+        sinks = getattr(cache, "sink_size", 0)  # fp32 sink tokens, spread over the tokens as skv eval does
+        stats.append(((cache.bits_per_element * (T - sinks) + 32.0 * sinks) / T, int(cache.memory_bytes)))
         x = model.post_attention(layer, x, att)
     return model.final_norm(x), stats
 
