@@ -41,6 +41,10 @@ class AnyCache {
   virtual void append(const void* k, const void* v, int n, Dtype dtype) = 0;
   /// q, out: [num_q_heads][head_dim] float.
   virtual void decode(const float* q, int num_q_heads, float* out, float scale, int num_threads) const = 0;
+  /// Attention for the last num_q_tokens appended tokens, each causal up to its own position
+  /// (prefill chunks, speculative verification): q, out [num_q_tokens][num_q_heads][head_dim] float.
+  virtual void attention(const float* q, int num_q_tokens, int num_q_heads, float* out, float scale,
+                         int num_threads) const = 0;
   /// Decodes `batch` caches of this same type in one call: q, out [batch][num_q_heads][head_dim].
   virtual void decode_batch(const AnyCache* const* caches, int batch, const float* q, int num_q_heads, float* out,
                             float scale, int num_threads) const = 0;

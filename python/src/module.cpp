@@ -3,6 +3,7 @@
 // device and contiguity before any work, the GIL is released around the work, and skv::Error
 // becomes ValueError with the same message.
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -171,17 +172,44 @@ class KVCache {
     return out;
   }
 
+  OutArray attention(const Array& q, std::optional<float> scale, int num_threads) const {
+    const int nq = check_query(q, 3, "[num_q_tokens, num_q_heads, head_dim]");
+    const std::size_t n = q.shape(0);
+    if (n == 0 || n > static_cast<std::size_t>(cache_->size()))
+      throw skv::Error("attention: q holds " + std::to_string(n) + " query tokens; it needs between 1 and len(cache) = " +
+                       std::to_string(cache_->size()) + " (the queries of the last tokens appended)");
+    const float s = scale.value_or(cache_->default_scale());
+    OutArray out = new_output(n, static_cast<std::size_t>(nq), static_cast<std::size_t>(cache_->config().head_dim));
+    {
+      nb::gil_scoped_release release;
+      cache_->attention(static_cast<const float*>(q.data()), static_cast<int>(n), nq, out.data(), s, num_threads);
+    }
+    return out;
+  }
+
+  /// Seconds per decode call measured inside C++ (no Python in the loop), for the overhead benchmark.
+  double time_decode(const Array& q, int iterations, int num_threads) const {
+    const int nq = check_query(q, 2);
+    std::vector<float> out(static_cast<std::size_t>(nq) * cache_->config().head_dim);
+    const float s = cache_->default_scale();
+    nb::gil_scoped_release release;
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < iterations; ++i)
+      cache_->decode(static_cast<const float*>(q.data()), nq, out.data(), s, num_threads);
+    const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+    return elapsed.count() / (iterations > 0 ? iterations : 1);
+  }
+
   /// q [num_q_heads, head_dim] (ndim 2) or [batch, num_q_heads, head_dim] (ndim 3): returns num_q_heads.
-  int check_query(const Array& q, std::size_t ndim) const {
+  int check_query(const Array& q, std::size_t ndim, const char* layout3 = "[batch, num_q_heads, head_dim]") const {
     const std::int64_t d = cache_->config().head_dim;
+    const char* layout = ndim == 2 ? "[num_q_heads, head_dim]" : layout3;
     if (q.ndim() != ndim)
-      throw skv::Error("q must have " + std::to_string(ndim) + " dimensions " +
-                       (ndim == 2 ? "[num_q_heads, head_dim]" : "[batch, num_q_heads, head_dim]") + ", got " +
-                       shape_of(q));
+      throw skv::Error("q must have " + std::to_string(ndim) + " dimensions " + layout + ", got " + shape_of(q));
     if (ndim == 2)
-      check_array(q, "q", {-1, d}, false, "[num_q_heads, head_dim]");
+      check_array(q, "q", {-1, d}, false, layout);
     else
-      check_array(q, "q", {-1, -1, d}, false, "[batch, num_q_heads, head_dim]");
+      check_array(q, "q", {-1, -1, d}, false, layout);
     const std::int64_t nq = static_cast<std::int64_t>(q.shape(ndim - 2));
     if (nq <= 0 || nq % cache_->num_kv_heads() != 0 || nq > INT32_MAX)
       throw skv::Error("q's num_q_heads (" + std::to_string(nq) + ") must be a positive multiple of num_kv_heads (" +
@@ -277,22 +305,47 @@ NB_MODULE(_skv, m) {
     }
   });
 
-  nb::class_<KVCache>(m, "KVCache")
+  nb::class_<KVCache>(m, "KVCache", R"doc(A quantized KV cache for one sequence (one layer).
+
+Keys are quantized per channel in groups of 32 tokens to key_bits, values per token in groups of up
+to 64 channels to value_bits, with fp16 scales and zero points, in pages of 64 tokens. The last
+incomplete group of tokens (plus `residual` more) stays in float32 until it is quantized once.
+With rotate_keys=True, sinks=4, clip=True: keys are rotated by a randomized Hadamard transform, the
+first 4 tokens stay in float32, and every group's range is chosen by a clipping search.
+
+Only compiled configurations exist (skv.compiled()); any other raises ValueError naming the set.)doc")
       .def(nb::init<int, int, int, int, int, std::optional<int>, std::optional<bool>, std::optional<int>,
                     std::optional<bool>>(),
            "key_bits"_a, "value_bits"_a, "head_dim"_a = 128, "num_kv_heads"_a, "max_tokens"_a,
-           "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "sinks"_a = nb::none(), "clip"_a = nb::none())
-      .def("append", &KVCache::append, "k"_a, "v"_a)
-      .def("decode", &KVCache::decode, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0)
-      .def("clear", &KVCache::clear)
-      .def("page_bytes", &KVCache::page_bytes)
-      .def("full_precision", &KVCache::full_precision)
-      .def("__len__", [](const KVCache& c) { return c.get().size(); })
+           "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "sinks"_a = nb::none(), "clip"_a = nb::none(),
+           "Allocates every page for max_tokens tokens up front; unset options take the package defaults.")
+      .def("append", &KVCache::append, "k"_a, "v"_a,
+           "Appends tokens: k and v are [n, num_kv_heads, head_dim], float32 or float16, C-contiguous, read in\n"
+           "place. All or nothing: NaN/Inf, a wrong shape or dtype, or too many tokens raise ValueError and\n"
+           "leave the cache unchanged.")
+      .def("decode", &KVCache::decode, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0,
+           "Attention of one query token over every cached token: q [num_q_heads, head_dim] float32\n"
+           "(num_q_heads a multiple of num_kv_heads) -> float32 [num_q_heads, head_dim]. scale defaults to\n"
+           "1/sqrt(head_dim); num_threads 0 uses every OpenMP thread.")
+      .def("attention", &KVCache::attention, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0,
+           "Causal attention for the last n appended tokens (a prefill chunk, drafted tokens):\n"
+           "q [n, num_q_heads, head_dim] float32 -> float32 [n, num_q_heads, head_dim]; query i attends to\n"
+           "tokens 0 .. len(cache) - n + i. With n == 1 it equals decode(q[0]).")
+      .def("clear", &KVCache::clear, "Forgets every token (the memory stays allocated).")
+      .def("page_bytes", &KVCache::page_bytes, "The bytes of the pages in use (uint8), as the C++ cache stores them.")
+      .def("full_precision", &KVCache::full_precision,
+           "The float32 area: the residual ring (keys, then values), then the sink tokens.")
+      .def("_time_decode", &KVCache::time_decode, "q"_a, "iterations"_a, "num_threads"_a = 0,
+           "Seconds per decode measured in C++ without Python in the loop (for benchmarks).")
+      .def("__len__", [](const KVCache& c) { return c.get().size(); }, "Tokens appended.")
       .def("__repr__", &KVCache::repr)
-      .def_prop_ro("capacity", [](const KVCache& c) { return c.get().capacity(); })
-      .def_prop_ro("memory_bytes", [](const KVCache& c) { return c.get().memory_bytes(); })
-      .def_prop_ro("reserved_bytes", [](const KVCache& c) { return c.get().reserved_bytes(); })
-      .def_prop_ro("bits_per_element", [](const KVCache& c) { return c.get().bits_per_element(); })
+      .def_prop_ro("capacity", [](const KVCache& c) { return c.get().capacity(); }, "max_tokens.")
+      .def_prop_ro("memory_bytes", [](const KVCache& c) { return c.get().memory_bytes(); },
+                   "Bytes holding the cached tokens now: pages in use plus the float32 area.")
+      .def_prop_ro("reserved_bytes", [](const KVCache& c) { return c.get().reserved_bytes(); },
+                   "Bytes allocated for max_tokens.")
+      .def_prop_ro("bits_per_element", [](const KVCache& c) { return c.get().bits_per_element(); },
+                   "Bits per cached key or value element of a quantized token, scales and zeros included.")
       .def_prop_ro("key_bits", [](const KVCache& c) { return c.get().config().key_bits; })
       .def_prop_ro("value_bits", [](const KVCache& c) { return c.get().config().value_bits; })
       .def_prop_ro("head_dim", [](const KVCache& c) { return c.get().config().head_dim; })
@@ -301,11 +354,18 @@ NB_MODULE(_skv, m) {
       .def_prop_ro("rotate_keys", [](const KVCache& c) { return c.get().config().options; })
       .def_prop_ro("sinks", [](const KVCache& c) { return c.get().config().options ? 4 : 0; })
       .def_prop_ro("clip", [](const KVCache& c) { return c.get().config().options; })
-      .def_prop_ro("sink_size", [](const KVCache& c) { return c.get().sink_size(); })
-      .def_prop_ro("quantized_size", [](const KVCache& c) { return c.get().quantized_size(); })
-      .def_prop_ro("residual_size", [](const KVCache& c) { return c.get().residual_size(); })
-      .def_prop_ro("default_scale", [](const KVCache& c) { return c.get().default_scale(); });
+      .def_prop_ro("sink_size", [](const KVCache& c) { return c.get().sink_size(); }, "Tokens kept as float32 sinks.")
+      .def_prop_ro("quantized_size", [](const KVCache& c) { return c.get().quantized_size(); },
+                   "Tokens stored quantized.")
+      .def_prop_ro("residual_size", [](const KVCache& c) { return c.get().residual_size(); },
+                   "Tokens still in the float32 residual window.")
+      .def_prop_ro("default_scale", [](const KVCache& c) { return c.get().default_scale(); },
+                   "The softmax scale used when none is given: 1/sqrt(head_dim).");
 
-  m.def("decode_batch", &skv_python::decode_batch, "caches"_a, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0);
-  m.def("compiled", &skv_python::compiled);
+  m.def("decode_batch", &skv_python::decode_batch, "caches"_a, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0,
+        "Decodes many caches of one configuration in one call (one thread pool over all of them):\n"
+        "q [batch, num_q_heads, head_dim] float32 -> float32 [batch, num_q_heads, head_dim].");
+  m.def("compiled", &skv_python::compiled,
+        "The compiled configurations: a list of dicts with key_bits, value_bits, head_dim, residual,\n"
+        "rotate_keys, sinks and clip.");
 }

@@ -258,3 +258,32 @@ def test_torch_tensors_are_accepted(rng):
     b.clear()
     b.append(torch.from_numpy(k).half(), torch.from_numpy(v).half())
     assert_same_state(state(a), state(b))
+
+
+def test_attention_for_many_query_tokens(rng):
+    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=2, max_tokens=512)
+    cache.append(*random_kv(rng, 300, 2, 128))
+    q = rng.standard_normal((37, 8, 128)).astype(np.float32)
+    out = cache.attention(q)
+    assert out.shape == (37, 8, 128) and out.dtype == np.float32
+    # the last query sees every token, as a decode does; one query token runs the decode itself
+    last = cache.decode(q[-1])
+    assert np.abs(out[-1] - last).max() <= 1e-4 * (1 + 4.0)
+    np.testing.assert_array_equal(cache.attention(q[-1:])[0], last)
+    # query i sits at position 263 + i: queries 0..24 must not see tokens 288.. (a new key group), so
+    # changing those tokens changes nothing for them, bit for bit
+    other = skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=2, max_tokens=512)
+    cache.clear()
+    k, v = random_kv(rng, 300, 2, 128)
+    cache.append(k, v)
+    k2, v2 = k.copy(), v.copy()
+    k2[288:] *= 3.0
+    v2[288:] += 1.0
+    other.append(k2, v2)
+    a, b = cache.attention(q), other.attention(q)
+    np.testing.assert_array_equal(a[:25], b[:25])
+    assert np.abs(a[-1] - b[-1]).max() > 0.1
+    with pytest.raises(ValueError, match="between 1 and len"):
+        cache.attention(rng.standard_normal((301, 8, 128)).astype(np.float32))
+    with pytest.raises(ValueError, match="num_q_tokens, num_q_heads, head_dim"):
+        cache.attention(q[0])
