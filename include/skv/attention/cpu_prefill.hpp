@@ -69,7 +69,7 @@ namespace detail {
 
 /// Rows per work item when PrefillOptions::query_rows is 0: enough to amortize a tile's unpacking
 /// over many dot products, few enough that the rows' softmax state stays in L2.
-constexpr int kPrefillRows = 64;
+constexpr int kPrefillRows = 256;
 
 inline int prefill_threads(const PrefillOptions& opt) {
 #if defined(SKV_HAS_OPENMP)
@@ -287,6 +287,15 @@ SKV_FORCEINLINE void dpwssd_bcast(__m512i& acc, __m512i x, const std::int32_t* w
 #endif
 }
 
+/// acc += pairwise products of x and w (registers), in place (see dpwssd_bcast).
+SKV_FORCEINLINE void dpwssd_acc(__m512i& acc, __m512i x, __m512i w) {
+#if defined(SKV_HAS_AVX512VNNI) && (defined(__GNUC__) || defined(__clang__))
+  __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+#else
+  acc = dpwssd(acc, x, w);
+#endif
+}
+
 /// Transposes a 16 x 16 block of int32: rows in + i * ldi become columns out + i * ldo.
 SKV_FORCEINLINE void transpose16_epi32(const std::int32_t* in, std::size_t ldi, std::int32_t* out, std::size_t ldo) {
   __m512i r[16], t[16];
@@ -328,8 +337,16 @@ SKV_FORCEINLINE void key_dots_i16(const std::int32_t* SKV_RESTRICT kt, const std
   for (int p = 0; p < PAIRS; ++p) {
     __m512i x[NV];
     for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_si512(kt + p * LDK + 16 * v);
-    for (int r = 0; r < NR; ++r)
-      for (int v = 0; v < NV; ++v) dpwssd_bcast(acc[r][v], x[v], qp + r * PAIRS + p);
+    for (int r = 0; r < NR; ++r) {
+      // one broadcast per row and pair, used by every token vector (the load ports, not the
+      // multipliers, would otherwise limit the loop)
+      if (NV == 1) {
+        dpwssd_bcast(acc[r][0], x[0], qp + r * PAIRS + p);
+      } else {
+        const __m512i qv = _mm512_set1_epi32(qp[r * PAIRS + p]);
+        for (int v = 0; v < NV; ++v) dpwssd_acc(acc[r][v], x[v], qv);
+      }
+    }
   }
   if (logits != nullptr) {  // the codes carry their zero point: logits straight from the registers
     for (int r = 0; r < NR; ++r) {
@@ -381,9 +398,9 @@ SKV_FORCEINLINE void value_acc_i16(const std::int32_t* SKV_RESTRICT vp, int p0, 
     const std::int32_t* w = wp + p;
     for (int r = 0; r < NR; ++r) {
       for (int k = 0; k < NC; ++k) {
-        const int off = r * LDW + (C0 + 32 * k) / G * LDG;
-        dpwssd_bcast(lo[r][k], xl[k], w + off);
-        dpwssd_bcast(hi[r][k], xh[k], w + off);
+        const __m512i wv = _mm512_set1_epi32(w[r * LDW + (C0 + 32 * k) / G * LDG]);
+        dpwssd_acc(lo[r][k], xl[k], wv);
+        dpwssd_acc(hi[r][k], xh[k], wv);
       }
     }
   }
@@ -417,6 +434,11 @@ inline void value_acc_rows(const std::int32_t* vp, int p0, int p1, const std::in
     value_acc_channels<4, 0, D, LDW, LDG, G>(vp, p0, p1, wp + static_cast<std::size_t>(r) * LDW, out + static_cast<std::size_t>(r) * D);
   for (; r < rows; ++r)
     value_acc_channels<1, 0, D, LDW, LDG, G>(vp, p0, p1, wp + static_cast<std::size_t>(r) * LDW, out + static_cast<std::size_t>(r) * D);
+}
+
+/// Asks for `bytes` from p into L2, one request per 64-byte line.
+inline void prefetch_l2(const std::uint8_t* p, std::size_t bytes) {
+  for (std::size_t i = 0; i < bytes; i += 64) _mm_prefetch(reinterpret_cast<const char*>(p + i), _MM_HINT_T1);
 }
 
 /// Sum of the 16 int32 lanes in int64 (no overflow).
@@ -491,10 +513,14 @@ struct IntPrefill {
     float* s = sc.ks.data();
     float* z = sc.kz.data();
     F::template load_meta<KQ>(kb.scales(), kb.zeros(), (g0 / KQ::kGroupSize) * kD, kD, s, z);
-    std::int16_t* zi = sc.zi.data();
-    for (int c = 0; c < kD; c += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(zi + c),
-                          _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_loadu_ps(z + c))));
+    // 16-bit values are packed with vpackssdw, which orders the channel pairs of each 32 channels as
+    // pairs 0 1 8 9 2 3 10 11 4 5 12 13 6 7 14 15; the codes are permuted the same way (once per
+    // group) so that pair k of a query meets pair k of a key
+    const __m512i pair_order = _mm512_setr_epi32(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15);
+    std::int16_t* zp = sc.zi.data();  // the zero points in packed order
+    for (int c = 0; c < kD; c += 32)
+      _mm512_storeu_si512(zp + c, _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_loadu_ps(z + c)),
+                                                     _mm512_cvtps_epi32(_mm512_loadu_ps(z + c + 16))));
     // |sum_c qi (code - z)| <= 32767 * sum_c max|code - z|: when that fits int32 (always, unless zero
     // points lie far outside the code range) the zero point goes into the codes, once per group, and
     // the logit is one conversion and a multiply; otherwise an exact int64 bias per row
@@ -505,41 +531,43 @@ struct IntPrefill {
       zb = _mm512_max_ps(zb, _mm512_max_ps(_mm512_abs_ps(zc), _mm512_abs_ps(_mm512_sub_ps(_mm512_set1_ps(kMaxCode), zc))));
     }
     const bool narrow = _mm512_reduce_max_ps(zb) * kD <= 65535.0f;
-    // codes of the group (minus the zero points when narrow), transposed to [channel pair][token]
+    // codes of the group (minus the zero points when narrow) in packed pair order, transposed to
+    // [channel pair][token]
     std::uint16_t* codes = sc.codes.data();
     for (int i = 0; i < kKG; ++i) {
       std::uint16_t* row = codes + static_cast<std::size_t>(i) * kD;
       unpack_row_u16<KQ::kBits>(kb.row(g0 + i), kD, row);
-      if (narrow)
-        for (int c = 0; c < kD; c += 32)
-          _mm512_storeu_si512(row + c, _mm512_sub_epi16(_mm512_loadu_si512(row + c), _mm512_loadu_si512(zi + c)));
+      for (int c = 0; c < kD; c += 32) {
+        __m512i x = _mm512_permutexvar_epi32(pair_order, _mm512_loadu_si512(row + c));
+        if (narrow) x = _mm512_sub_epi16(x, _mm512_loadu_si512(zp + c));
+        _mm512_storeu_si512(row + c, x);
+      }
     }
     const std::int32_t* c32 = reinterpret_cast<const std::int32_t*>(codes);
     for (int tb = 0; tb < kKG; tb += 16)
       for (int pb = 0; pb < kPairs; pb += 16)
         transpose16_epi32(c32 + static_cast<std::size_t>(tb) * kPairs + pb, kPairs,
                           sc.kt.data() + static_cast<std::size_t>(pb) * kKG + tb, kKG);
-    // the rows' scaled queries in 16 bits, and their zero-point bias (exact)
+    // the rows' scaled queries in 16 bits (packed order), and their zero-point bias when not narrow
+    constexpr int kV = kD / 16;
     for (int r = 0; r < rows; ++r) {
       const float* q = q0 + static_cast<std::size_t>(r) * kD;
-      float* qs = sc.qs.data();
+      __m512 v[kV];
       __m512 vm = _mm512_setzero_ps();
-      for (int c = 0; c < kD; c += 16) {
-        const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(q + c), _mm512_loadu_ps(s + c));
-        _mm512_storeu_ps(qs + c, v);
-        vm = _mm512_max_ps(vm, _mm512_abs_ps(v));
+      for (int k = 0; k < kV; ++k) {
+        v[k] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * k), _mm512_loadu_ps(s + 16 * k));
+        vm = _mm512_max_ps(vm, _mm512_abs_ps(v[k]));
       }
       const float m = _mm512_reduce_max_ps(vm);
       const float step = m > 0.0f ? 32767.0f / m : 0.0f;
       const __m512 vstep = _mm512_set1_ps(step);
       std::int16_t* qi = sc.qi.data() + static_cast<std::size_t>(r) * kD;
       __m512i bias = _mm512_setzero_si512();  // |pair sums| <= 2 * 32767 * 2048, at most 8 per lane
-      for (int c = 0; c < kD; c += 32) {
-        const __m256i a = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qs + c), vstep)));
-        const __m256i b = _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qs + c + 16), vstep)));
-        const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
-        _mm512_storeu_si512(qi + c, ab);
-        if (!narrow) bias = _mm512_add_epi32(bias, _mm512_madd_epi16(ab, _mm512_loadu_si512(zi + c)));
+      for (int k = 0; k < kV; k += 2) {
+        const __m512i packed = _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v[k], vstep)),
+                                                  _mm512_cvtps_epi32(_mm512_mul_ps(v[k + 1], vstep)));
+        _mm512_storeu_si512(qi + 16 * k, packed);
+        if (!narrow) bias = _mm512_add_epi32(bias, _mm512_madd_epi16(packed, _mm512_loadu_si512(zp + 16 * k)));
       }
       if (narrow) {
         sc.qinv_f[r] = m > 0.0f ? m / 32767.0f : 0.0f;
@@ -633,16 +661,16 @@ struct IntPrefill {
       const __m512 vm = _mm512_set1_ps(st.m[r]);
       const __m512 ninf = _mm512_set1_ps(kNegInf);
       __m512 lsum = _mm512_setzero_ps();
-      float* w = sc.w.data();
+      constexpr int kTV = kT / 16;
+      __m512 w[kJ][kTV];  // the folded weights stay in registers
       __m512 wmax = _mm512_setzero_ps();
-      for (int i = 0; i < kT; i += 16) {
-        const __m512 x = _mm512_loadu_ps(lr + i);
+      for (int i = 0; i < kTV; ++i) {
+        const __m512 x = _mm512_loadu_ps(lr + 16 * i);
         const __m512 p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, ninf, _CMP_NEQ_OQ), vexp_nonpositive(_mm512_sub_ps(x, vm)));
         lsum = _mm512_add_ps(lsum, p);
         for (int j = 0; j < kJ; ++j) {
-          const __m512 wj = _mm512_mul_ps(p, _mm512_loadu_ps(vs + j * kT + i));
-          _mm512_storeu_ps(w + j * kT + i, wj);
-          wmax = _mm512_max_ps(wmax, wj);
+          w[j][i] = _mm512_mul_ps(p, _mm512_loadu_ps(vs + j * kT + 16 * i));
+          wmax = _mm512_max_ps(wmax, w[j][i]);
         }
       }
       st.l[r] += _mm512_reduce_add_ps(lsum);
@@ -653,12 +681,12 @@ struct IntPrefill {
       std::int16_t* wi = sc.wi.data() + static_cast<std::size_t>(r) * kJ * kT;
       for (int j = 0; j < kJ; ++j) {
         __m512i zacc = _mm512_setzero_si512();  // pair sums <= 2 * 32767 * 2048, kT / 32 <= 2 per lane
-        for (int i = 0; i < kT; i += 32) {
-          const __m256i x0 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(w + j * kT + i), vstep)));
-          const __m256i x1 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(w + j * kT + i + 16), vstep)));
+        for (int i = 0; i < kTV; i += 2) {
+          const __m256i x0 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(w[j][i], vstep)));
+          const __m256i x1 = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(w[j][i + 1], vstep)));
           const __m512i x = _mm512_inserti64x4(_mm512_castsi256_si512(x0), x1, 1);
-          _mm512_storeu_si512(wi + j * kT + i, x);
-          if (!narrow) zacc = _mm512_add_epi32(zacc, _mm512_madd_epi16(x, _mm512_loadu_si512(zv + j * kT + i)));
+          _mm512_storeu_si512(wi + j * kT + 16 * i, x);
+          if (!narrow) zacc = _mm512_add_epi32(zacc, _mm512_madd_epi16(x, _mm512_loadu_si512(zv + j * kT + 16 * i)));
         }
         if (!narrow) sc.zsum[static_cast<std::size_t>(r) * kJ + j] = reduce_add_epi32_wide(zacc);
       }
@@ -835,6 +863,9 @@ struct FastPrefill {
         if (sc.tile_logits.size() < static_cast<std::size_t>(rows) * I::kT) sc.tile_logits.resize(static_cast<std::size_t>(rows) * I::kT);
         F::prefetch_block(view.head_block(j, h), Layout::kHeadBytes);
         for (int jt = j - j % I::kT; jt < jend; jt += I::kT) {
+          // the block two pages ahead into L2 (a tile of many rows takes microseconds, so one page of
+          // lead hides DRAM latency; L2 requests do not crowd the L1 fill buffers)
+          if (jt % kPage == 0 && jt + 2 * kPage < jend) prefetch_l2(view.head_block(jt + 2 * kPage, h), Layout::kHeadBytes);
           if (jt % kPage == 0 && jt + kPage < jend) F::prefetch_block(view.head_block(jt + kPage, h), Layout::kHeadBytes);
           const int ja = std::max(j, jt), jb = std::min(jend, jt + I::kT);
           const int tile_rows = cr.rows_seeing(kSinks + ja);
