@@ -7,6 +7,8 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 namespace test_cache {
@@ -26,18 +28,35 @@ std::vector<std::uint8_t> page_bytes(const Cache& cache) {
   return std::vector<std::uint8_t>(v.pages, v.pages + n);
 }
 
+// The short form's layout as the bytes show it (its constants are checked at compile time in
+// tests/headers/static_facts.cpp): keys in groups of 32 tokens per channel, values in groups of 64
+// channels per token, and a page of 64 tokens and one head taking 64 * 120 bytes.
 TEST(Cache, CompileTimeFacts) {
   using C = skv::KVCache<4, 2>;
-  static_assert(C::kKeyBits == 4 && C::kValueBits == 2 && C::kHeadDim == 128, "short form");
-  static_assert(C::kPageSize == 64 && C::KeyQuantizer::kGroupSize == 32 && C::ValueQuantizer::kGroupSize == 64, "");
-  static_assert(C::KeyQuantizer::kAxis == skv::Axis::Channel && C::ValueQuantizer::kAxis == skv::Axis::Token, "");
-  // keys: 4 bits + 32 bits of fp16 scale+zero per 32 tokens = 5 bits; values: 2 + 32/64 = 2.5 bits
-  static_assert(C::bytes_per_token() == 128 * (5.0 + 2.5) / 8, "exact bytes per token per KV head");
-  static_assert(C::bits_per_element() == 3.75, "");
-  static_assert(skv::KVCache<4, 2, 64>::ValueQuantizer::kGroupSize == 64, "");
-  static_assert(skv::KVCache<4, 2, 96>::ValueQuantizer::kGroupSize == 32, "largest power of two dividing 96");
-  static_assert(skv::KVCache<3, 5>::bytes_per_token() == 128 * (4.0 + 5.5) / 8, "dense 3 and 5 bits");
-  EXPECT_EQ(C::Layout::kHeadBytes, 64u * 120u);
+  constexpr int H = 2, D = 128, N = 128;
+  C cache(H, N);
+  const auto k = random_tokens(N, H, D, 31), v = random_tokens(N, H, D, 32);
+  cache.append(k.data(), v.data(), N);
+  const auto view = cache.view();
+  EXPECT_EQ(view.head_block(0, 1) - view.head_block(0, 0), 64 * 120);
+  EXPECT_EQ(view.head_block(64, 0) - view.head_block(0, 0), 2 * 64 * 120);
+  EXPECT_EQ(cache.memory_bytes(), 2u * 2u * 64u * 120u + C::Layout::residual_floats(H) * sizeof(float));
+  EXPECT_EQ(static_cast<double>(cache.memory_bytes() - C::Layout::residual_floats(H) * sizeof(float)),
+            C::bytes_per_token() * N * H);
+  int key_groups_differ = 0, value_groups_differ = 0;
+  for (int c = 0; c < D; ++c) {
+    // one key scale per channel for tokens [0, 32), another for [32, 64)
+    for (int t = 1; t < 32; ++t) ASSERT_EQ(view.keys(t, 1).params(t, c).scale, view.keys(0, 1).params(0, c).scale);
+    key_groups_differ += view.keys(32, 1).params(32, c).scale != view.keys(0, 1).params(0, c).scale;
+  }
+  for (int t = 0; t < 64; ++t) {
+    // one value scale per token for all 64 channels of a group, another for the next group
+    for (int c = 1; c < 64; ++c) ASSERT_EQ(view.values(t, 0).params(t, c).scale, view.values(t, 0).params(t, 0).scale);
+    value_groups_differ += view.values(t, 0).params(t, 64).scale != view.values(t, 0).params(t, 0).scale;
+  }
+  // distinct groups: distinct scales, except where two ranges round to the same fp16 number
+  EXPECT_GT(key_groups_differ, D * 3 / 4);
+  EXPECT_GT(value_groups_differ, 64 * 3 / 4);
 }
 
 TEST(Cache, SizesAndMemoryAccounting) {
@@ -142,18 +161,34 @@ TEST(Cache, BlocksAreQuantizedOnceWhateverTheChunking) {
   EXPECT_EQ(page_bytes(whole), page_bytes(chunks));
 }
 
+/// Every byte of a cache's pages and every float of its full-precision area (residual ring and sinks).
 template <class Cache>
-void expect_unchanged(const Cache& cache, const std::vector<std::uint8_t>& bytes, int size) {
+std::pair<std::vector<std::uint8_t>, std::vector<float>> cache_state(const Cache& cache) {
+  const auto v = cache.view();
+  const float* r = v.residual;
+  return {page_bytes(cache), std::vector<float>(r, r + Cache::Layout::residual_floats(v.num_kv_heads))};
+}
+
+template <class Cache>
+void expect_unchanged(const Cache& cache, const std::pair<std::vector<std::uint8_t>, std::vector<float>>& state, int size) {
   EXPECT_EQ(cache.size(), size);
-  EXPECT_EQ(page_bytes(cache), bytes);
+  const auto now = cache_state(cache);
+  EXPECT_EQ(now.first, state.first);
+  ASSERT_EQ(now.second.size(), state.second.size());
+  EXPECT_EQ(std::memcmp(now.second.data(), state.second.data(), now.second.size() * sizeof(float)), 0);
 }
 
 TEST(Cache, BadInputThrowsAndLeavesTheCacheUnchanged) {
   constexpr int H = 2, D = 64;
-  skv::KVCache<4, 2, D> cache(H, 70);
+  // sinks and a residual window, so that every part of the cache can be checked
+  skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>, skv::Quantizer<2, 64, skv::Axis::Token>, D, 64, 32,
+                    skv::Options<skv::Sinks<4>>>
+      cache(H, 70);
   auto k = random_tokens(70, H, D, 7), v = random_tokens(70, H, D, 8);
   cache.append(k.data(), v.data(), 33);
-  const auto bytes = page_bytes(cache);
+  ASSERT_EQ(cache.sink_size(), 4);
+  ASSERT_EQ(cache.residual_size(), 29);
+  const auto bytes = cache_state(cache);
 
   EXPECT_THROW(cache.append(k.data(), v.data(), 38), skv::Error);  // 33 + 38 > 70
   expect_unchanged(cache, bytes, 33);
@@ -171,6 +206,9 @@ TEST(Cache, BadInputThrowsAndLeavesTheCacheUnchanged) {
       FAIL() << "accepted " << bad;
     } catch (const skv::Error& e) {
       EXPECT_NE(std::string(e.what()).find("keys at token 36, head 1, dim 63"), std::string::npos) << e.what();
+      if (std::isfinite(bad)) {  // numbers as people write them, not "32752.000000"
+        EXPECT_NE(std::string(e.what()).find("|x| <= 32752 required"), std::string::npos) << e.what();
+      }
     }
     expect_unchanged(cache, bytes, 33);
     auto v2 = v;
@@ -273,6 +311,105 @@ TEST(Cache, ViewOverEngineMemoryWithAShuffledBlockTable) {
   skv::SequenceView<L> null_view = view;
   null_view.residual = nullptr;
   EXPECT_THROW(skv::append(null_view, k.data(), v.data(), 1), skv::Error);
+}
+
+// Two entries of one sequence's block table naming the same pool page would let a later block
+// overwrite an earlier one: append finds the repeat when it starts the page, and writes nothing.
+TEST(Cache, AppendRejectsAPageUsedTwiceByOneSequence) {
+  constexpr int H = 1, D = 64, N = 200;
+  using L = skv::KVCache<4, 2, D>::Layout;
+  const auto k = random_tokens(N, H, D, 40), v = random_tokens(N, H, D, 41);
+  for (int chunk : {1, 7, 200}) {
+    std::vector<std::uint8_t> pool(L::page_bytes(H) * 4);
+    std::vector<float> ring(L::residual_floats(H));
+    const std::vector<std::int32_t> table = {3, 1, 3, 0};
+    skv::SequenceView<L> view;
+    view.pages = pool.data();
+    view.block_table = table.data();
+    view.residual = ring.data();
+    view.num_pages = 4;
+    view.max_pages = 4;
+    view.num_kv_heads = H;
+    int done = 0;
+    bool threw = false;
+    while (done < N && !threw) {
+      const int n = std::min(chunk, N - done);
+      const int before = view.length;
+      const auto pool_before = pool;
+      try {
+        skv::append(view, k.data() + static_cast<std::size_t>(done) * H * D, v.data() + static_cast<std::size_t>(done) * H * D, n);
+        done += n;
+      } catch (const skv::Error& e) {
+        threw = true;
+        EXPECT_NE(std::string(e.what()).find("entries 0 and 2 both name pool page 3"), std::string::npos) << e.what();
+        EXPECT_EQ(view.length, before);
+        EXPECT_EQ(pool, pool_before);
+        // the first block of logical page 2 (quantized index 128) is what this call would have written
+        EXPECT_GT(L::quantized_length(before + n), 128);
+        EXPECT_LE(L::quantized_length(before), 128);
+      }
+    }
+    EXPECT_TRUE(threw) << chunk;
+  }
+}
+
+// A view's capacity is computed in 64 bits and saturates at INT_MAX (a length is an int), so a huge
+// block table neither overflows nor blocks appends.
+TEST(Cache, CapacityOfHugeViewsDoesNotOverflow) {
+  using L = skv::KVCache<2, 2, 8>::Layout;
+  skv::SequenceView<L> view;
+  view.max_pages = std::numeric_limits<int>::max() / 64 + 1;
+  EXPECT_EQ(view.capacity(), std::numeric_limits<int>::max());
+  view.max_pages = std::numeric_limits<int>::max();
+  EXPECT_EQ(view.capacity(), std::numeric_limits<int>::max());
+  view.max_pages = 1000;
+  EXPECT_EQ(view.capacity(), 64000);
+
+  std::vector<std::uint8_t> pool(L::page_bytes(1) * 2);
+  std::vector<float> ring(L::residual_floats(1));
+  std::vector<std::int32_t> table = {1, 0};
+  view.pages = pool.data();
+  view.block_table = table.data();
+  view.residual = ring.data();
+  view.num_pages = 2;
+  view.max_pages = std::numeric_limits<int>::max() / 64 + 1;  // more entries than exist: only those written are read
+  view.num_kv_heads = 1;
+  const auto k = random_tokens(100, 1, 8, 42), v = random_tokens(100, 1, 8, 43);
+  skv::append(view, k.data(), v.data(), 100);
+  EXPECT_EQ(view.length, 100);
+  EXPECT_EQ(view.quantized_length(), 96);
+}
+
+// Shapes no host can hold are an skv::Error before anything is allocated, and the fp16 append checks
+// its arguments before it widens them into float copies.
+TEST(Cache, AbsurdSizesAreErrorsBeforeAnyAllocation) {
+  EXPECT_THROW((skv::KVCache<4, 2>(std::numeric_limits<int>::max(), 0)), skv::Error);
+  EXPECT_THROW((skv::KVCache<4, 2>(std::numeric_limits<int>::max(), 1 << 20)), skv::Error);
+  EXPECT_THROW((skv::KVCache<8, 8>(1 << 16, std::numeric_limits<int>::max())), skv::Error);
+  try {
+    skv::KVCache<4, 2>(std::numeric_limits<int>::max(), 0);
+  } catch (const skv::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("more than 2^40 bytes"), std::string::npos) << e.what();
+  }
+
+  using L = skv::KVCache<4, 2, 64>::Layout;
+  std::vector<std::uint8_t> pool(L::page_bytes(1));
+  std::vector<float> ring(L::residual_floats(1));
+  const std::vector<std::int32_t> table = {0};
+  skv::SequenceView<L> view;
+  view.pages = pool.data();
+  view.block_table = table.data();
+  view.residual = ring.data();
+  view.num_pages = 1;
+  view.max_pages = 1;
+  view.num_kv_heads = 1;
+  std::vector<skv::fp16> hk(64, skv::to_fp16(1.0f)), hv = hk;
+  // 2^31 tokens would be 2 * 2^31 * 64 floats of copies: the capacity check comes first
+  EXPECT_THROW(skv::append(view, hk.data(), hv.data(), std::numeric_limits<int>::max()), skv::Error);
+  skv::SequenceView<L> bad = view;
+  bad.residual = nullptr;
+  EXPECT_THROW(skv::append(bad, hk.data(), hv.data(), std::numeric_limits<int>::max()), skv::Error);
+  EXPECT_EQ(view.length, 0);
 }
 
 }  // namespace test_cache

@@ -13,7 +13,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <thread>
 #include <vector>
 
 namespace test_cpu_fast {
@@ -51,17 +53,39 @@ TEST(CpuFast, VectorUnpackEqualsScalarUnpackForEveryWidth) {
   check_unpack<8>(8);
 }
 
+// The fast path feeds exp_shifted every x - max(x): any value in [-inf, 0]. Down to -87 the result
+// is within 4e-7 relative of exp; below, where exp underflows, it is a tiny non-negative number
+// (at most exp(-87)) that no sum of probabilities can notice, never a NaN or a negative value.
 TEST(CpuFast, ExpMatchesLibm) {
-  std::vector<float> x(1000), out(1000);
-  for (int i = 0; i < 1000; ++i) x[i] = -87.0f * static_cast<float>(i) / 999.0f;
-  const float sum = skv::cpu::detail::exp_shifted(x.data(), 0.0f, 1000, out.data());
+  std::vector<float> x;
+  for (int i = 0; i <= 4000; ++i) x.push_back(-87.0f * static_cast<float>(i) / 4000.0f);
+  for (float v = -87.0f; v > -3e38f; v *= 1.37f) x.push_back(v);  // underflow down to -FLT_MAX
+  x.push_back(-std::numeric_limits<float>::max());
+  x.push_back(-std::numeric_limits<float>::infinity());
+  x.push_back(-std::numeric_limits<float>::denorm_min());
+  const int n = static_cast<int>(x.size());
+  std::vector<float> out(x.size(), -1.0f);
+  const float sum = skv::cpu::detail::exp_shifted(x.data(), 0.0f, n, out.data());
   double ref_sum = 0.0;
-  for (int i = 0; i < 1000; ++i) {
+  const double tiny = std::exp(-87.0) * (1.0 + 1e-6);
+  for (int i = 0; i < n; ++i) {
     const double e = std::exp(static_cast<double>(x[i]));
     ref_sum += e;
-    EXPECT_NEAR(out[i], e, 4e-7 * e) << x[i];
+    if (x[i] >= -87.0f) {
+      EXPECT_NEAR(out[i], e, 4e-7 * e) << x[i];
+    } else {
+      EXPECT_GE(out[i], 0.0f) << x[i];
+      EXPECT_LE(out[i], tiny) << x[i];
+    }
   }
-  EXPECT_NEAR(sum, ref_sum, 1e-6 * ref_sum);
+  EXPECT_NEAR(sum, ref_sum, 4e-6 * ref_sum);  // a float sum of 4000 terms
+  // the same through a shift: x - m with m > 0, and the largest logits a cache can produce
+  const float m = 3e38f;
+  std::vector<float> y = {m, m - 1e33f, 0.0f, -m};
+  std::vector<float> oy(y.size());
+  skv::cpu::detail::exp_shifted(y.data(), m, static_cast<int>(y.size()), oy.data());
+  EXPECT_EQ(oy[0], 1.0f);
+  for (std::size_t i = 1; i < y.size(); ++i) EXPECT_TRUE(oy[i] >= 0.0f && oy[i] <= tiny) << i;
 }
 
 /// Largest |value| the attention can see: bounds the output error.
@@ -171,6 +195,153 @@ TEST(CpuFast, BatchOfRaggedSequencesEqualsOneCallPerSequence) {
   for (int i = 0; i < nq * D; ++i) EXPECT_EQ(out[static_cast<std::size_t>(4) * nq * D + i], 0.0f);
 }
 
+// Keys whose channels sit far from zero (an offset of 200 on four channels, as real models have)
+// get zero points near 2048; the fast path must keep its documented tolerance on them too.
+template <class Cache>
+void check_offset_channels(unsigned seed) {
+  constexpr int D = Cache::kHeadDim, H = 2, G = 4, N = 517;
+  Cache cache(H, N);
+  auto k = random_floats(static_cast<std::size_t>(N) * H * D, seed, 3.0f);
+  for (std::size_t i = 0; i < k.size(); ++i)
+    if (i % D == 3 || i % D == 17 || i % D == 64 || i % D == 101) k[i] += 200.0f;
+  const auto v = random_floats(static_cast<std::size_t>(N) * H * D, seed + 1);
+  cache.append(k.data(), v.data(), N);
+  const auto q = random_floats(static_cast<std::size_t>(H) * G * D, seed + 2, 4.0f);
+  const float scale = skv::cpu::default_scale<typename Cache::Layout>();
+  std::vector<float> ref(q.size()), out(q.size());
+  skv::cpu::decode_attention_reference(cache.view(), q.data(), H * G, ref.data(), scale);
+  skv::cpu::decode_attention(cache.view(), q.data(), H * G, out.data(), scale);
+  const float tol = skv::cpu::kFastTolerance * (1.0f + max_abs_value(cache.view()));
+  float worst = 0.0f;
+  for (std::size_t i = 0; i < out.size(); ++i) worst = std::max(worst, std::fabs(out[i] - ref[i]));
+  EXPECT_LE(worst, tol) << "K" << Cache::kKeyBits << "V" << Cache::kValueBits << " seed " << seed;
+}
+
+TEST(CpuFast, MatchesReferenceOnKeysWithOffsetChannels) {
+  for (unsigned seed : {1u, 2u, 3u, 4u}) {
+    check_offset_channels<skv::KVCache<4, 2>>(seed);
+    check_offset_channels<skv::KVCache<8, 4>>(seed);
+    check_offset_channels<skv::KVCache<2, 2>>(seed);
+    check_offset_channels<skv::KVCache<4, 4, 64>>(seed);
+  }
+}
+
+// A block-table entry outside the pool is an error of the call, found before any page is read.
+TEST(CpuFast, RejectsBlockTableEntriesOutsideThePool) {
+  using C = skv::KVCache<4, 2, 64>;
+  using L = C::Layout;
+  constexpr int H = 1, D = 64, N = 150;
+  const auto k = random_floats(static_cast<std::size_t>(N) * H * D, 5), v = random_floats(k.size(), 6);
+  std::vector<std::uint8_t> pool(L::page_bytes(H) * 3);
+  std::vector<float> ring(L::residual_floats(H));
+  std::vector<std::int32_t> table = {2, 0, 1};
+  skv::SequenceView<L> view;
+  view.pages = pool.data();
+  view.block_table = table.data();
+  view.residual = ring.data();
+  view.num_pages = 3;
+  view.max_pages = 3;
+  view.num_kv_heads = H;
+  skv::append(view, k.data(), v.data(), N);
+  const auto q = random_floats(static_cast<std::size_t>(2) * D, 7);
+  std::vector<float> out(q.size());
+  skv::cpu::decode_attention(view, q.data(), 2, out.data());  // valid: fine
+  for (std::int32_t bad : {1000, -1, 3}) {
+    table[1] = bad;
+    EXPECT_THROW(skv::cpu::decode_attention(view, q.data(), 2, out.data()), skv::Error) << bad;
+    EXPECT_THROW(skv::cpu::decode_attention_reference(view, q.data(), 2, out.data(), 0.1f), skv::Error) << bad;
+    EXPECT_THROW(skv::cpu::decode_attention_batch(&view, 1, q.data(), 2, out.data(), 0.1f), skv::Error) << bad;
+  }
+  // entries past the quantized tokens are not read, so they may hold anything
+  table[1] = 0;
+  table[2] = -5;
+  view.length = 100;  // quantized tokens [0, 96): pages 0 and 1
+  EXPECT_NO_THROW(skv::cpu::decode_attention(view, q.data(), 2, out.data()));
+}
+
+// Groups whose magnitudes are float denormals (below ~1e-42) have a scale that underflows to 0:
+// they are stored as zeros, and every path (scalar, vector quantizer, fast decode, reference) agrees.
+TEST(CpuFast, GroupsOfDenormalsAreStoredAsZerosOnEveryPath) {
+  using C = skv::KVCache<4, 2, 64>;
+  constexpr int H = 1, D = 64, N = 96;
+  auto k = random_floats(static_cast<std::size_t>(N) * H * D, 8);
+  auto v = random_floats(k.size(), 9);
+  const float tiny = std::numeric_limits<float>::denorm_min();
+  for (int t = 32; t < 64; ++t)  // the second key group of every channel: constant, or two neighbouring denormals
+    for (int c = 0; c < D; ++c)
+      k[static_cast<std::size_t>(t) * D + c] = c % 2 ? 1e-42f : tiny * static_cast<float>((t + c) % 2);
+  for (int c = 0; c < D; ++c) v[static_cast<std::size_t>(40) * D + c] = -tiny * static_cast<float>(c % 2);  // a value row
+  C cache(H, N);
+  cache.append(k.data(), v.data(), N);
+  const auto view = cache.view();
+  for (int c = 0; c < D; ++c) {
+    const auto kp = view.keys(40, 0).params(40, c);
+    ASSERT_EQ(kp.scale, 0.0f) << c;
+    ASSERT_EQ(kp.zero, 0.0f) << c;
+    ASSERT_EQ(view.key(40, 0, c), 0.0f) << c;
+    ASSERT_EQ(view.value(40, 0, c), 0.0f) << c;
+  }
+  const auto q = random_floats(static_cast<std::size_t>(2) * D, 10);
+  std::vector<float> ref(q.size()), out(q.size());
+  skv::cpu::decode_attention_reference(view, q.data(), 2, ref.data(), 0.125f);
+  skv::cpu::decode_attention(view, q.data(), 2, out.data(), 0.125f);
+  const float tol = skv::cpu::kFastTolerance * (1.0f + max_abs_value(view));
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(ref[i])) << i;
+    ASSERT_NEAR(out[i], ref[i], tol) << i;
+  }
+}
+
+// The fast path folds the softmax scale into the query in float: scales whose product with q could
+// overflow a logit are rejected (they gave NaN); large scales below that bound still work.
+TEST(CpuFast, RejectsScalesWhoseLogitsCouldOverflow) {
+  skv::KVCache<4, 2> cache(1, 64);
+  const auto k = random_floats(64 * 128, 11), v = random_floats(64 * 128, 12);
+  cache.append(k.data(), v.data(), 64);
+  const auto q = random_floats(128, 13);
+  std::vector<float> out(128), ref(128);
+  for (float scale : {1e38f, -1e38f, 3e33f}) {
+    EXPECT_THROW(skv::cpu::decode_attention(cache, q.data(), 1, out.data(), scale), skv::Error) << scale;
+    EXPECT_THROW(skv::cpu::decode_attention_reference(cache, q.data(), 1, out.data(), scale), skv::Error) << scale;
+  }
+  skv::cpu::decode_attention(cache, q.data(), 1, out.data(), 1e20f);
+  skv::cpu::decode_attention_reference(cache, q.data(), 1, ref.data(), 1e20f);
+  for (int i = 0; i < 128; ++i) {
+    ASSERT_TRUE(std::isfinite(out[i])) << i;
+    ASSERT_NEAR(out[i], ref[i], 1e-3f) << i;  // one token takes all the weight on both paths
+  }
+}
+
+// Attention only reads the cache: many threads decoding one const cache at once get exactly what one
+// thread gets (each call single-threaded, so every call does the same float operations).
+TEST(CpuFast, ConcurrentDecodesOfOneConstCacheAgree) {
+  using C = skv::KVCache<4, 2>;
+  const int kv = 2, nq = 8, n = 300;
+  C cache(kv, n);
+  const auto k = random_floats(static_cast<std::size_t>(n) * kv * 128, 70), v = random_floats(k.size(), 71);
+  cache.append(k.data(), v.data(), n);
+  const C& shared = cache;
+  const auto q = random_floats(static_cast<std::size_t>(nq) * 128, 72);
+  skv::cpu::DecodeOptions one;
+  one.num_threads = 1;
+  std::vector<float> want(q.size());
+  skv::cpu::decode_attention(shared, q.data(), nq, want.data(), 0.1f, one);
+  std::vector<std::vector<float>> got(4, std::vector<float>(q.size()));
+  std::vector<int> same(4, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      int ok = 1;
+      for (int rep = 0; rep < 20; ++rep) {
+        skv::cpu::decode_attention(shared, q.data(), nq, got[static_cast<std::size_t>(t)].data(), 0.1f, one);
+        ok &= got[static_cast<std::size_t>(t)] == want;
+      }
+      same[static_cast<std::size_t>(t)] = ok;
+    });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(same[static_cast<std::size_t>(t)], 1) << t;
+}
+
 TEST(CpuFast, RejectsBadArguments) {
   skv::KVCache<4, 2> cache(2, 64);
   std::vector<float> q(4 * 128, 0.5f), out(4 * 128);
@@ -187,8 +358,10 @@ void check_block_bytes(unsigned seed) {
   using TL = skv::TensorLayout<Q, D, P>;
   constexpr int kRows = Q::kAxis == skv::Axis::Channel ? Q::kGroupSize : 4;
   const std::size_t stride = 3 * D;  // rows of one head inside [token][head][dim]
-  for (int variant = 0; variant < 4; ++variant) {
-    auto x = random_floats(stride * kRows, seed + variant, variant == 3 ? 1e-3f : 2.0f, variant == 1 ? 40.0f : 0.0f);
+  for (int variant = 0; variant < 5; ++variant) {
+    // variant 4: denormals, whose groups' scales underflow to 0
+    const float sigma = variant == 3 ? 1e-3f : (variant == 4 ? 1e-42f : 2.0f);
+    auto x = random_floats(stride * kRows, seed + variant, sigma, variant == 1 ? 40.0f : 0.0f);
     if (variant == 2) {  // constant groups, zeros and exact integers
       for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i % 5 == 0) ? 0.0f : (i % 3 == 0 ? -2.0f : 3.0f);
     }

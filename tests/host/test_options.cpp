@@ -93,19 +93,37 @@ void expect_fast_matches_reference(const Cache& cache, const std::vector<float>&
 
 // ---------------------------------------------------------------- options as types
 
+// Options in any order give the same cache; what each option does reaches the stored bytes (the
+// option constants themselves are checked at compile time in tests/headers/static_facts.cpp).
 TEST(Options, CombineInAnyOrderAndReachTheLayout) {
-  using A = skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::ClipValues>;
-  using B = skv::Options<skv::ClipValues, skv::Sinks<4>, skv::RotateKeys>;
-  static_assert(A::kRotateKeys && B::kRotateKeys && A::kSinkTokens == 4 && B::kSinkTokens == 4, "");
-  static_assert(A::kClipValues && !A::kClipKeys && A::kRotationSeed == skv::kDefaultRotationSeed, "");
-  static_assert(skv::Options<skv::RotateKeysWithSeed<7>>::kRotationSeed == 7, "");
-  static_assert(!skv::Options<>::kRotateKeys && skv::Options<>::kSinkTokens == 0, "");
-  using C = skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>;
-  static_assert(C::kRotateKeys && C::kSinkTokens == 4 && C::kKeyBits == 4 && C::kValueBits == 2, "");
-  static_assert(std::is_same<skv::KVCache<4, 2>, skv::KVCache<4, 2, 128>>::value, "");
-  SUCCEED();
+  using A = skv::KVCache<4, 2, kD, skv::RotateKeys, skv::Sinks<4>, skv::ClipValues>;
+  using B = skv::KVCache<4, 2, kD, skv::ClipValues, skv::Sinks<4>, skv::RotateKeys>;
+  const int n = 100;
+  const auto k = random_tensor(n, 3, 6.0f), v = random_tensor(n, 4);
+  A a(kHeads, n);
+  B b(kHeads, n);
+  a.append(k.data(), v.data(), n);
+  b.append(k.data(), v.data(), n);
+  EXPECT_EQ(a.sink_size(), 4);
+  EXPECT_EQ(a.quantized_size(), 96);
+  const auto va = a.view();
+  const auto vb = b.view();
+  EXPECT_EQ(std::memcmp(va.pages, vb.pages, A::Layout::page_bytes(kHeads) * 2), 0);
+  EXPECT_EQ(std::memcmp(va.residual, vb.residual, A::Layout::residual_floats(kHeads) * sizeof(float)), 0);
+  // rotated keys: the stored sink key is R k, not k; the sink value is v itself
+  bool rotated = false;
+  for (int c = 0; c < kD; ++c) {
+    rotated = rotated || va.key(0, 1, c) != k[kD + c];
+    ASSERT_EQ(va.value(0, 1, c), v[kD + c]);
+  }
+  EXPECT_TRUE(rotated);
+  // without the options, the same input gives other bytes
+  skv::KVCache<4, 2, kD> plain(kHeads, n);
+  plain.append(k.data(), v.data(), n);
+  EXPECT_NE(std::memcmp(plain.view().pages, va.pages, A::Layout::page_bytes(kHeads) * 2), 0);
 }
 
+// ---------------------------------------------------------------- rotation
 // ---------------------------------------------------------------- rotation
 
 TEST(Options, RotatedKeysAreStoredAsRotatedInputs) {
@@ -249,6 +267,35 @@ TEST(Options, SinkCachesMatchTheReference) {
     expect_fast_matches_reference(a, q, "k4v2+sink4");
     expect_fast_matches_reference(b, q, "token keys, channel values, residual 32, sink70");
   }
+}
+
+// A cache that holds only sink tokens (max_tokens <= N for Sinks<N>) has no pages at all, and
+// still appends and decodes; so does a view over engine memory with no pages and no block table.
+TEST(Options, CachesOfSinkTokensOnlyAppendAndDecode) {
+  const auto k = random_tensor(4, 30), v = random_tensor(4, 31);
+  const auto q = random_tensor(kQHeads / kHeads, 32);
+  for (int max_tokens : {1, 3, 4}) {
+    skv::KVCache<4, 2, kD, skv::Sinks<4>> cache(kHeads, max_tokens);
+    cache.append(k.data(), v.data(), max_tokens);
+    EXPECT_EQ(cache.sink_size(), max_tokens);
+    expect_fast_matches_reference(cache, q, "sink4 only");
+    const auto want = exact_attention(k, v, max_tokens, q);
+    std::vector<float> out(want.size());
+    skv::cpu::decode_attention(cache, q.data(), kQHeads, out.data());
+    for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], want[i], 1e-5) << max_tokens;
+    EXPECT_THROW(cache.append(k.data(), v.data(), 1), skv::Error);
+  }
+  using L = skv::KVCache<4, 2, kD, skv::Sinks<4>>::Layout;
+  std::vector<float> area(L::residual_floats(kHeads));
+  skv::SequenceView<L> view;
+  view.residual = area.data();
+  view.num_kv_heads = kHeads;
+  skv::append(view, k.data(), v.data(), 4);
+  EXPECT_EQ(view.length, 4);
+  std::vector<float> out(static_cast<std::size_t>(kQHeads) * kD);
+  skv::cpu::decode_attention(view, q.data(), kQHeads, out.data());
+  const auto want = exact_attention(k, v, 4, q);
+  for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], want[i], 1e-5);
 }
 
 TEST(Options, SinksRemoveTheErrorOfAttentionSinks) {

@@ -15,9 +15,11 @@
 //
 // Tolerance against decode_attention_reference (double accumulation): float arithmetic in a
 // different order and a polynomial exp; with AVX-512, Channel-axis keys also round the scaled query
-// to 16 bits for integer dot products. tests/host/test_cpu_fast.cpp asserts
-// |fast - reference| <= kFastTolerance * (1 + max |value|) per output element:
-// 2e-5 for the scalar and AVX2 paths, 1e-4 with AVX-512 integer keys (measured: 2.5e-5).
+// to a 16-bit high and an 8-bit low part for integer dot products, and Token-axis values round the
+// folded weights to 16 bits. tests/host/test_cpu_fast.cpp asserts
+// |fast - reference| <= kFastTolerance * (1 + max |value|) per output element, also on keys with
+// offset channels and logits spread over tens: 2e-5 for the scalar and AVX2 paths, 1e-4 with
+// AVX-512 integer keys (measured: 6e-5 on offset channels).
 #pragma once
 
 #include <algorithm>
@@ -82,6 +84,8 @@ struct FastDecode {
   static constexpr bool kIntValues = false;
 #endif
   static constexpr int kPairs = (kTile + 1) / 2;
+  /// Bytes per row of u8 key codes (integer keys' low halves): kD rounded up to whole vectors.
+  static constexpr int kD8 = (kD + 63) / 64 * 64;
   /// Integer values: weight vectors are built with shuffles when kJ (value groups per row) is a
   /// power of two up to 8, and zero-point sums lane by lane when kJ divides 8.
   static constexpr int kJShift = kValueGroups == 1 ? 0 : kValueGroups == 2 ? 1 : kValueGroups == 4 ? 2 : 3;
@@ -105,9 +109,11 @@ struct FastDecode {
   struct Scratch {
     std::vector<float> kbuf, vbuf, ms, mz, logits, p, w, qs, q0, bias, zs, tmp;
     std::vector<std::uint16_t> kcodes, vcodes;
-    std::vector<std::int16_t> qi;
-    std::vector<std::int32_t> dots, wp, vint, wi16;
-    std::vector<double> qbias, qstep, vinv;
+    std::vector<std::int16_t> qi, qlo16;
+    std::vector<std::int8_t> qlo;
+    std::vector<std::uint8_t> kcodes8;
+    std::vector<std::int32_t> dots, dots_lo, wp, vint, wi16;
+    std::vector<double> qbias, qstep, fbias, vinv;
     std::vector<std::int64_t> vzsum;
     int nh = 0;
     void ensure(int heads) {
@@ -126,15 +132,20 @@ struct FastDecode {
       zs.assign(static_cast<std::size_t>(heads) * kValueGroups, 0.0f);
       tmp.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
       kcodes.assign(tile, 0);
+      kcodes8.assign(static_cast<std::size_t>(kTile) * kD8, 0);
       vcodes.assign(tile + kD, 0);  // one more row: the zero-weight partner of an odd last token
       wp.assign(static_cast<std::size_t>(heads) * kPairs * kValueGroups + 32, 0);
       wi16.assign(static_cast<std::size_t>(kPairs) * kValueGroups + 32, 0);
       w.assign(static_cast<std::size_t>(heads) * kTile * kValueGroups + 2 * kValueGroups + 32, 0.0f);
       vint.assign(static_cast<std::size_t>(heads) * kD, 0);
       qi.assign(static_cast<std::size_t>(heads) * kD, 0);
+      qlo.assign(static_cast<std::size_t>(heads) * kD8, 0);
+      qlo16.assign(static_cast<std::size_t>(kD), 0);
       dots.assign(static_cast<std::size_t>(heads) * kTile, 0);
+      dots_lo.assign(static_cast<std::size_t>(heads) * kTile, 0);
       qbias.assign(static_cast<std::size_t>(heads), 0.0);
       qstep.assign(static_cast<std::size_t>(heads), 0.0);
+      fbias.assign(static_cast<std::size_t>(heads), 0.0);
       vinv.assign(static_cast<std::size_t>(heads), 0.0);
       vzsum.assign(static_cast<std::size_t>(heads) * kValueGroups, 0);
     }
@@ -171,52 +182,89 @@ struct FastDecode {
   }
 
 #if defined(SKV_HAS_AVX512)
-  /// Axis::Channel keys with integer dot products: the scaled query q' (per head and tile) is
-  /// rounded to 16 bits, qi = round(q' * 32767 / max|q'|), and each token costs one vpmaddwd per 32
-  /// codes per head. The zero point is applied exactly (integer codes minus integer zeros):
-  /// logit = (sum qi * code - sum qi * z) / step. The only error is the rounding of q', at most
-  /// max|q'| / 65534 per channel (docs/cpu.md).
+  /// Axis::Channel keys with integer dot products. The scaled query q' (per head and tile), in
+  /// units step = 32767 / max|q'|, is split into qi = round(q' * step) (16 bits) and
+  /// ql = round((q' * step - qi) * 126) (8 bits, |ql| <= 63); each token costs one vpdpwssd per 32
+  /// codes and one vpdpbusd per 64 codes per head. Only the codes' distance from the middle code
+  /// c0 = 2^(b-1) meets the integer query; the zero point goes through the unrounded q', in double:
+  ///   logit = (sum (qi + ql / 126) * code - c0 * sum (qi + ql / 126)) / step - sum q' * (z - c0)
+  /// so the error is sum e_c * (code - c0) with |e_c| <= max|q'| / (32767 * 252), whatever the zero
+  /// points. (A 16-bit query alone, with the zero point applied to it, multiplied its rounding by
+  /// zero points near 2048 on channels far from zero, and was too coarse for large logits;
+  /// docs/cpu.md, "Tolerance".)
   template <class Block>
   static void integer_key_logits(const Block& kb, int slot, int n, int nh, const float* s, const float* z,
                                  Scratch& sc) {
-    // zero points are integers with |z| <= 4096: exact in int16
-    std::int16_t* zi = reinterpret_cast<std::int16_t*>(sc.tmp.data());
-    for (int c = 0; c < kD; c += 16)
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(zi + c), _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_loadu_ps(z + c))));
+    constexpr float kMid = static_cast<float>((KQ::kMaxCode + 1) / 2);
+    constexpr float kLo = 126.0f;  // low halves in [-63, 63]: s8, and exact pair sums without VNNI
+    // z - c0, exact in float (integers below 2^13)
+    float* zc = sc.tmp.data();
+    for (int c = 0; c < kD; c += 16) _mm512_storeu_ps(zc + c, _mm512_sub_ps(_mm512_loadu_ps(z + c), _mm512_set1_ps(kMid)));
     for (int q = 0; q < nh; ++q) {
       const float* q0 = sc.q0.data() + static_cast<std::size_t>(q) * kD;
       float* qs = sc.qs.data() + static_cast<std::size_t>(q) * kD;
       __m512 vm = _mm512_setzero_ps();
+      __m512d fb = _mm512_setzero_pd();  // sum q' (z - c0): products exact in double
       for (int c = 0; c < kD; c += 16) {
         const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(q0 + c), _mm512_loadu_ps(s + c));
         _mm512_storeu_ps(qs + c, v);
         vm = _mm512_max_ps(vm, _mm512_abs_ps(v));
+        const __m512 w = _mm512_loadu_ps(zc + c);
+        fb = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(v)), _mm512_cvtps_pd(_mm512_castps512_ps256(w)), fb);
+        fb = _mm512_fmadd_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))),
+                             _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(w), 1))), fb);
       }
       const float m = _mm512_reduce_max_ps(vm);
       const float step = m > 0.0f ? 32767.0f / m : 0.0f;
       const __m512 vstep = _mm512_set1_ps(step);
       std::int16_t* qi = sc.qi.data() + static_cast<std::size_t>(q) * kD;
-      for (int c = 0; c < kD; c += 16)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qi + c),
-                            _mm512_cvtsepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(qs + c), vstep))));
-      std::int64_t bias = 0;  // exact: |qi * z| < 2^27
-      for (int c = 0; c < kD; ++c) bias += static_cast<std::int32_t>(qi[c]) * static_cast<std::int32_t>(zi[c]);
-      sc.qbias[q] = static_cast<double>(bias);
+      std::int16_t* ql = sc.qlo16.data();  // [kD] low halves as int16
+      __m512i isum = _mm512_setzero_si512(), lsum = _mm512_setzero_si512();  // exact: |sum| < 2^24
+      for (int c = 0; c < kD; c += 16) {
+        const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(qs + c), vstep);
+        const __m512i iv = _mm512_cvtps_epi32(x);
+        // the low half: what rounding left, |x - qi| <= 1/2 (exact in float), in units of 1/kLo
+        const __m512i lv = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x, _mm512_cvtepi32_ps(iv)), _mm512_set1_ps(kLo)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qi + c), _mm512_cvtsepi32_epi16(iv));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ql + c), _mm512_cvtsepi32_epi16(lv));
+        isum = _mm512_add_epi32(isum, iv);
+        lsum = _mm512_add_epi32(lsum, lv);
+      }
+      // s8 low halves in the byte order of the packed codes (vpacksswb interleaves like vpackuswb)
+      std::int8_t* q8 = sc.qlo.data() + static_cast<std::size_t>(q) * kD8;
+      for (int c = 0; c < kD; c += 64)
+        _mm512_storeu_si512(q8 + c, _mm512_packs_epi16(_mm512_loadu_si512(ql + c),
+                                                       c + 32 < kD ? _mm512_loadu_si512(ql + c + 32) : _mm512_setzero_si512()));
+      sc.qbias[q] = static_cast<double>(kMid) * (static_cast<double>(_mm512_reduce_add_epi32(isum)) +
+                                                 static_cast<double>(_mm512_reduce_add_epi32(lsum)) / kLo);
       sc.qstep[q] = m > 0.0f ? 1.0 / static_cast<double>(step) : 0.0;
+      sc.fbias[q] = _mm512_reduce_add_pd(fb);
     }
-    for (int i = 0; i < n; ++i)
-      unpack_row_u16<KQ::kBits>(kb.row(slot + i), kD, sc.kcodes.data() + static_cast<std::size_t>(i) * kD);
+    for (int i = 0; i < n; ++i) {
+      std::uint16_t* c16 = sc.kcodes.data() + static_cast<std::size_t>(i) * kD;
+      std::uint8_t* c8 = sc.kcodes8.data() + static_cast<std::size_t>(i) * kD8;
+      unpack_row_u16<KQ::kBits>(kb.row(slot + i), kD, c16);
+      for (int c = 0; c < kD; c += 64)
+        _mm512_storeu_si512(c8 + c, _mm512_packus_epi16(_mm512_loadu_si512(c16 + c), c + 32 < kD ? _mm512_loadu_si512(c16 + c + 32)
+                                                                                                 : _mm512_setzero_si512()));
+    }
     dot_rows_i16(sc.qi.data(), nh, kD, sc.kcodes.data(), n, sc.dots.data(), kTile);
+    dot_rows_u8(sc.qlo.data(), nh, kD8, sc.kcodes8.data(), n, sc.dots_lo.data(), kTile);
+    const __m512d vlo = _mm512_set1_pd(1.0 / kLo);
     for (int q = 0; q < nh; ++q) {
       const std::int32_t* dq = sc.dots.data() + static_cast<std::size_t>(q) * kTile;
+      const std::int32_t* dl = sc.dots_lo.data() + static_cast<std::size_t>(q) * kTile;
       float* lq = sc.logits.data() + static_cast<std::size_t>(q) * kTile;
-      const __m512d vb = _mm512_set1_pd(sc.qbias[q]), vs = _mm512_set1_pd(sc.qstep[q]);
+      const __m512d vb = _mm512_set1_pd(sc.qbias[q]), vs = _mm512_set1_pd(sc.qstep[q]), vf = _mm512_set1_pd(sc.fbias[q]);
       int i = 0;
       for (; i + 8 <= n; i += 8) {
-        const __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dq + i)));
-        _mm256_storeu_ps(lq + i, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(x, vb), vs)));
+        const __m512d x = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dl + i))), vlo,
+                                          _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dq + i))));
+        _mm256_storeu_ps(lq + i, _mm512_cvtpd_ps(_mm512_fmsub_pd(_mm512_sub_pd(x, vb), vs, vf)));
       }
-      for (; i < n; ++i) lq[i] = static_cast<float>((static_cast<double>(dq[i]) - sc.qbias[q]) * sc.qstep[q]);
+      for (; i < n; ++i)
+        lq[i] = static_cast<float>(
+            (static_cast<double>(dq[i]) + static_cast<double>(dl[i]) / kLo - sc.qbias[q]) * sc.qstep[q] - sc.fbias[q]);
     }
   }
 

@@ -168,6 +168,66 @@ inline void dot_rows_i16(const std::int16_t* qi, int nh, int d, const std::uint1
   }
 }
 
+/// acc + sum of four u8 x s8 products per 32-bit lane: vpdpbusd with AVX-512 VNNI, vpmaddubsw +
+/// vpmaddwd without (exact while a pair of products stays below 2^15: |w| <= 63, u <= 255).
+SKV_FORCEINLINE __m512i dpbusd(__m512i acc, __m512i u, __m512i w) {
+#if defined(SKV_HAS_AVX512VNNI)
+  return _mm512_dpbusd_epi32(acc, u, w);
+#else
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, w), _mm512_set1_epi16(1)));
+#endif
+}
+
+/// out[h * ldo + r] = sum_j w[h][j] * codes[r][j] over d bytes (d a multiple of 64), exact in int32:
+/// u8 codes, s8 weights in [-63, 63]. NH heads, NR rows.
+template <int NH, int NR>
+SKV_FORCEINLINE void dot_block_u8(const std::int8_t* SKV_RESTRICT w, int d, const std::uint8_t* SKV_RESTRICT codes,
+                                  std::int32_t* out, int ldo) {
+  __m512i acc[NH][NR];
+  for (int h = 0; h < NH; ++h)
+    for (int r = 0; r < NR; ++r) acc[h][r] = _mm512_setzero_si512();
+  for (int c = 0; c < d; c += 64) {
+    __m512i x[NR];
+    for (int r = 0; r < NR; ++r) x[r] = _mm512_loadu_si512(codes + r * d + c);
+    for (int h = 0; h < NH; ++h) {
+      const __m512i wv = _mm512_loadu_si512(w + h * d + c);
+      for (int r = 0; r < NR; ++r) acc[h][r] = dpbusd(acc[h][r], x[r], wv);
+    }
+  }
+  for (int h = 0; h < NH; ++h) {
+    std::int32_t sums[NR];
+    if constexpr (NR == 4) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(sums), hsum4_epi32(acc[h][0], acc[h][1], acc[h][2], acc[h][3]));
+    } else {
+      for (int r = 0; r < NR; ++r) sums[r] = _mm512_reduce_add_epi32(acc[h][r]);
+    }
+    for (int r = 0; r < NR; ++r) out[h * ldo + r] = sums[r];
+  }
+}
+
+template <int NH>
+inline void dot_rows_u8_nh(const std::int8_t* w, int d, const std::uint8_t* codes, int n, std::int32_t* out, int ldo) {
+  int r = 0;
+  for (; r + 4 <= n; r += 4) dot_block_u8<NH, 4>(w, d, codes + static_cast<std::size_t>(r) * d, out + r, ldo);
+  for (; r < n; ++r) dot_block_u8<NH, 1>(w, d, codes + static_cast<std::size_t>(r) * d, out + r, ldo);
+}
+
+/// Integer dots of nh s8 weight rows ([nh][d]) with n rows of u8 codes ([n][d]), both in the same
+/// byte order (any permutation of the channels, as long as both use it).
+inline void dot_rows_u8(const std::int8_t* w, int nh, int d, const std::uint8_t* codes, int n, std::int32_t* out,
+                        int ldo) {
+  for (int h = 0; h < nh; h += 4) {
+    const std::int8_t* q = w + static_cast<std::size_t>(h) * d;
+    std::int32_t* o = out + static_cast<std::size_t>(h) * ldo;
+    switch (std::min(4, nh - h)) {
+      case 4: dot_rows_u8_nh<4>(q, d, codes, n, o, ldo); break;
+      case 3: dot_rows_u8_nh<3>(q, d, codes, n, o, ldo); break;
+      case 2: dot_rows_u8_nh<2>(q, d, codes, n, o, ldo); break;
+      default: dot_rows_u8_nh<1>(q, d, codes, n, o, ldo); break;
+    }
+  }
+}
+
 /// Integer value accumulation over one tile (AVX-512): for NH heads and NC chunks of 32 channels
 /// from c0, out[h][c] = sum_t wi[h][t][j(c)] * codes[t][c] exactly in int32. Tokens go in pairs:
 /// the 16-bit codes of rows 2p and 2p+1 are interleaved (vpunpcklwd / vpunpckhwd) and wp[h][p][j]

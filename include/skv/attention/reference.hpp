@@ -21,6 +21,12 @@ namespace cpu {
 
 namespace detail {
 
+/// Largest |q[c] * scale| the fast paths accept: they fold the scale into the query in float, and
+/// with keys of fp16 range (|k| <= 65504, which fp16 key scales guarantee) a logit then stays below
+/// FLT_MAX / 2. Caches with bf16 or float key scales must keep |scale * q . k| below FLT_MAX too.
+template <int HeadDim>
+constexpr double kMaxScaledQuery = 1.7e38 / (65504.0 * HeadDim);
+
 template <class Layout>
 void check_attention_args(const SequenceView<Layout>& view, const float* q, int num_q_heads, const float* out,
                           float scale) {
@@ -32,13 +38,21 @@ void check_attention_args(const SequenceView<Layout>& view, const float* q, int 
               std::to_string(view.num_kv_heads) + " KV heads");
   require(std::isfinite(scale), "decode_attention: the softmax scale must be finite");
   require(view.length >= 0 && view.length <= view.capacity(), "decode_attention: view length exceeds its capacity");
-  require(view.length == 0 || (view.pages != nullptr && view.block_table != nullptr && view.residual != nullptr),
-          "decode_attention: the sequence view has a null pointer");
+  require(view.length == 0 || view.residual != nullptr, "decode_attention: the sequence view has a null pointer");
+  require(view.quantized_length() == 0 || view.pages != nullptr, "decode_attention: the sequence view has a null pointer");
+  skv::detail::check_read_pages(view, "decode_attention");  // O(pages): an entry outside the pool is an error, not a crash
   const std::size_t n = static_cast<std::size_t>(num_q_heads) * Layout::kHeadDim;
-  for (std::size_t i = 0; i < n; ++i)
+  float qmax = 0.0f;
+  for (std::size_t i = 0; i < n; ++i) {
     require(std::isfinite(q[i]), "decode_attention: q has a NaN or Inf at head " +
                                      std::to_string(i / Layout::kHeadDim) + ", dim " +
                                      std::to_string(i % Layout::kHeadDim));
+    qmax = std::max(qmax, std::fabs(q[i]));
+  }
+  require(static_cast<double>(qmax) * std::fabs(static_cast<double>(scale)) <= kMaxScaledQuery<Layout::kHeadDim>,
+          "decode_attention: softmax scale " + skv::detail::number(scale) + " times max |q| " +
+              skv::detail::number(qmax) + " exceeds " + skv::detail::number(kMaxScaledQuery<Layout::kHeadDim>) +
+              ": the logits could overflow float");
 }
 
 /// Softmax state of query head `qh` over tokens [begin, end), in double.

@@ -28,9 +28,10 @@ template <class Layout>
 void check_view(const SequenceView<Layout>& view) {
   require(view.num_kv_heads > 0, "the cache needs at least one KV head (num_kv_heads = " +
                                      std::to_string(view.num_kv_heads) + ")");
-  require(view.pages != nullptr && view.block_table != nullptr && view.residual != nullptr,
-          "sequence view has a null pages, block_table or residual pointer");
   require(view.max_pages >= 0 && view.num_pages >= 0, "sequence view has a negative page count");
+  // a view without pages (a cache that only ever holds sink tokens) needs no pool or table
+  require(view.residual != nullptr && (view.max_pages == 0 || (view.pages != nullptr && view.block_table != nullptr)),
+          "sequence view has a null pages, block_table or residual pointer");
   require(view.length >= 0 && view.length <= view.capacity(),
           "sequence view length " + std::to_string(view.length) + " exceeds its capacity " +
               std::to_string(view.capacity()));
@@ -50,7 +51,7 @@ void check_values(const float* x, std::size_t count, int num_kv_heads, int head_
       throw Error(std::string(std::isnan(x[i]) ? "NaN" : (std::isinf(x[i]) ? "Inf" : "out-of-range value")) + " in " +
                   what + " at token " + std::to_string(i / per_token) + ", head " +
                   std::to_string(i % per_token / head_dim) + ", dim " + std::to_string(i % head_dim) +
-                  " (finite |x| <= " + std::to_string(Q::kMaxInput) + " required)");
+                  " (finite |x| <= " + number(Q::kMaxInput) + " required)");
     }
   }
 }
@@ -60,7 +61,8 @@ void check_values(const float* x, std::size_t count, int num_kv_heads, int head_
 /// Appends `n` tokens of keys and values, each [n][num_kv_heads][HeadDim] floats, to `view`
 /// (whose length advances by n). With Options<RotateKeys> the keys are rotated first (and the rotated
 /// keys must be in range). Throws skv::Error, leaving the cache unchanged, on a null pointer, a bad
-/// view, a block-table entry outside the pool, capacity overflow or a non-finite value.
+/// view, a block-table entry outside the pool, a page the sequence already uses (checked when a page
+/// is first written, against the entries before it: O(pages)), capacity overflow or a non-finite value.
 template <class Layout>
 void append(SequenceView<Layout>& view, const float* keys, const float* values, int n) {
   constexpr int D = Layout::kHeadDim;
@@ -83,11 +85,11 @@ void append(SequenceView<Layout>& view, const float* keys, const float* values, 
   detail::check_values<typename Layout::ValueQuantizer>(values, count, view.num_kv_heads, D, "values");
   const int q_before = Layout::quantized_length(view.length);
   const int q_after = Layout::quantized_length(view.length + n);
-  for (int p = q_before / Layout::kPageSize; q_after > q_before && p <= (q_after - 1) / Layout::kPageSize; ++p) {
-    const std::int32_t page = view.block_table[p];
-    detail::require(page >= 0 && page < view.num_pages, "block table entry " + std::to_string(p) + " = " +
-                                                            std::to_string(page) + " is outside the pool of " +
-                                                            std::to_string(view.num_pages) + " pages");
+  if (q_after > q_before) {
+    const int first = q_before / Layout::kPageSize, last = (q_after - 1) / Layout::kPageSize;
+    detail::check_block_table(view, first, last, "append");
+    // pages whose first block this call writes: new to the sequence, so they must not repeat an entry
+    detail::check_distinct_pages(view, (q_before + Layout::kPageSize - 1) / Layout::kPageSize, last, "append");
   }
 
   const std::size_t token_floats = static_cast<std::size_t>(view.num_kv_heads) * D;
@@ -113,9 +115,14 @@ void append(SequenceView<Layout>& view, const float* keys, const float* values, 
 /// fp16 overload: the values are widened exactly to float, then appended.
 template <class Layout>
 void append(SequenceView<Layout>& view, const fp16* keys, const fp16* values, int n) {
+  // everything the float overload checks before it writes, checked before the float copies are allocated
+  detail::check_view(view);
   detail::require(n >= 0, "cannot append a negative number of tokens (" + std::to_string(n) + ")");
-  detail::require(n == 0 || (keys != nullptr && values != nullptr), "append: keys and values must not be null");
-  detail::require(view.num_kv_heads > 0, "the cache needs at least one KV head");
+  if (n == 0) return;
+  detail::require(keys != nullptr && values != nullptr, "append: keys and values must not be null");
+  detail::require(n <= view.capacity() - view.length,
+                  "append of " + std::to_string(n) + " tokens past capacity (" + std::to_string(view.length) + " of " +
+                      std::to_string(view.capacity()) + " used)");
   const std::size_t count = static_cast<std::size_t>(n) * view.num_kv_heads * Layout::kHeadDim;
   std::vector<float> k(count), v(count);
   for (std::size_t i = 0; i < count; ++i) {

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -56,21 +57,35 @@ class BasicKVCache {
   /// Average bits per cached element, metadata included.
   static constexpr double bits_per_element() { return Layout::bits_per_element(); }
 
+  /// Largest reservation a cache accepts (pages plus the full-precision area): 1 TiB, beyond any
+  /// host it runs on, so that absurd shapes are an skv::Error rather than an allocator failure.
+  static constexpr std::size_t kMaxReservedBytes = std::size_t{1} << 40;
+
   BasicKVCache(int num_kv_heads, int max_tokens) : num_kv_heads_(num_kv_heads), max_tokens_(max_tokens) {
     detail::require(num_kv_heads > 0, "the cache needs at least one KV head (num_kv_heads = " +
                                           std::to_string(num_kv_heads) + ")");
     detail::require(max_tokens >= 0, "max_tokens must not be negative (" + std::to_string(max_tokens) + ")");
     const int paged = max_tokens > Layout::kSinkTokens ? max_tokens - Layout::kSinkTokens : 0;
     num_pages_ = paged / PageSize + (paged % PageSize != 0);
+    // validated in 64 bits before anything is allocated (both products fit: int * 2^24 at most)
     const std::size_t page_bytes = Layout::page_bytes(num_kv_heads);
-    detail::require(num_pages_ == 0 || page_bytes <= std::numeric_limits<std::size_t>::max() / num_pages_,
-                    "cache size overflows size_t");
+    const std::size_t floats = Layout::residual_floats(num_kv_heads);
+    detail::require(page_bytes <= kMaxReservedBytes / (num_pages_ + 1) &&
+                        floats <= kMaxReservedBytes / sizeof(float) - page_bytes * num_pages_ / sizeof(float),
+                    "a cache of " + std::to_string(num_kv_heads) + " KV heads and " + std::to_string(max_tokens) +
+                        " tokens would reserve more than 2^40 bytes");
     pool_bytes_ = page_bytes * num_pages_;
-    pool_.reset(pool_bytes_ ? static_cast<std::uint8_t*>(std::calloc(pool_bytes_ + 64, 1)) : nullptr);
-    detail::require(pool_bytes_ == 0 || pool_ != nullptr, "out of memory allocating " + std::to_string(pool_bytes_) + " bytes");
-    table_.resize(static_cast<std::size_t>(num_pages_) + 1);  // +1: never empty, so data() is never null
+    try {
+      // never null, even without pages (a cache of sink tokens only): views need a valid base
+      pool_.reset(static_cast<std::uint8_t*>(std::calloc(pool_bytes_ + 64, 1)));
+      detail::require(pool_ != nullptr, "out of memory allocating " + std::to_string(pool_bytes_) + " bytes");
+      table_.resize(static_cast<std::size_t>(num_pages_) + 1);  // +1: never empty, so data() is never null
+      residual_.assign(floats, 0.0f);
+    } catch (const std::bad_alloc&) {
+      throw Error("out of memory allocating a cache of " + std::to_string(num_kv_heads) + " KV heads and " +
+                  std::to_string(max_tokens) + " tokens");
+    }
     for (int p = 0; p < num_pages_; ++p) table_[p] = p;
-    residual_.assign(Layout::residual_floats(num_kv_heads), 0.0f);
   }
 
   BasicKVCache(const BasicKVCache& other)

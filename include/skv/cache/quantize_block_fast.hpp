@@ -100,7 +100,10 @@ inline void fit_groups(const float* SKV_RESTRICT mn, const float* SKV_RESTRICT m
                                             _mm512_mask_mov_ps(one, positive, _mm512_set1_ps(-1.0f)));
       const __m512 es = _mm512_maskz_mov_ps(static_cast<__mmask16>(~is_zero), _mm512_cvtph_ps(v));
       const __m512 fsf = _mm512_mask_mov_ps(sf, exact, es);
-      const __m512 fzf = _mm512_mask_mov_ps(_mm512_cvtph_ps(zh), exact, ez);
+      // a scale that underflows to 0 (|x| below ~1e-42) stores zero point 0, as Quantizer::fit does
+      const __mmask16 underflow = _mm512_cmp_ps_mask(sf, fzero, _CMP_EQ_OQ);
+      const __m512 fzf = _mm512_mask_mov_ps(_mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), _mm512_cvtph_ps(zh)),
+                                            exact, ez);
       const __m256i fs = _mm512_cvtps_ph(fsf, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       const __m256i fz = _mm512_cvtps_ph(fzf, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(scales + i), fs);
@@ -158,7 +161,7 @@ void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int sl
     detail::pack_row<Q::kBits>(codes, HeadDim, block + static_cast<std::size_t>(slot) * TL::kRowBytes);
   };
 
-  if (Q::kAxis == Axis::Channel) {
+  if constexpr (Q::kAxis == Axis::Channel) {  // constexpr: the Token branch's arrays would have size 0
     float mn[HeadDim], mx[HeadDim];
     for (int g = 0; g < rows / G; ++g) {
       const float* base = x + static_cast<std::size_t>(g) * G * row_stride;

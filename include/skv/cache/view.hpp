@@ -7,12 +7,17 @@
 // appending is skv::append (append.hpp).
 #pragma once
 
+#include <algorithm>
+#include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include <skv/cache/layout.hpp>
 #include <skv/config.hpp>
+#include <skv/error.hpp>
 
 namespace skv {
 
@@ -30,8 +35,11 @@ struct SequenceView {
   int num_kv_heads = 0;
   int length = 0;  ///< tokens appended so far
 
-  /// Tokens the view can hold: the sinks plus its pages.
-  SKV_HOST_DEVICE int capacity() const { return L::kSinkTokens + max_pages * L::kPageSize; }
+  /// Tokens the view can hold: the sinks plus its pages, at most INT_MAX (a length is an int).
+  SKV_HOST_DEVICE int capacity() const {
+    const long long c = L::kSinkTokens + static_cast<long long>(max_pages) * L::kPageSize;
+    return c < INT_MAX ? static_cast<int>(c) : INT_MAX;
+  }
   SKV_HOST_DEVICE int sink_length() const { return L::sink_length(length); }
   SKV_HOST_DEVICE int quantized_length() const { return L::quantized_length(length); }
   SKV_HOST_DEVICE int residual_begin() const { return L::residual_begin(length); }
@@ -74,4 +82,62 @@ struct SequenceView {
   }
 };
 
+namespace detail {
+
+/// Checks the block-table entries of logical pages [first, last] (host): each must name a page of
+/// the pool. O(last - first).
+template <class Layout>
+void check_block_table(const SequenceView<Layout>& view, int first, int last, const char* what) {
+  if (last < first) return;
+  require(view.block_table != nullptr, std::string(what) + ": the sequence view has no block table");
+  require(first >= 0 && last < view.max_pages, std::string(what) + ": logical page " + std::to_string(last) +
+                                                   " is past the " + std::to_string(view.max_pages) +
+                                                   " entries of the block table");
+  for (int p = first; p <= last; ++p) {
+    const std::int32_t page = view.block_table[p];
+    require(page >= 0 && page < view.num_pages, std::string(what) + ": block table entry " + std::to_string(p) + " = " +
+                                                    std::to_string(page) + " is outside the pool of " +
+                                                    std::to_string(view.num_pages) + " pages");
+  }
+}
+
+/// Checks that entries [first_new, last] of the block table differ from every other entry in
+/// [0, last]: a repeated page would let a later block overwrite an earlier one. Append calls it for
+/// the pages it starts, so each page is compared once with the pages before it (O(pages) per new
+/// page; a sort when a call starts many pages).
+template <class Layout>
+void check_distinct_pages(const SequenceView<Layout>& view, int first_new, int last, const char* what) {
+  if (last < first_new || last == 0) return;
+  const std::int32_t* t = view.block_table;
+  int a = -1, b = -1;
+  if (last - first_new < 16) {
+    for (int p = first_new; p <= last && a < 0; ++p)
+      for (int r = 0; r < p; ++r)
+        if (t[r] == t[p]) {
+          a = r;
+          b = p;
+          break;
+        }
+  } else {
+    std::vector<std::int32_t> sorted(t, t + last + 1);
+    std::sort(sorted.begin(), sorted.end());
+    const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+    if (dup != sorted.end()) {
+      for (int p = 0; p <= last && b < 0; ++p)
+        if (t[p] == *dup) (a < 0 ? a : b) = p;
+    }
+  }
+  if (a < 0) return;
+  throw Error(std::string(what) + ": block table entries " + std::to_string(a) + " and " + std::to_string(b) +
+              " both name pool page " + std::to_string(t[a]) + " (the pages of a sequence must differ)");
+}
+
+/// The pages a reader of `view` touches: entries [0, pages holding quantized tokens) must be in the pool.
+template <class Layout>
+void check_read_pages(const SequenceView<Layout>& view, const char* what) {
+  const int q = view.quantized_length();
+  if (q > 0) check_block_table(view, 0, (q - 1) / Layout::kPageSize, what);
+}
+
+}  // namespace detail
 }  // namespace skv

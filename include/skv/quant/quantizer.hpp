@@ -12,7 +12,8 @@
 // scale >= max(|min|, |max|) / 2048; the bound |x - decode(encode(x))| <= scale / 2 holds for every
 // group with the scale actually stored (up to float rounding of x / scale: at most 2.5e-4 of a
 // step, since |x / scale| stays below 2^12). Constant groups whose value the storage type represents are
-// reproduced exactly (scale = |x|, zero = -sign(x), code 0).
+// reproduced exactly (scale = |x|, zero = -sign(x), code 0). Groups whose scale underflows to 0
+// (every |x| below about 1e-42) are stored as zeros, scale 0 and zero point 0.
 #pragma once
 
 #include <cmath>
@@ -120,6 +121,9 @@ struct Quantizer {
       const float s = detail::max_of((mx - mn) / static_cast<float>(kMaxCode),
                                      amax / ScaleTraits<ScaleT>::kExactIntegerLimit);
       const ScaleT scale = from_float<ScaleT>(s, Round::Up);
+      // |x| below ~1e-42: both terms of s underflow to 0 and -mn / 0 would store a NaN or Inf zero
+      // point; such a group is stored as zeros (error < 1e-41), like a group of exact zeros
+      if (to_float(scale) == 0.0f) return Stored{zero_storage, zero_storage};
       const float zero = detail::round_half_up(-mn / to_float(scale));
       return Stored{scale, from_float<ScaleT>(zero)};
     }

@@ -1,0 +1,36 @@
+// Compile-time facts of the public types: this file only has to compile (it is part of the header
+// checks), so a wrong constant breaks the build rather than a test that could never fail at run time.
+#include <skv/skv.hpp>
+
+#include <type_traits>
+
+namespace static_facts {
+
+// the short form
+using C = skv::KVCache<4, 2>;
+static_assert(C::kKeyBits == 4 && C::kValueBits == 2 && C::kHeadDim == 128, "short form");
+static_assert(C::kPageSize == 64 && C::KeyQuantizer::kGroupSize == 32 && C::ValueQuantizer::kGroupSize == 64, "");
+static_assert(C::KeyQuantizer::kAxis == skv::Axis::Channel && C::ValueQuantizer::kAxis == skv::Axis::Token, "");
+// keys: 4 bits + 32 bits of fp16 scale+zero per 32 tokens = 5 bits; values: 2 + 32/64 = 2.5 bits
+static_assert(C::bytes_per_token() == 128 * (5.0 + 2.5) / 8, "exact bytes per token per KV head");
+static_assert(C::bits_per_element() == 3.75, "");
+static_assert(C::Layout::kHeadBytes == 64u * 120u, "");
+static_assert(skv::KVCache<4, 2, 64>::ValueQuantizer::kGroupSize == 64, "");
+static_assert(skv::KVCache<4, 2, 96>::ValueQuantizer::kGroupSize == 32, "largest power of two dividing 96");
+static_assert(skv::KVCache<3, 5>::bytes_per_token() == 128 * (4.0 + 5.5) / 8, "dense 3 and 5 bits");
+
+// options combine in any order
+using A = skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::ClipValues>;
+using B = skv::Options<skv::ClipValues, skv::Sinks<4>, skv::RotateKeys>;
+static_assert(A::kRotateKeys && B::kRotateKeys && A::kSinkTokens == 4 && B::kSinkTokens == 4, "");
+static_assert(A::kClipValues && !A::kClipKeys && A::kRotationSeed == skv::kDefaultRotationSeed, "");
+static_assert(skv::Options<skv::RotateKeysWithSeed<7>>::kRotationSeed == 7, "");
+static_assert(!skv::Options<>::kRotateKeys && skv::Options<>::kSinkTokens == 0, "");
+using R = skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>;
+static_assert(R::kRotateKeys && R::kSinkTokens == 4 && R::kKeyBits == 4 && R::kValueBits == 2, "");
+static_assert(std::is_same<skv::KVCache<4, 2>, skv::KVCache<4, 2, 128>>::value, "");
+
+// views go into kernels by value
+static_assert(std::is_trivially_copyable<C::View>::value, "");
+
+}  // namespace static_facts
