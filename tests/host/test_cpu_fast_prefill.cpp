@@ -101,8 +101,8 @@ void check_prefill(const Shape& s, unsigned seed, bool many_options = true) {
 TEST(Prefill, MatchesReferenceOverChunksAndCacheLengths) {
   using C = skv::KVCache<4, 2>;
   const Shape shapes[] = {{1, 1, 1, 4},     {1, 65, 2, 8},     {1, 5000, 1, 4},   {7, 7, 1, 1},
-                          {7, 40, 2, 4},    {7, 97, 1, 8},     {7, 5000, 1, 2},   {64, 64, 1, 4},
-                          {64, 128, 2, 1},  {64, 2000, 1, 2},  {300, 300, 1, 1},  {300, 700, 1, 1},
+                          {7, 40, 2, 4},    {7, 97, 1, 8},     {7, 3000, 1, 2},   {64, 64, 1, 4},
+                          {64, 128, 2, 1},  {64, 1500, 1, 2},  {300, 300, 1, 1},  {300, 600, 1, 1},
                           {300, 333, 1, 4}, {2, 4999, 1, 1}};
   unsigned seed = 10;
   for (const Shape& s : shapes) check_prefill<C>(s, seed += 10, s.length < 1500);
@@ -153,25 +153,32 @@ TEST(Prefill, MatchesReferenceTokenAxisKeysChannelAxisValues) { check_config<Tok
 TEST(Prefill, MatchesReferenceSymmetricBf16AndNarrowValueGroups) { check_config<SymmetricBf16>(900); }
 TEST(Prefill, MatchesReferenceWideGroupsAndResidualWindow) { check_config<WideGroups>(1000); }
 
-// keys and values far from the origin in some channels: zero points far outside the code range
-// (the integer path then keeps an exact 64-bit zero-point term instead of folding it into the codes)
-TEST(Prefill, MatchesReferenceWithChannelsFarFromTheOrigin) {
+// outlier key channels (far from the origin: large scales, zero points far from the codes) and
+// values far from the origin (the integer path keeps an exact 64-bit zero-point term for them)
+void check_far_channels(float key_offset, float value_offset, unsigned seed) {
   using C = skv::KVCache<4, 2>;
   constexpr int D = 128, kHeads = 2, kLength = 300, kChunk = 70, kNq = 8;
-  auto k = random_floats(static_cast<std::size_t>(kLength) * kHeads * D, 71, 0.3f);
-  auto v = random_floats(static_cast<std::size_t>(kLength) * kHeads * D, 72, 0.3f);
+  auto k = random_floats(static_cast<std::size_t>(kLength) * kHeads * D, seed);
+  auto v = random_floats(static_cast<std::size_t>(kLength) * kHeads * D, seed + 1, 0.7f);
   for (std::size_t i = 0; i < k.size(); ++i) {
-    if (i % D == 5 || i % D == 77) k[i] += 400.0f;  // key zero points near -1000 * 15 / range
-    if (i % D < 64) v[i] += 1500.0f;                 // one value group of each token
+    if (i % D == 5 || i % D == 77) k[i] += key_offset;
+    if (i % D < 64) v[i] += value_offset;  // one value group of each token
   }
   C cache(kHeads, kLength);
   cache.append(k.data(), v.data(), kLength);
-  const auto q = random_floats(static_cast<std::size_t>(kChunk) * kNq * D, 73, 0.05f);
+  const auto q = random_floats(static_cast<std::size_t>(kChunk) * kNq * D, seed + 2, 1.5f);
   std::vector<float> ref(q.size()), out(q.size());
   skv::cpu::prefill_attention_reference(cache, q.data(), kChunk, kNq, ref.data(), 0.088f);
   skv::cpu::prefill_attention(cache, q.data(), kChunk, kNq, out.data(), 0.088f);
   const float tol = skv::cpu::kPrefillTolerance * (1.0f + max_abs_value(cache.view()));
-  for (std::size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], tol) << i;
+  for (std::size_t i = 0; i < out.size(); ++i)
+    ASSERT_NEAR(out[i], ref[i], tol) << "key offset " << key_offset << " value offset " << value_offset << " at " << i;
+}
+
+TEST(Prefill, MatchesReferenceWithChannelsFarFromTheOrigin) {
+  check_far_channels(400.0f, 0.0f, 71);    // outlier key channels, ordinary values: a tight bound
+  check_far_channels(30.0f, 0.0f, 74);
+  check_far_channels(0.0f, 1500.0f, 77);   // values whose zero points are far outside the codes
 }
 
 TEST(Prefill, OneQueryTokenIsDecodeAttention) {
@@ -296,6 +303,43 @@ TEST(Prefill, ReusedPrefixThroughSharedPagesEqualsAFreshCache) {
   opt.num_threads = 1;
   skv::cpu::prefill_attention(mine, q.data(), kChunk, kNq, a.data(), 0.09f, opt);
   skv::cpu::prefill_attention(fresh, q.data(), kChunk, kNq, b.data(), 0.09f, opt);
+  for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << i;
+}
+
+// speculative verification: append the drafted tokens, verify them in one call, keep the accepted
+// ones by setting the view's length back (no block completed past them), continue with new tokens;
+// the result equals a cache that only ever saw the accepted and the new tokens
+TEST(Prefill, RejectedDraftTokensAreForgottenBySettingTheLengthBack) {
+  using C = skv::KVCache<4, 2, 128, skv::Sinks<4>>;
+  using L = C::Layout;
+  constexpr int kHeads = 2, kNq = 8, kPrefix = 4 + 64 + 3, kDraft = 6, kAccepted = 2, kNext = 5;
+  const std::size_t row = kHeads * 128;
+  const auto k = random_floats((kPrefix + kDraft + kNext) * row, 21), v = random_floats((kPrefix + kDraft + kNext) * row, 22);
+  const auto q = random_floats(static_cast<std::size_t>(kDraft) * kNq * 128, 23);
+  C spec(kHeads, 200);
+  spec.append(k.data(), v.data(), kPrefix + kDraft);
+  auto view = spec.view();
+  std::vector<float> verify(q.size());
+  skv::cpu::prefill_attention(view, q.data(), kDraft, kNq, verify.data(), 0.1f);
+  std::vector<float> ref(verify.size());  // the verification itself is ordinary prefill
+  skv::cpu::prefill_attention_reference(view, q.data(), kDraft, kNq, ref.data(), 0.1f);
+  const float tol = skv::cpu::kPrefillTolerance * (1.0f + max_abs_value(view));
+  for (std::size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(verify[i], ref[i], tol) << i;
+  ASSERT_EQ(L::quantized_length(kPrefix + kAccepted), L::quantized_length(kPrefix + kDraft));
+  view.length = kPrefix + kAccepted;  // rejected: the last kDraft - kAccepted tokens
+  const std::size_t next = static_cast<std::size_t>(kPrefix + kDraft) * row;
+  skv::append(view, k.data() + next, v.data() + next, kNext);
+  // the reference: accepted prefix, then the new tokens, appended to a fresh cache
+  std::vector<float> k2(k.begin(), k.begin() + (kPrefix + kAccepted) * row), v2(v.begin(), v.begin() + (kPrefix + kAccepted) * row);
+  k2.insert(k2.end(), k.begin() + next, k.begin() + next + kNext * row);
+  v2.insert(v2.end(), v.begin() + next, v.begin() + next + kNext * row);
+  C fresh(kHeads, 200);
+  fresh.append(k2.data(), v2.data(), kPrefix + kAccepted + kNext);
+  std::vector<float> a(static_cast<std::size_t>(kNext) * kNq * 128), b(a.size());
+  skv::cpu::PrefillOptions opt;
+  opt.num_threads = 1;
+  skv::cpu::prefill_attention(view, q.data(), kNext, kNq, a.data(), 0.1f, opt);
+  skv::cpu::prefill_attention(fresh, q.data(), kNext, kNq, b.data(), 0.1f, opt);
   for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << i;
 }
 

@@ -17,8 +17,8 @@
 // logit of -inf. Items run on OpenMP threads; a long KV range is split and the partial softmax
 // states merged by log-sum-exp (attention/softmax.hpp).
 //
-// Tolerance against prefill_attention_reference (double): kPrefillTolerance * (1 + max |value|)
-// per output element, the decode path's kFastTolerance (the same kernels in the same order per row).
+// Tolerance against prefill_attention_reference (double): kPrefillTolerance * (1 + max |value|) per
+// output element: 2e-5 for the float paths, 2e-4 for the AVX-512 integer path.
 #pragma once
 
 #include <algorithm>
@@ -51,8 +51,15 @@ namespace skv {
 namespace cpu {
 
 /// Documented accuracy of prefill_attention against prefill_attention_reference, per output
-/// element: |fast - reference| <= kPrefillTolerance * (1 + max |value|).
-constexpr float kPrefillTolerance = kFastTolerance;
+/// element: |fast - reference| <= kPrefillTolerance * (1 + max |value|). The float paths (AVX2,
+/// scalar) differ from the reference by rounding order only; the AVX-512 integer path also rounds
+/// the scaled queries and the folded weights to 16 bits (docs/cpu.md, "Prefill": measured 3.4e-5 for
+/// K4V2, 1.0e-4 for 1-bit keys, whose scales are the widest).
+#if defined(SKV_HAS_AVX512)
+constexpr float kPrefillTolerance = 2e-4f;
+#else
+constexpr float kPrefillTolerance = 2e-5f;
+#endif
 
 /// Run-time knobs of the CPU prefill paths (quantized and dense baselines).
 struct PrefillOptions {
@@ -323,14 +330,15 @@ SKV_FORCEINLINE void transpose16_epi32(const std::int32_t* in, std::size_t ldi, 
   }
 }
 
-/// Key dots with tokens in lanes: out[r][16v + l] = sum_p qp[r][p] . kt[p][16v + l] (int16 pairs,
-/// exact in int32) for NR rows and NV vectors of 16 tokens. kt holds the tile's codes transposed to
-/// [channel pair][token] (row length LDK); qp the rows' 16-bit scaled queries as [row][channel pair]
-/// (row length PAIRS). No horizontal sums: each vpdpwssd adds one channel pair for 16 tokens.
-/// The strides are template parameters so that every operand address is a base plus a constant.
+/// Key logits with tokens in lanes: logits[r][16v + l] = inv[r] * sum_p qp[r][p] . kt[p][16v + l]
+/// - bias[r] for NR rows and NV vectors of 16 tokens; the dot (int16 pairs) is exact in int32. kt
+/// holds the tile's centred codes transposed to [channel pair][token] (row length LDK); qp the rows'
+/// 16-bit scaled queries as [row][channel pair] (row length PAIRS). No horizontal sums: each
+/// vpdpwssd adds one channel pair for 16 tokens. The strides are template parameters so that every
+/// operand address is a base plus a constant.
 template <int NR, int NV, int PAIRS, int LDK, int LDL>
-SKV_FORCEINLINE void key_dots_i16(const std::int32_t* SKV_RESTRICT kt, const std::int32_t* SKV_RESTRICT qp,
-                                  std::int32_t* SKV_RESTRICT out, const float* inv, float* SKV_RESTRICT logits) {
+SKV_FORCEINLINE void key_logits_i16(const std::int32_t* SKV_RESTRICT kt, const std::int32_t* SKV_RESTRICT qp,
+                                    const float* inv, const float* bias, float* SKV_RESTRICT logits) {
   __m512i acc[NR][NV];
   for (int r = 0; r < NR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
@@ -348,32 +356,27 @@ SKV_FORCEINLINE void key_dots_i16(const std::int32_t* SKV_RESTRICT kt, const std
       }
     }
   }
-  if (logits != nullptr) {  // the codes carry their zero point: logits straight from the registers
-    for (int r = 0; r < NR; ++r) {
-      const __m512 vs = _mm512_set1_ps(inv[r]);
-      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(logits + r * LDL + 16 * v, _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][v]), vs));
-    }
-    return;
+  for (int r = 0; r < NR; ++r) {
+    const __m512 vs = _mm512_set1_ps(inv[r]), vb = _mm512_set1_ps(bias[r]);
+    for (int v = 0; v < NV; ++v)
+      _mm512_storeu_ps(logits + r * LDL + 16 * v, _mm512_fmsub_ps(_mm512_cvtepi32_ps(acc[r][v]), vs, vb));
   }
-  for (int r = 0; r < NR; ++r)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_si512(out + r * LDK + 16 * v, acc[r][v]);
 }
 
-/// key_dots_i16 for `rows` rows; out is [rows][LDK] (or, when logits is not null, logits [rows][LDL]).
+/// key_logits_i16 for `rows` rows; logits is [rows][LDL].
 template <int NV, int PAIRS, int LDK, int LDL>
-inline void key_dots_rows(const std::int32_t* kt, const std::int32_t* qp, int rows, std::int32_t* out,
-                          const float* inv, float* logits) {
+inline void key_logits_rows(const std::int32_t* kt, const std::int32_t* qp, int rows, const float* inv,
+                            const float* bias, float* logits) {
   int r = 0;
-  const auto lg = [&](int r0) { return logits ? logits + static_cast<std::size_t>(r0) * LDL : nullptr; };
   for (; r + 8 <= rows; r += 8)
-    key_dots_i16<8, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS,
-                                         out + static_cast<std::size_t>(r) * LDK, inv + r, lg(r));
+    key_logits_i16<8, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS, inv + r, bias + r,
+                                           logits + static_cast<std::size_t>(r) * LDL);
   for (; r + 4 <= rows; r += 4)
-    key_dots_i16<4, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS,
-                                         out + static_cast<std::size_t>(r) * LDK, inv + r, lg(r));
+    key_logits_i16<4, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS, inv + r, bias + r,
+                                           logits + static_cast<std::size_t>(r) * LDL);
   for (; r < rows; ++r)
-    key_dots_i16<1, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS,
-                                         out + static_cast<std::size_t>(r) * LDK, inv + r, lg(r));
+    key_logits_i16<1, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS, inv + r, bias + r,
+                                           logits + static_cast<std::size_t>(r) * LDL);
 }
 
 /// Value accumulation with channels in lanes: out[r][c] = sum_p wp[r][g(c)][p] . vp[p][c] for
@@ -470,12 +473,13 @@ struct IntPrefill {
                                    std::is_same<typename VQ::Scale, fp16>::value;
 
   struct Scratch {
-    std::vector<std::int16_t> qi, zi, wi, zv;
-    std::vector<std::int32_t> kt, vp, dots, vint;
+    std::vector<std::int16_t> qi, wi, zv;
+    std::vector<std::int32_t> kt, vp, vint;
     std::vector<std::uint16_t> codes;
     std::vector<float> qs, ks, kz, vs, vz, meta, w;
-    std::vector<double> qbias, qinv, winv;
-    std::vector<float> qinv_f;
+    std::vector<double> winv;
+    std::vector<float> qinv_f, qbias_f, ks2, kexp, zc;
+    std::vector<std::int16_t> kshift;
     std::vector<std::int64_t> zsum;
     int nr = 0;
     void ensure(int rows) {
@@ -483,12 +487,10 @@ struct IntPrefill {
       nr = rows;
       const std::size_t r = static_cast<std::size_t>(rows);
       qi.assign(r * kD, 0);
-      zi.assign(kD, 0);
       wi.assign(r * kJ * kT, 0);
       zv.assign(static_cast<std::size_t>(kJ) * kT, 0);
       kt.assign(static_cast<std::size_t>(kPairs) * kKG, 0);
       vp.assign(static_cast<std::size_t>(kT / 2) * kD, 0);
-      dots.assign(r * kT, 0);
       vint.assign(r * kD, 0);
       codes.assign(static_cast<std::size_t>(kT) * kD, 0);
       qs.assign(kD, 0.0f);
@@ -498,10 +500,13 @@ struct IntPrefill {
       vz.assign(static_cast<std::size_t>(kJ) * kT, 0.0f);
       meta.assign(2 * static_cast<std::size_t>(kJ) * kT, 0.0f);
       w.assign(static_cast<std::size_t>(kJ) * kT, 0.0f);
-      qbias.assign(r, 0.0);
-      qinv.assign(r, 0.0);
       winv.assign(r, 0.0);
       qinv_f.assign(r, 0.0f);
+      qbias_f.assign(r, 0.0f);
+      ks2.assign(kD, 0.0f);
+      kexp.assign(kD, 0.0f);
+      kshift.assign(kD, 0);
+      zc.assign(kD, 0.0f);
       zsum.assign(r * kJ, 0);
     }
   };
@@ -517,78 +522,96 @@ struct IntPrefill {
     // pairs 0 1 8 9 2 3 10 11 4 5 12 13 6 7 14 15; the codes are permuted the same way (once per
     // group) so that pair k of a query meets pair k of a key
     const __m512i pair_order = _mm512_setr_epi32(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15);
-    std::int16_t* zp = sc.zi.data();  // the zero points in packed order
-    for (int c = 0; c < kD; c += 32)
-      _mm512_storeu_si512(zp + c, _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_loadu_ps(z + c)),
-                                                     _mm512_cvtps_epi32(_mm512_loadu_ps(z + c + 16))));
-    // |sum_c qi (code - z)| <= 32767 * sum_c max|code - z|: when that fits int32 (always, unless zero
-    // points lie far outside the code range) the zero point goes into the codes, once per group, and
-    // the logit is one conversion and a multiply; otherwise an exact int64 bias per row
-    constexpr float kMaxCode = static_cast<float>((1 << KQ::kBits) - 1);
-    __m512 zb = _mm512_setzero_ps();
-    for (int c = 0; c < kD; c += 16) {
-      const __m512 zc = _mm512_loadu_ps(z + c);
-      zb = _mm512_max_ps(zb, _mm512_max_ps(_mm512_abs_ps(zc), _mm512_abs_ps(_mm512_sub_ps(_mm512_set1_ps(kMaxCode), zc))));
+    // Only the codes' distance from the middle code c0 meets the rounded query; the zero point goes
+    // through the unrounded one:  logit = sum qi (code - c0) / step - sum q' (z - c0),  so the
+    // rounding error, at most max|q'| / 65534 per channel, is multiplied by |code - c0| <= 2^(b-1)
+    // whatever the zero points (channels far from zero have zero points far from the codes).
+    constexpr int kMid = 1 << (KQ::kBits - 1);
+    // the zero-point term per channel, s (z - c0), exact in float (an fp16 scale times an integer
+    // below 2^12), so that each row's term is one dot product: sum_c q[c] * s (z - c0)
+    float* zc = sc.zc.data();
+    for (int c = 0; c < kD; c += 16)
+      _mm512_storeu_ps(zc + c, _mm512_mul_ps(_mm512_loadu_ps(s + c), _mm512_sub_ps(_mm512_loadu_ps(z + c), _mm512_set1_ps(kMid))));
+    // Channels whose scale is far above the group's mean (outlier channels) would set max|q'| and
+    // so the rounding step of every channel. Each channel c gets a shift e_c = floor(log2(s_c / mean s))
+    // (0 when below the mean, at most 15 - b so that the shifted codes fit int16): the query is
+    // rounded as q' 2^-e (the step now set by ordinary channels) and the centred codes are shifted
+    // left by e, so the product is unchanged. The int32 dot stays exact while
+    // 32767 * 2^(b-1) * sum_c 2^e_c < 2^31; every e is lowered until it does.
+    constexpr int kMaxShift = 15 - KQ::kBits;
+    constexpr float kBudget = 2147483647.0f / (32767.0f * kMid);
+    float* s2 = sc.ks2.data();
+    std::int16_t* shift = sc.kshift.data();
+    {
+      __m512 sum = _mm512_setzero_ps();
+      for (int c = 0; c < kD; c += 16) sum = _mm512_add_ps(sum, _mm512_loadu_ps(s + c));
+      const float mean = _mm512_reduce_add_ps(sum) / kD;
+      const __m512 inv_mean = _mm512_set1_ps(mean > 0.0f ? 1.0f / mean : 0.0f);
+      float* e = sc.kexp.data();
+      float total = 0.0f;
+      for (int c = 0; c < kD; c += 16) {
+        // getexp: floor(log2 x) for x > 0; below the mean (or a zero scale) the shift is 0
+        const __m512 x = _mm512_mul_ps(_mm512_loadu_ps(s + c), inv_mean);
+        const __m512 ex = _mm512_min_ps(_mm512_max_ps(_mm512_maskz_getexp_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(1.0f), _CMP_GE_OQ), x),
+                                                      _mm512_setzero_ps()),
+                                        _mm512_set1_ps(static_cast<float>(kMaxShift)));
+        _mm512_storeu_ps(e + c, ex);
+        total += _mm512_reduce_add_ps(_mm512_scalef_ps(_mm512_set1_ps(1.0f), ex));
+      }
+      float lower = 0.0f;  // lower every shift until the dot's bound holds
+      while (total >= kBudget && lower < kMaxShift) {
+        lower += 1.0f;
+        total = 0.0f;
+        for (int c = 0; c < kD; c += 16)
+          total += _mm512_reduce_add_ps(_mm512_scalef_ps(
+              _mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(e + c), _mm512_set1_ps(lower)), _mm512_setzero_ps())));
+      }
+      for (int c = 0; c < kD; c += 16) {
+        const __m512 ex = _mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(e + c), _mm512_set1_ps(lower)), _mm512_setzero_ps());
+        _mm512_storeu_ps(s2 + c, _mm512_scalef_ps(_mm512_loadu_ps(s + c), _mm512_sub_ps(_mm512_setzero_ps(), ex)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(shift + c), _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(ex)));
+      }
+      for (int c = 0; c < kD; c += 32)  // the shifts in packed pair order, like the codes
+        _mm512_storeu_si512(shift + c, _mm512_permutexvar_epi32(pair_order, _mm512_loadu_si512(shift + c)));
     }
-    const bool narrow = _mm512_reduce_max_ps(zb) * kD <= 65535.0f;
-    // codes of the group (minus the zero points when narrow) in packed pair order, transposed to
-    // [channel pair][token]
+    // centred, shifted codes of the group in packed pair order, transposed to [channel pair][token]
     std::uint16_t* codes = sc.codes.data();
+    const __m512i mid = _mm512_set1_epi16(kMid);
     for (int i = 0; i < kKG; ++i) {
       std::uint16_t* row = codes + static_cast<std::size_t>(i) * kD;
       unpack_row_u16<KQ::kBits>(kb.row(g0 + i), kD, row);
-      for (int c = 0; c < kD; c += 32) {
-        __m512i x = _mm512_permutexvar_epi32(pair_order, _mm512_loadu_si512(row + c));
-        if (narrow) x = _mm512_sub_epi16(x, _mm512_loadu_si512(zp + c));
-        _mm512_storeu_si512(row + c, x);
-      }
+      for (int c = 0; c < kD; c += 32)
+        _mm512_storeu_si512(row + c, _mm512_sllv_epi16(_mm512_sub_epi16(_mm512_permutexvar_epi32(pair_order, _mm512_loadu_si512(row + c)), mid),
+                                                       _mm512_loadu_si512(shift + c)));
     }
     const std::int32_t* c32 = reinterpret_cast<const std::int32_t*>(codes);
     for (int tb = 0; tb < kKG; tb += 16)
       for (int pb = 0; pb < kPairs; pb += 16)
         transpose16_epi32(c32 + static_cast<std::size_t>(tb) * kPairs + pb, kPairs,
                           sc.kt.data() + static_cast<std::size_t>(pb) * kKG + tb, kKG);
-    // the rows' scaled queries in 16 bits (packed order), and their zero-point bias when not narrow
+    // the rows' scaled queries in 16 bits (packed order) and their zero-point terms
     constexpr int kV = kD / 16;
     for (int r = 0; r < rows; ++r) {
       const float* q = q0 + static_cast<std::size_t>(r) * kD;
-      __m512 v[kV];
-      __m512 vm = _mm512_setzero_ps();
+      __m512 v[kV];  // q' 2^-e, the query that is rounded
+      __m512 vm = _mm512_setzero_ps(), fb = _mm512_setzero_ps();
       for (int k = 0; k < kV; ++k) {
-        v[k] = _mm512_mul_ps(_mm512_loadu_ps(q + 16 * k), _mm512_loadu_ps(s + 16 * k));
+        const __m512 qk = _mm512_loadu_ps(q + 16 * k);
+        v[k] = _mm512_mul_ps(qk, _mm512_loadu_ps(s2 + 16 * k));
         vm = _mm512_max_ps(vm, _mm512_abs_ps(v[k]));
+        fb = _mm512_fmadd_ps(qk, _mm512_loadu_ps(zc + 16 * k), fb);
       }
       const float m = _mm512_reduce_max_ps(vm);
-      const float step = m > 0.0f ? 32767.0f / m : 0.0f;
-      const __m512 vstep = _mm512_set1_ps(step);
+      const __m512 vstep = _mm512_set1_ps(m > 0.0f ? 32767.0f / m : 0.0f);
       std::int16_t* qi = sc.qi.data() + static_cast<std::size_t>(r) * kD;
-      __m512i bias = _mm512_setzero_si512();  // |pair sums| <= 2 * 32767 * 2048, at most 8 per lane
-      for (int k = 0; k < kV; k += 2) {
-        const __m512i packed = _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v[k], vstep)),
-                                                  _mm512_cvtps_epi32(_mm512_mul_ps(v[k + 1], vstep)));
-        _mm512_storeu_si512(qi + 16 * k, packed);
-        if (!narrow) bias = _mm512_add_epi32(bias, _mm512_madd_epi16(packed, _mm512_loadu_si512(zp + 16 * k)));
-      }
-      if (narrow) {
-        sc.qinv_f[r] = m > 0.0f ? m / 32767.0f : 0.0f;
-      } else {
-        sc.qbias[r] = static_cast<double>(reduce_add_epi32_wide(bias));
-        sc.qinv[r] = m > 0.0f ? 1.0 / static_cast<double>(step) : 0.0;
-      }
+      for (int k = 0; k < kV; k += 2)
+        _mm512_storeu_si512(qi + 16 * k, _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v[k], vstep)),
+                                                            _mm512_cvtps_epi32(_mm512_mul_ps(v[k + 1], vstep))));
+      sc.qinv_f[r] = m > 0.0f ? m / 32767.0f : 0.0f;
+      sc.qbias_f[r] = _mm512_reduce_add_ps(fb);
     }
-    std::int32_t* dots = sc.dots.data();
-    key_dots_rows<kKG / 16, kPairs, kKG, kT>(sc.kt.data(), reinterpret_cast<const std::int32_t*>(sc.qi.data()), rows,
-                                             dots, sc.qinv_f.data(), narrow ? logits + (g0 - slot0) : nullptr);
-    if (narrow) return;
-    for (int r = 0; r < rows; ++r) {
-      const std::int32_t* dr = dots + static_cast<std::size_t>(r) * kKG;
-      float* lr = logits + static_cast<std::size_t>(r) * kT + (g0 - slot0);
-      const __m512d vb = _mm512_set1_pd(sc.qbias[r]), vs = _mm512_set1_pd(sc.qinv[r]);
-      for (int i = 0; i < kKG; i += 8) {
-        const __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dr + i)));
-        _mm256_storeu_ps(lr + i, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(x, vb), vs)));
-      }
-    }
+    key_logits_rows<kKG / 16, kPairs, kKG, kT>(sc.kt.data(), reinterpret_cast<const std::int32_t*>(sc.qi.data()), rows,
+                                               sc.qinv_f.data(), sc.qbias_f.data(), logits + (g0 - slot0));
   }
 
   /// One tile: quantized indices [ja, jb) inside the tile starting at jt (jt % kT == 0, one page),
