@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <utility>
@@ -91,6 +92,24 @@ inline std::string num(double x) {
   else
     std::snprintf(buf, sizeof buf, "%.4g", x);
   return buf;
+}
+
+/// The plan's predicted distortion against the best uniform width's: "... vs X for uniform k4v4 (2.5x
+/// lower)"; no ratio when either is zero (a ratio of 0 / 0 printed as "-nanx").
+inline std::string plan_summary(double predicted, double uniform, int uniform_bits) {
+  std::string s = "predicted distortion " + num(predicted);
+  if (uniform_bits <= 0) return s + " (no uniform width fits this budget)";
+  const std::string kv = "k" + std::to_string(uniform_bits) + "v" + std::to_string(uniform_bits);
+  s += " vs " + num(uniform) + " for uniform " + kv;
+  if (predicted > 0 && uniform > 0 && std::isfinite(predicted) && std::isfinite(uniform)) {
+    char buf[48];
+    std::snprintf(buf, sizeof buf, " (%.3gx %s)", predicted <= uniform ? uniform / predicted : predicted / uniform,
+                  predicted <= uniform ? "lower" : "higher");
+    s += buf;
+  } else if (predicted == uniform) {
+    s += " (the same)";
+  }
+  return s;
 }
 
 /// A plain text table: header row, rule, rows; columns right-aligned except the first.

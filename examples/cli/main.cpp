@@ -219,12 +219,8 @@ int cmd_plan(const PlanArgs& a) {
   }
   std::printf("plan: %s, per %s, budget %.3g bits/element (metadata included)\n", plan.mode.c_str(),
               g == skv::calib::Granularity::Head ? "head" : "layer", plan.budget);
-  std::printf("mean bits %.4g; predicted distortion %s", plan.mean_bits, skv_cli::num(plan.predicted_distortion).c_str());
-  if (plan.uniform_bits > 0)
-    std::printf(" vs %s for uniform k%dv%d (%.3gx lower)\n\n", skv_cli::num(plan.uniform_distortion).c_str(), plan.uniform_bits,
-                plan.uniform_bits, plan.uniform_distortion / plan.predicted_distortion);
-  else
-    std::printf(" (no uniform width fits this budget)\n\n");
+  std::printf("mean bits %.4g; %s\n\n", plan.mean_bits,
+              skv_cli::plan_summary(plan.predicted_distortion, plan.uniform_distortion, plan.uniform_bits).c_str());
   std::vector<std::vector<std::string>> rows;
   for (const auto& l : plan.layers) {
     std::string heads;

@@ -62,6 +62,31 @@ void with_group(int group, F&& f) {
   }
 }
 
+/// Largest |x| measured: what skv::KVCache accepts with fp16 scales (Quantizer::kMaxInput); beyond
+/// it the fp16 scale overflows and the distortion would be NaN.
+constexpr float kMaxQuantizable = Quantizer<2, 32, Axis::Channel>::kMaxInput;
+
+inline std::string describe_unquantizable(float x) {
+  return (std::isfinite(x) ? skv::detail::number(x) : std::string("NaN or Inf")) +
+         "; the cache quantizes finite |x| <= " + skv::detail::number(kMaxQuantizable) + " only (fp16 scales)";
+}
+
+/// Throws unless every x[i] is finite with |x| <= kMaxQuantizable; `what` names the data.
+inline void check_quantizable(const float* x, std::size_t n, const std::string& what) {
+  for (std::size_t i = 0; i < n; ++i)
+    if (!(std::fabs(x[i]) <= kMaxQuantizable))
+      throw Error(what + " element " + std::to_string(i) + " is " + describe_unquantizable(x[i]));
+}
+
+/// The same for `tokens` rows of head_dim floats at x + t * stride.
+inline void check_quantizable_rows(const float* x, std::size_t stride, int tokens, int head_dim, const char* what) {
+  for (int t = 0; t < tokens; ++t)
+    for (int c = 0; c < head_dim; ++c)
+      if (!(std::fabs(x[t * stride + c]) <= kMaxQuantizable))
+        throw Error(std::string(what) + " token " + std::to_string(t) + ", dim " + std::to_string(c) + " is " +
+                    describe_unquantizable(x[t * stride + c]));
+}
+
 template <class Q>
 void fake_quantize_channel(const float* x, std::size_t stride, int tokens, int head_dim, float* out) {
   constexpr int G = Q::kGroupSize;
@@ -197,6 +222,8 @@ inline std::pair<UnitDistortion, UnitDistortion> measure_head(const float* k, co
   require(tokens >= kg, "the dump has " + std::to_string(tokens) + " tokens, fewer than one key group (" +
                             std::to_string(kg) + "): nothing would be quantized");
   require(!o.bits.empty(), "no candidate bit widths");
+  detail::check_quantizable_rows(k, kv_stride, tokens, head_dim, "measure_head: key at");
+  detail::check_quantizable_rows(v, kv_stride, tokens, head_dim, "measure_head: value at");
   const int tq = tokens / kg * kg;  // tokens in whole key groups
   const std::size_t d = static_cast<std::size_t>(head_dim);
   const bool score = o.score_space && q != nullptr && q_per_kv > 0;

@@ -64,6 +64,11 @@ class KVDump {
         if (qt.shape()[0] != t || qt.shape()[2] != d || qt.shape()[1] % h != 0)
           throw Error(path + ": tensor '" + qt.name() + "' must be [" + std::to_string(t) + ", a multiple of " +
                       std::to_string(h) + ", " + std::to_string(d) + "]");
+        // one query-head count for the whole dump: every reader sizes its buffers with q_heads()
+        if (!layers_.empty() && qt.shape()[1] != q_heads_)
+          throw Error(path + ": tensor '" + qt.name() + "' has " + std::to_string(qt.shape()[1]) +
+                      " query heads, but layer " + std::to_string(layers_.front()) + " has " + std::to_string(q_heads_) +
+                      " (every layer must have the same number)");
         q_heads_ = static_cast<int>(qt.shape()[1]);
       }
       layers_.push_back(i);
@@ -148,6 +153,10 @@ inline DistortionTable measure_distortion(const KVDump& dump, const DistortionOp
   const int h = dump.kv_heads(), d = dump.head_dim();
   for (int n = 0; n < dump.num_layers(); ++n) {
     const LayerKV l = dump.layer(n);
+    const std::string name = "layers." + std::to_string(table.layers[static_cast<std::size_t>(n)]);
+    // the range the cache accepts (skv eval appends to a real cache and is held to it)
+    detail::check_quantizable(l.k.data(), l.k.size(), dump.path() + ": tensor '" + name + ".k'");
+    detail::check_quantizable(l.v.data(), l.v.size(), dump.path() + ": tensor '" + name + ".v'");
     const int group = l.q_heads / h;
     for (int head = 0; head < h; ++head) {
       const std::size_t kv_stride = static_cast<std::size_t>(h) * d;

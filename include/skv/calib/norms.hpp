@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cctype>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -166,6 +167,14 @@ inline ModelNorms compute_norms(const io::Checkpoint& ckpt, const NormOptions& o
     check2d(vt);
     const std::vector<float> kdata = kt.to_float();
     const std::vector<float> vdata = out.layout == AttentionLayout::Separate ? vt.to_float() : std::vector<float>{};
+    // a NaN would read as a norm of 0 (comparisons with NaN are false), an Inf as a norm of Inf
+    auto check_finite = [&](const std::vector<float>& x, const io::TensorRef& t) {
+      for (std::size_t i = 0; i < x.size(); ++i)
+        if (!std::isfinite(x[i]))
+          throw Error(*t.file + ": tensor '" + t.name() + "' has a NaN or Inf at element " + std::to_string(i));
+    };
+    check_finite(kdata, kt);
+    check_finite(vdata, vt);
     MatrixRef k, v;
     const std::int64_t r0 = kt.shape()[0], c0 = kt.shape()[1];
     if (out.layout == AttentionLayout::Separate) {

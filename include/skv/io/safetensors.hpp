@@ -95,6 +95,26 @@ struct Header {
   std::size_t data_offset = 0;  ///< first data byte within the file (8 + header length)
 };
 
+namespace detail {
+/// `s` with every byte outside printable ASCII written as \xNN: parser messages quote the input,
+/// which may be anything (invalid UTF-8, control characters).
+inline std::string printable(const std::string& s) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (const char ch : s) {
+    const auto b = static_cast<unsigned char>(ch);
+    if (b >= 0x20 && b < 0x7f) {
+      out.push_back(ch);
+    } else {
+      out += "\\x";
+      out.push_back(hex[b >> 4]);
+      out.push_back(hex[b & 15]);
+    }
+  }
+  return out;
+}
+}  // namespace detail
+
 /// Parses and validates the header of a safetensors image of `size` bytes at `data` (the whole file;
 /// only the header part and `size` are used). `file` names the source in error messages.
 inline Header parse_safetensors_header(const std::uint8_t* data, std::size_t size, const std::string& file) {
@@ -110,11 +130,22 @@ inline Header parse_safetensors_header(const std::uint8_t* data, std::size_t siz
   h.data_offset = 8 + static_cast<std::size_t>(n);
   const std::size_t data_size = size - h.data_offset;
   nlohmann::json j;
+  // nlohmann::json keeps the last of repeated keys; a header naming a tensor twice is corrupt
+  std::vector<std::string> top_keys;
+  const nlohmann::json::parser_callback_t note_keys = [&](int depth, nlohmann::json::parse_event_t event,
+                                                          nlohmann::json& parsed) {
+    if (event == nlohmann::json::parse_event_t::key && depth == 1 && parsed.is_string())
+      top_keys.push_back(parsed.get<std::string>());
+    return true;
+  };
   try {
-    j = nlohmann::json::parse(data + 8, data + h.data_offset);
+    j = nlohmann::json::parse(data + 8, data + h.data_offset, note_keys);
   } catch (const nlohmann::json::exception& e) {
-    throw fail(std::string("header is not valid JSON: ") + e.what());
+    throw fail("header is not valid JSON: " + detail::printable(e.what()));
   }
+  std::sort(top_keys.begin(), top_keys.end());
+  const auto repeated = std::adjacent_find(top_keys.begin(), top_keys.end());
+  if (repeated != top_keys.end()) throw fail("the header names '" + detail::printable(*repeated) + "' twice");
   if (!j.is_object()) throw fail("header is not a JSON object");
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& name = it.key();
@@ -181,7 +212,12 @@ namespace detail {
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path) : path_(path) {
-    const int fd = ::open(path.c_str(), O_RDONLY);
+    // a FIFO or a device would block in open() or read forever: only regular files are opened, and
+    // without blocking in case the path changes between the check and the open
+    struct stat pre {};
+    if (::stat(path.c_str(), &pre) != 0) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
+    if (!S_ISREG(pre.st_mode)) throw Error(path + ": not a regular file");
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) throw Error(path + ": cannot open (" + std::strerror(errno) + ")");
     struct stat st {};
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -311,12 +347,12 @@ inline std::string parent_dir(const std::string& p) {
   return s == std::string::npos ? std::string(".") : (s == 0 ? std::string("/") : p.substr(0, s));
 }
 inline nlohmann::json read_json_file(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw Error(path + ": cannot open");
+  const MappedFile file(path);  // a regular file, opened without blocking
   try {
-    return nlohmann::json::parse(in);
+    if (file.size() == 0) return nlohmann::json::parse(std::string());  // the parser's own "empty input" error
+    return nlohmann::json::parse(file.data(), file.data() + file.size());
   } catch (const nlohmann::json::exception& e) {
-    throw Error(path + ": not valid JSON (" + e.what() + ")");
+    throw Error(path + ": not valid JSON (" + printable(e.what()) + ")");
   }
 }
 }  // namespace detail
@@ -407,11 +443,18 @@ struct ModelConfig {
   int hidden_size = 0;
 };
 
-inline ModelConfig parse_model_config(const nlohmann::json& j, const std::string& file) {
-  if (!j.is_object()) throw Error(file + ": config is not a JSON object");
-  // Multimodal configs nest the language model.
-  if (j.contains("text_config") && j["text_config"].is_object() && !j.contains("num_attention_heads"))
-    return parse_model_config(j["text_config"], file);
+inline ModelConfig parse_model_config(const nlohmann::json& config, const std::string& file) {
+  if (!config.is_object()) throw Error(file + ": config is not a JSON object");
+  // Multimodal configs nest the language model; real ones one level deep, so a few levels suffice
+  // (a loop, not recursion: a crafted file may nest thousands).
+  const nlohmann::json* level = &config;
+  for (int depth = 0; level->contains("text_config") && (*level)["text_config"].is_object() &&
+                      !level->contains("num_attention_heads");
+       ++depth) {
+    if (depth == 4) throw Error(file + ": text_config nested more than 4 levels deep");
+    level = &(*level)["text_config"];
+  }
+  const nlohmann::json& j = *level;
   auto get_int = [&](std::initializer_list<const char*> keys, int fallback) {
     for (const char* k : keys) {
       const auto it = j.find(k);

@@ -34,6 +34,14 @@ set(dump ${WORK}/dump.safetensors)
 run(_ gen-dump ${dump} --layers 3 --kv-heads 2 --q-per-kv 2 --tokens 128 --head-dim 64)
 run(_ gen-dump ${WORK}/noq.safetensors --layers 2 --tokens 96 --head-dim 128 --no-queries --dtype f16)
 
+# a one-token dump: a cache of sink tokens only (no pages) still appends and decodes
+run(_ gen-dump ${WORK}/one.safetensors --layers 1 --kv-heads 2 --q-per-kv 2 --tokens 1 --head-dim 64)
+run(one eval ${WORK}/one.safetensors --configs k4v2+sink4,k4v2 --json)
+string(JSON one_err GET "${one}" configs 0 attn_rel_err)
+if(NOT one_err LESS 1e-5)
+  message(FATAL_ERROR "eval of a one-token dump with +sink4: expected exact attention:\n${one}")
+endif()
+
 # --help everywhere
 foreach(cmd "" spectral inspect eval plan)
   if(cmd STREQUAL "")

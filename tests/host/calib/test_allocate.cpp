@@ -6,9 +6,12 @@
 #include <functional>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <skv/calib/allocate.hpp>
+
+#include "cli/common.hpp"
 
 namespace {
 
@@ -138,6 +141,21 @@ TEST(Uniform, WidestSingleWidthThatFits) {
   EXPECT_EQ(skv::calib::uniform_bits(u, {2, 3, 4, 8}, 3.75), 3);
   EXPECT_EQ(skv::calib::uniform_bits(u, {2, 3, 4, 8}, 4.75), 4);
   EXPECT_EQ(skv::calib::uniform_bits(u, {2, 3, 4, 8}, 2.0), -1);
+}
+
+// skv plan's summary line: a ratio only where both distortions are positive (0 / 0 printed "-nanx").
+TEST(PlanSummary, ZeroDistortionPrintsNoRatio) {
+  EXPECT_EQ(skv_cli::plan_summary(0.2829, 0.3466, 3), "predicted distortion 0.2829 vs 0.3466 for uniform k3v3 (1.23x lower)");
+  EXPECT_EQ(skv_cli::plan_summary(0.0, 0.0, 4), "predicted distortion 0 vs 0 for uniform k4v4 (the same)");
+  EXPECT_EQ(skv_cli::plan_summary(0.0, 0.5, 4), "predicted distortion 0 vs 0.5 for uniform k4v4");
+  EXPECT_EQ(skv_cli::plan_summary(2.0, 1.0, 2), "predicted distortion 2 vs 1 for uniform k2v2 (2x higher)");
+  EXPECT_EQ(skv_cli::plan_summary(1.0, 0.0, 0), "predicted distortion 1 (no uniform width fits this budget)");
+  for (const double a : {0.0, 1.0, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()})
+    for (const double b : {0.0, 2.0}) {
+      const std::string line = skv_cli::plan_summary(a, b, 3);
+      EXPECT_EQ(line.find("nanx"), std::string::npos) << line;
+      EXPECT_EQ(line.find("infx"), std::string::npos) << line;
+    }
 }
 
 }  // namespace

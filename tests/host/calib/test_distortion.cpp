@@ -196,6 +196,41 @@ TEST(KVDump, ReadsGeneratedDumpsAndMeasuresEveryUnit) {
   }
 }
 
+// Calibration holds a dump to the range the cache accepts (|x| <= 32752 with fp16 scales), as skv eval
+// does: beyond it the fp16 scale overflows and every distortion would be NaN.
+TEST(KVDump, ValuesTheCacheRejectsAreRejectedByCalibration) {
+  constexpr int T = 64, H = 1, D = 8;
+  std::vector<float> k(T * H * D, 1.0f), v = k;
+  for (std::size_t i = 0; i < k.size(); ++i) k[i] = static_cast<float>(i % 13) - 6.0f;
+  skv::calib::DistortionOptions o;
+  o.bits = {2, 4};
+  EXPECT_NO_THROW(skv::calib::measure_head(k.data(), v.data(), D, nullptr, 0, 0, T, D, o));
+  v[100] = 40000.0f;
+  try {
+    skv::calib::measure_head(k.data(), v.data(), D, nullptr, 0, 0, T, D, o);
+    FAIL() << "accepted";
+  } catch (const skv::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("value at token 12, dim 4 is 40000"), std::string::npos) << e.what();
+  }
+  v[100] = 1.0f;
+  k[3] = -32753.0f;
+  EXPECT_THROW(skv::calib::measure_head(k.data(), v.data(), D, nullptr, 0, 0, T, D, o), skv::Error);
+  k[3] = -32752.0f;  // the largest magnitude the cache accepts
+  EXPECT_NO_THROW(skv::calib::measure_head(k.data(), v.data(), D, nullptr, 0, 0, T, D, o));
+
+  skv_test::TempDir dir;
+  const std::string p = dir.file("big.safetensors");
+  k[3] = 1e6f;
+  skv::io::write_safetensors(p, {{"layers.0.k", skv::io::DType::F32, {T, H, D}, k}, {"layers.0.v", skv::io::DType::F32, {T, H, D}, v}});
+  const skv::calib::KVDump dump(p);
+  try {
+    skv::calib::measure_distortion(dump, o);
+    FAIL() << "accepted";
+  } catch (const skv::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'layers.0.k' element 3 is 1000000"), std::string::npos) << e.what();
+  }
+}
+
 TEST(KVDump, MalformedDumpsAreClearErrors) {
   skv_test::TempDir dir;
   const std::string p = dir.file("bad.safetensors");
@@ -217,6 +252,14 @@ TEST(KVDump, MalformedDumpsAreClearErrors) {
   expect_error({{"layers.0.k", DType::F32, {2, 3, 8}, x}, {"layers.0.v", DType::F32, {2, 3, 8}, x},
                 {"layers.0.q", DType::F32, {2, 4, 6}, std::vector<float>(48, 1.0f)}},
                "layers.0.q");
+  // every layer must have the same number of query heads (readers size buffers with q_heads())
+  expect_error({{"layers.0.k", DType::F32, {2, 2, 8}, std::vector<float>(32, 1.0f)},
+                {"layers.0.v", DType::F32, {2, 2, 8}, std::vector<float>(32, 1.0f)},
+                {"layers.0.q", DType::F32, {2, 2, 8}, std::vector<float>(32, 1.0f)},
+                {"layers.1.k", DType::F32, {2, 2, 8}, std::vector<float>(32, 1.0f)},
+                {"layers.1.v", DType::F32, {2, 2, 8}, std::vector<float>(32, 1.0f)},
+                {"layers.1.q", DType::F32, {2, 4, 8}, std::vector<float>(64, 1.0f)}},
+               "'layers.1.q' has 4 query heads, but layer 0 has 2");
   std::vector<float> nan = x;
   nan[5] = std::nanf("");
   skv::io::write_safetensors(p, {{"layers.0.k", DType::F32, {2, 3, 8}, nan}, {"layers.0.v", DType::F32, {2, 3, 8}, x}});

@@ -4,11 +4,14 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include <skv/io/safetensors.hpp>
+
+#include <sys/stat.h>
 
 #include "helpers.hpp"
 
@@ -235,6 +238,82 @@ TEST(ModelConfig, ReadsHeadGeometry) {
   skv_test::TempDir dir;
   std::ofstream(dir.file("config.json")) << "{not json";
   EXPECT_THROW(skv::io::read_model_config(dir.path()), skv::Error);
+}
+
+// A crafted config.json may nest text_config thousands of levels deep: an error, not a stack overflow.
+TEST(ModelConfig, DeeplyNestedTextConfigIsAnError) {
+  skv_test::TempDir dir;
+  const int depth = 200000;
+  std::string text;
+  for (int i = 0; i < depth; ++i) text += "{\"text_config\":";
+  text += "{\"num_attention_heads\":8,\"hidden_size\":512}";
+  text += std::string(depth, '}');
+  std::ofstream(dir.file("config.json")) << text;
+  try {
+    skv::io::read_model_config(dir.path());
+    FAIL() << "accepted";
+  } catch (const skv::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("text_config nested more than 4 levels deep"), std::string::npos) << e.what();
+  }
+  // real multimodal configs nest it once or twice
+  const auto two = skv::io::parse_model_config(
+      nlohmann::json::parse(R"({"text_config":{"text_config":{"num_attention_heads":8,"hidden_size":512}}})"), "c");
+  EXPECT_EQ(two.head_dim, 64);
+}
+
+// A FIFO (or any other non-regular file) given as an input is an error; opening it must not block.
+TEST(Safetensors, FifosAndFoldersAreErrorsWithoutBlocking) {
+  skv_test::TempDir dir;
+  for (const char* name : {"pipe.safetensors", "config.json", "model.safetensors.index.json"})
+    ASSERT_EQ(::mkfifo(dir.file(name).c_str(), 0600), 0) << name;
+  EXPECT_THROW(skv::io::SafetensorsFile{dir.file("pipe.safetensors")}, skv::Error);
+  EXPECT_THROW(skv::io::Checkpoint{dir.file("pipe.safetensors")}, skv::Error);
+  EXPECT_THROW(skv::io::read_model_config(dir.file("config.json")), skv::Error);
+  EXPECT_THROW(skv::io::read_model_config(dir.path()), skv::Error);
+  EXPECT_THROW(skv::io::Checkpoint{dir.file("model.safetensors.index.json")}, skv::Error);
+  try {
+    skv::io::SafetensorsFile f(dir.file("pipe.safetensors"));
+  } catch (const skv::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(skv::io::SafetensorsFile{dir.path()}, skv::Error);
+}
+
+// nlohmann::json keeps the last of two equal keys: a header naming a tensor twice must be rejected.
+TEST(Safetensors, ATensorNamedTwiceIsAnError) {
+  skv_test::TempDir dir;
+  const std::string p = dir.file("dup.safetensors");
+  write_raw(p, R"({"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8);
+  try {
+    skv::io::SafetensorsFile f(p);
+    FAIL() << "accepted";
+  } catch (const skv::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("names 'w' twice"), std::string::npos) << e.what();
+  }
+  // the same name inside __metadata__ and as a tensor's field is fine
+  write_raw(p, R"({"__metadata__":{"w":"x"},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  EXPECT_NO_THROW(skv::io::SafetensorsFile{p});
+}
+
+// Parser messages quote the input: bytes that are not printable ASCII are escaped, never echoed raw.
+TEST(Safetensors, ErrorsEscapeInvalidUtf8) {
+  skv_test::TempDir dir;
+  const std::string p = dir.file("bad.safetensors");
+  write_raw(p, std::string("{\"w\xff\xfe\x01\":1}"), 0);
+  std::ofstream(dir.file("config.json")) << std::string("{\"a\":\"\xc3\x28\x07\"}");
+  for (int which = 0; which < 2; ++which) {
+    try {
+      if (which == 0)
+        skv::io::SafetensorsFile f(p);
+      else
+        skv::io::read_model_config(dir.path());
+      FAIL() << "accepted " << which;
+    } catch (const skv::Error& e) {
+      const std::string what = e.what();
+      for (const char ch : what) ASSERT_TRUE(ch >= 0x20 && ch < 0x7f) << which << ": " << what;
+      EXPECT_NE(what.find("\\x"), std::string::npos) << what;
+    }
+  }
 }
 
 }  // namespace

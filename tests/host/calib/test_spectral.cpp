@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -194,6 +195,34 @@ TEST(ModelNorms, SeparateProjectionsWithGqa) {
   write_config(dir.path(), m, false);
   expect_norms_match(norms_of(dir.path()), m);
   EXPECT_EQ(skv::calib::detect_layout(skv::io::Checkpoint(dir.path()).names(), "x"), skv::calib::AttentionLayout::Separate);
+}
+
+// A NaN compares false with everything, so it read as a norm of 0: weights must be finite, and the
+// error names the tensor.
+TEST(ModelNorms, NonFiniteWeightsAreErrorsNamingTheTensor) {
+  const Model m = make_model(true);
+  for (int which = 0; which < 4; ++which) {
+    skv_test::TempDir dir;
+    std::vector<skv::io::TensorData> t;
+    for (int l = 0; l < m.layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".self_attn.";
+      const std::int64_t kv_rows = m.kv_heads * m.head_dim;
+      auto k = m.k[static_cast<std::size_t>(l)], v = m.v[static_cast<std::size_t>(l)];
+      if (l == 1) (which < 2 ? k : v)[7] = which % 2 ? std::numeric_limits<float>::infinity() : std::nanf("");
+      t.push_back({p + "q_proj.weight", skv::io::DType::F32, {m.heads * m.head_dim, m.hidden()}, m.q[static_cast<std::size_t>(l)]});
+      t.push_back({p + "k_proj.weight", skv::io::DType::F32, {kv_rows, m.hidden()}, k});
+      t.push_back({p + "v_proj.weight", skv::io::DType::F32, {kv_rows, m.hidden()}, v});
+    }
+    skv::io::write_safetensors(dir.file("model.safetensors"), t);
+    write_config(dir.path(), m, false);
+    try {
+      norms_of(dir.path());
+      FAIL() << "accepted " << which;
+    } catch (const skv::Error& e) {
+      const std::string want = std::string("'model.layers.1.self_attn.") + (which < 2 ? "k" : "v") + "_proj.weight' has a NaN or Inf";
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(ModelNorms, FusedPhi3QkvProj) {
