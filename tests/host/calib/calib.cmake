@@ -26,9 +26,12 @@ if(CLI11_FOUND AND SKV_BUILD_EXAMPLES)  # skv_cli is defined later, in examples/
   set_tests_properties(calib.cli_end_to_end PROPERTIES LABELS host)
 endif()
 
-# libFuzzer target for the safetensors header parser, defined when clang++ can link -fsanitize=fuzzer
-# (the project compiler may be g++). Not part of the default build; build and run it by hand:
-#   cmake --build build --target skv_fuzz_safetensors && build/tests/host/skv_fuzz_safetensors -max_total_time=60
+# libFuzzer target for everything skv reads from files (fuzz_safetensors.cpp: safetensors headers,
+# checkpoints, config.json, K/V dumps), defined when clang++ can link -fsanitize=fuzzer (the project
+# compiler may be g++). Not part of the default build; `cmake --workflow --preset fuzz` builds it and
+# runs it for SKV_FUZZ_SECONDS (the test fuzz.inputs, defined only with -DSKV_FUZZ=ON).
+option(SKV_FUZZ "Add the fuzz.inputs test: run the libFuzzer target for SKV_FUZZ_SECONDS" OFF)
+set(SKV_FUZZ_SECONDS 60 CACHE STRING "Seconds the fuzz.inputs test runs the fuzzer")
 find_program(SKV_CLANGXX NAMES clang++ clang++-18 clang++-17 clang++-16 clang++-15 clang++-14)
 if(SKV_CLANGXX)
   set(fuzz_bin ${CMAKE_CURRENT_BINARY_DIR}/skv_fuzz_safetensors)
@@ -42,13 +45,24 @@ if(SKV_CLANGXX)
         list(APPEND json_flags -isystem ${dir})
       endif()
     endforeach()
+    file(GLOB_RECURSE fuzz_headers CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/include/skv/io/*.hpp
+         ${PROJECT_SOURCE_DIR}/include/skv/calib/*.hpp ${PROJECT_SOURCE_DIR}/include/skv/quant/*.hpp)
     add_custom_command(OUTPUT ${fuzz_bin}
                        COMMAND ${SKV_CLANGXX} -std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined
                                -I${PROJECT_SOURCE_DIR}/include ${json_flags} ${SKV_CALIB_DIR}/fuzz_safetensors.cpp -o ${fuzz_bin}
-                       DEPENDS ${SKV_CALIB_DIR}/fuzz_safetensors.cpp ${PROJECT_SOURCE_DIR}/include/skv/io/safetensors.hpp
-                       COMMENT "Building the safetensors header fuzzer with ${SKV_CLANGXX}")
+                       DEPENDS ${SKV_CALIB_DIR}/fuzz_safetensors.cpp ${fuzz_headers}
+                       COMMENT "Building the input fuzzer with ${SKV_CLANGXX}")
     add_custom_target(skv_fuzz_safetensors DEPENDS ${fuzz_bin})
+    if(SKV_FUZZ)
+      # a fresh corpus each run, seeded with the dictionary of the formats' keywords
+      add_test(NAME fuzz.inputs
+               COMMAND ${CMAKE_COMMAND} -E env ASAN_OPTIONS=detect_leaks=1
+                       ${fuzz_bin} -max_total_time=${SKV_FUZZ_SECONDS} -rss_limit_mb=2048 -timeout=10
+                       -dict=${SKV_CALIB_DIR}/fuzz_inputs.dict -print_final_stats=1)
+      set_tests_properties(fuzz.inputs PROPERTIES LABELS fuzz TIMEOUT 900)
+    endif()
   else()
-    message(STATUS "skv: ${SKV_CLANGXX} cannot link -fsanitize=fuzzer; the safetensors fuzzer is skipped")
+    message(STATUS "skv: ${SKV_CLANGXX} cannot link -fsanitize=fuzzer; the input fuzzer is skipped "
+                   "(apt-get install libclang-rt-14-dev)")
   endif()
 endif()
