@@ -401,6 +401,7 @@ TEST(Prefill, RejectsBadArguments) {
   q[2 * 4 * 128 + 5] = std::numeric_limits<float>::infinity();  // token 2
   EXPECT_THROW(skv::cpu::prefill_attention(cache, q.data(), 3, 4, out.data()), skv::Error);
   EXPECT_NO_THROW(skv::cpu::prefill_attention(cache, q.data(), 2, 4, out.data()));
+  EXPECT_THROW(skv::cpu::prefill_attention(cache, q.data(), 2, 4, out.data(), 1e35f), skv::Error);  // logits overflow
   const auto view = cache.view();
   const int bad_start[] = {1, 3}, decreasing[] = {0, 3, 2};
   EXPECT_THROW(skv::cpu::prefill_attention_batch(&view, 1, bad_start, q.data(), 4, out.data(), 0.1f), skv::Error);
@@ -408,6 +409,15 @@ TEST(Prefill, RejectsBadArguments) {
   const skv::SequenceView<skv::KVCache<4, 2>::Layout> two[] = {view, view};
   EXPECT_THROW(skv::cpu::prefill_attention_batch(two, 2, decreasing, q.data(), 4, out.data(), 0.1f), skv::Error);
   EXPECT_THROW(skv::cpu::prefill_attention_batch(&view, -1, decreasing, q.data(), 4, out.data(), 0.1f), skv::Error);
+  // a block table entry outside the pool is an error, not a crash
+  skv::KVCache<4, 2> big(1, 200);
+  const auto kb = random_floats(128 * 150, 3);
+  big.append(kb.data(), kb.data(), 150);
+  auto bad = big.view();
+  std::vector<std::int32_t> table(bad.block_table, bad.block_table + bad.max_pages);
+  table[1] = bad.num_pages + 5;
+  bad.block_table = table.data();
+  EXPECT_THROW(skv::cpu::prefill_attention(bad, q.data(), 2, 4, out.data(), 0.1f), skv::Error);
 }
 
 // the dense baselines are exact causal attention over the stored (fp16-rounded) rows

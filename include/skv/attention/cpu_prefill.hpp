@@ -106,18 +106,27 @@ void check_prefill_args(const View& view, int length, int capacity, const float*
   if (num_q_tokens == 0) return;
   require(q != nullptr && out != nullptr, w + ": q and out must not be null");
   const std::size_t n = static_cast<std::size_t>(num_q_tokens) * num_q_heads * D;
-  for (std::size_t i = 0; i < n; ++i)
+  float qmax = 0.0f;
+  for (std::size_t i = 0; i < n; ++i) {
     if (!std::isfinite(q[i]))
       throw Error(w + ": q has a NaN or Inf at token " + std::to_string(i / (static_cast<std::size_t>(num_q_heads) * D)) +
                   ", head " + std::to_string(i / D % num_q_heads) + ", dim " + std::to_string(i % D));
+    qmax = std::max(qmax, std::fabs(q[i]));
+  }
+  // the same bound as decode: the scale is folded into the query in float (reference.hpp)
+  require(static_cast<double>(qmax) * std::fabs(static_cast<double>(scale)) <= kMaxScaledQuery<D>,
+          w + ": softmax scale " + skv::detail::number(scale) + " times max |q| " + skv::detail::number(qmax) +
+              " exceeds " + skv::detail::number(kMaxScaledQuery<D>) + ": the logits could overflow float");
 }
 
 template <class Layout>
 void check_prefill_view(const SequenceView<Layout>& view, const float* q, int num_q_tokens, int num_q_heads,
                         const float* out, float scale, const char* what) {
   check_prefill_args<Layout::kHeadDim>(view, view.length, view.capacity(), q, num_q_tokens, num_q_heads, out, scale, what);
-  skv::detail::require(view.length == 0 || (view.pages != nullptr && view.block_table != nullptr && view.residual != nullptr),
+  skv::detail::require(view.length == 0 || view.residual != nullptr, std::string(what) + ": the sequence view has a null pointer");
+  skv::detail::require(view.quantized_length() == 0 || view.pages != nullptr,
                        std::string(what) + ": the sequence view has a null pointer");
+  skv::detail::check_read_pages(view, what);  // an entry outside the pool is an error, not a crash
 }
 
 /// One unit of prefill work: query tokens [q_begin, q_end) of sequence `seq` (rows: those tokens x
