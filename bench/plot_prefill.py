@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Turns the prefill part of skv_bench_cpu's JSON into docs/bench_prefill.png and a markdown table.
 
-    skv_bench_cpu --benchmark_filter='^prefill/' --benchmark_out=prefill.json --benchmark_out_format=json
+    skv_bench_cpu --benchmark_filter='^prefill/' --benchmark_repetitions=3 \
+        --benchmark_out=prefill.json --benchmark_out_format=json
     python3 bench/plot_prefill.py prefill.json --png docs/bench_prefill.png --table table.md
 
 The plot: effective TFLOP/s against the chunk length, one panel per prefix length, one line per
@@ -30,11 +31,12 @@ def to_ms(b):
 def load(path):
     with open(path) as f:
         data = json.load(f)
+    # with --benchmark_repetitions, the medians; otherwise the single runs
+    medians = [b for b in data["benchmarks"] if b.get("aggregate_name") == "median"]
+    runs = medians or [b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
     res = {}
-    for b in data["benchmarks"]:
-        if b.get("run_type", "iteration") != "iteration":
-            continue
-        m = PREFILL.match(b["name"])
+    for b in runs:
+        m = PREFILL.match(b.get("run_name", b["name"]))
         if m:
             res[(m["cfg"], int(m["prefix"]), int(m["chunk"]), int(m["threads"]))] = b
     return data.get("context", {}), res
