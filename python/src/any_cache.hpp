@@ -12,14 +12,21 @@
 
 namespace skv_python {
 
-/// A cache configuration as Python names it. `options` is the accuracy bundle: rotated keys,
-/// 4 fp32 sink tokens, and the clipping search for keys and values.
+/// The compiled option sets: none; rotated keys + 4 fp32 sink tokens; and those two plus the
+/// clipping search for keys and values.
+enum OptionSet : int { kNoOptions = 0, kRotateSinks = 1, kRotateSinksClip = 2 };
+
+inline const char* option_set_name(int set) {
+  return set == kRotateSinksClip ? "rotate_keys + sinks 4 + clip" : set == kRotateSinks ? "rotate_keys + sinks 4" : "no options";
+}
+
+/// A cache configuration as Python names it.
 struct Config {
   int key_bits = 0;
   int value_bits = 0;
   int head_dim = 0;
   int residual = 0;
-  bool options = false;
+  int options = kNoOptions;  ///< an OptionSet
 
   std::string name() const;
 };
@@ -75,7 +82,7 @@ class AnyCache {
 struct Family {
   int head_dim;
   int residual;
-  bool options;
+  int options;  ///< an OptionSet
   std::vector<std::pair<int, int>> pairs;
   /// Throws skv::Error (naming the compiled pairs) when the pair is not compiled.
   std::unique_ptr<AnyCache> (*make)(int key_bits, int value_bits, int num_kv_heads, int max_tokens);

@@ -35,15 +35,18 @@ std::vector<Family>& families() {
 std::string Config::name() const {
   return "k" + std::to_string(key_bits) + "v" + std::to_string(value_bits) + ", head_dim " +
          std::to_string(head_dim) + ", residual " + std::to_string(residual) +
-         (options ? ", rotate_keys + sinks 4 + clip" : ", no options");
+         ", " + option_set_name(options);
 }
 
 namespace {
 
-// What skv.KVCache uses when the caller gives only bits (docs/python.md, "Defaults").
-constexpr int kDefaultResidual = 0;
-constexpr bool kDefaultOptions = false;
-constexpr int kBundleSinks = 4;
+// What skv.KVCache uses when the caller gives only bits: measured in the generation loop
+// (docs/accuracy.md, "Defaults").
+constexpr int kDefaultResidual = 128;
+constexpr bool kDefaultRotateKeys = true;
+constexpr int kDefaultSinks = 4;
+constexpr bool kDefaultClip = false;
+constexpr int kCompiledSinks = 4;
 
 using Array = nb::ndarray<nb::ro>;
 using OutArray = nb::ndarray<nb::numpy, float>;
@@ -106,12 +109,12 @@ OutArray new_output(std::size_t d0, std::size_t d1, std::size_t d2 = 0) {
 
 std::string family_summary() {
   // "head_dim 64, 128, 256 with residual 0, 128 ..." grouped by (residual, options).
-  std::map<std::tuple<bool, int>, std::set<int>> groups;
+  std::map<std::tuple<int, int>, std::set<int>> groups;
   for (const Family& f : families()) groups[{f.options, f.residual}].insert(f.head_dim);
   std::string s;
   for (const auto& [key, dims] : groups) {
     s += s.empty() ? "" : "; ";
-    s += std::string(std::get<0>(key) ? "rotate_keys + sinks 4 + clip" : "no options") + ", residual " +
+    s += std::string(option_set_name(std::get<0>(key))) + ", residual " +
          std::to_string(std::get<1>(key)) + ": head_dim";
     bool first = true;
     for (int d : dims) s += (first ? " " : ", ") + std::to_string(d), first = false;
@@ -119,11 +122,11 @@ std::string family_summary() {
   return s;
 }
 
-const Family& find_family(int head_dim, int residual, bool options) {
+const Family& find_family(int head_dim, int residual, int options) {
   for (const Family& f : families())
     if (f.head_dim == head_dim && f.residual == residual && f.options == options) return f;
   throw skv::Error("no cache compiled for head_dim " + std::to_string(head_dim) + ", residual " +
-                   std::to_string(residual) + (options ? ", rotate_keys + sinks 4 + clip" : ", no options") +
+                   std::to_string(residual) + ", " + option_set_name(options) +
                    "; compiled: " + family_summary() + " (key and value bits each in {2, 3, 4, 8}); see skv.compiled()");
 }
 
@@ -133,15 +136,18 @@ class KVCache {
   KVCache(int key_bits, int value_bits, int head_dim, int num_kv_heads, int max_tokens, std::optional<int> residual,
           std::optional<bool> rotate_keys, std::optional<int> sinks, std::optional<bool> clip) {
     const int r = residual.value_or(kDefaultResidual);
-    const bool rot = rotate_keys.value_or(kDefaultOptions);
-    const int s = sinks.value_or(kDefaultOptions ? kBundleSinks : 0);
-    const bool c = clip.value_or(kDefaultOptions);
-    const bool bundle = rot && s == kBundleSinks && c;
-    if (!bundle && (rot || s != 0 || c))
-      throw skv::Error("the compiled options are all off or all on (rotate_keys=True, sinks=4, clip=True); got "
-                       "rotate_keys=" + std::string(rot ? "True" : "False") + ", sinks=" + std::to_string(s) +
+    const bool rot = rotate_keys.value_or(kDefaultRotateKeys);
+    const int s = sinks.value_or(kDefaultSinks);
+    const bool c = clip.value_or(kDefaultClip);
+    int set = -1;
+    if (!rot && s == 0 && !c) set = kNoOptions;
+    if (rot && s == kCompiledSinks) set = c ? kRotateSinksClip : kRotateSinks;
+    if (set < 0)
+      throw skv::Error("the compiled option sets are: none (rotate_keys=False, sinks=0, clip=False), rotate_keys=True "
+                       "with sinks=4, and rotate_keys=True with sinks=4 and clip=True; got rotate_keys=" +
+                       std::string(rot ? "True" : "False") + ", sinks=" + std::to_string(s) +
                        ", clip=" + std::string(c ? "True" : "False") + "; see skv.compiled()");
-    cache_ = find_family(head_dim, r, bundle).make(key_bits, value_bits, num_kv_heads, max_tokens);
+    cache_ = find_family(head_dim, r, set).make(key_bits, value_bits, num_kv_heads, max_tokens);
   }
 
   const AnyCache& get() const { return *cache_; }
@@ -271,7 +277,7 @@ OutArray decode_batch(const std::vector<const KVCache*>& caches, const Array& q,
 }
 
 nb::list compiled() {
-  std::vector<std::tuple<int, int, bool, int, int>> rows;
+  std::vector<std::tuple<int, int, int, int, int>> rows;
   for (const Family& f : families())
     for (const auto& [kb, vb] : f.pairs) rows.emplace_back(f.head_dim, f.residual, f.options, kb, vb);
   std::sort(rows.begin(), rows.end());
@@ -282,9 +288,9 @@ nb::list compiled() {
     row["value_bits"] = vb;
     row["head_dim"] = d;
     row["residual"] = r;
-    row["rotate_keys"] = o;
-    row["sinks"] = o ? kBundleSinks : 0;
-    row["clip"] = o;
+    row["rotate_keys"] = o != kNoOptions;
+    row["sinks"] = o != kNoOptions ? kCompiledSinks : 0;
+    row["clip"] = o == kRotateSinksClip;
     out.append(row);
   }
   return out;
@@ -294,7 +300,7 @@ nb::list compiled() {
 }  // namespace skv_python
 
 NB_MODULE(_skv, m) {
-  using skv_python::KVCache;
+  using namespace skv_python;
   m.doc() = "skv: mixed-precision quantized KV caches (the compiled extension; import skv instead).";
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
@@ -310,15 +316,20 @@ NB_MODULE(_skv, m) {
 Keys are quantized per channel in groups of 32 tokens to key_bits, values per token in groups of up
 to 64 channels to value_bits, with fp16 scales and zero points, in pages of 64 tokens. The last
 incomplete group of tokens (plus `residual` more) stays in float32 until it is quantized once.
-With rotate_keys=True, sinks=4, clip=True: keys are rotated by a randomized Hadamard transform, the
-first 4 tokens stay in float32, and every group's range is chosen by a clipping search.
+rotate_keys=True rotates keys (and queries) by a randomized Hadamard transform; sinks=4 keeps the
+first 4 tokens in float32; clip=True chooses every group's range by a clipping search.
+
+Given only the bits, the cache uses residual=128, rotate_keys=True, sinks=4, clip=False: the best
+compiled setting measured in a real model's generation loop (docs/accuracy.md, "Defaults").
+Pass residual=0, rotate_keys=False, sinks=0 for the plain cache of the C++ short form.
 
 Only compiled configurations exist (skv.compiled()); any other raises ValueError naming the set.)doc")
       .def(nb::init<int, int, int, int, int, std::optional<int>, std::optional<bool>, std::optional<int>,
                     std::optional<bool>>(),
            "key_bits"_a, "value_bits"_a, "head_dim"_a = 128, "num_kv_heads"_a, "max_tokens"_a,
            "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "sinks"_a = nb::none(), "clip"_a = nb::none(),
-           "Allocates every page for max_tokens tokens up front; unset options take the package defaults.")
+           "Allocates every page for max_tokens tokens up front; unset options take the package defaults\n"
+           "(residual=128, rotate_keys=True, sinks=4, clip=False).")
       .def("append", &KVCache::append, "k"_a, "v"_a,
            "Appends tokens: k and v are [n, num_kv_heads, head_dim], float32 or float16, C-contiguous, read in\n"
            "place. All or nothing: NaN/Inf, a wrong shape or dtype, or too many tokens raise ValueError and\n"
@@ -345,15 +356,16 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
       .def_prop_ro("reserved_bytes", [](const KVCache& c) { return c.get().reserved_bytes(); },
                    "Bytes allocated for max_tokens.")
       .def_prop_ro("bits_per_element", [](const KVCache& c) { return c.get().bits_per_element(); },
-                   "Bits per cached key or value element of a quantized token, scales and zeros included.")
+                   "Bits per cached key or value element of a quantized token, scales and zeros included\n"
+                   "(sinks and the residual window are full precision; memory_bytes counts them).")
       .def_prop_ro("key_bits", [](const KVCache& c) { return c.get().config().key_bits; })
       .def_prop_ro("value_bits", [](const KVCache& c) { return c.get().config().value_bits; })
       .def_prop_ro("head_dim", [](const KVCache& c) { return c.get().config().head_dim; })
       .def_prop_ro("num_kv_heads", [](const KVCache& c) { return c.get().num_kv_heads(); })
       .def_prop_ro("residual", [](const KVCache& c) { return c.get().config().residual; })
-      .def_prop_ro("rotate_keys", [](const KVCache& c) { return c.get().config().options; })
-      .def_prop_ro("sinks", [](const KVCache& c) { return c.get().config().options ? 4 : 0; })
-      .def_prop_ro("clip", [](const KVCache& c) { return c.get().config().options; })
+      .def_prop_ro("rotate_keys", [](const KVCache& c) { return c.get().config().options != kNoOptions; })
+      .def_prop_ro("sinks", [](const KVCache& c) { return c.get().config().options != kNoOptions ? kCompiledSinks : 0; })
+      .def_prop_ro("clip", [](const KVCache& c) { return c.get().config().options == kRotateSinksClip; })
       .def_prop_ro("sink_size", [](const KVCache& c) { return c.get().sink_size(); }, "Tokens kept as float32 sinks.")
       .def_prop_ro("quantized_size", [](const KVCache& c) { return c.get().quantized_size(); },
                    "Tokens stored quantized.")

@@ -3,6 +3,7 @@
 //
 //   skv_python_reference KEY_BITS VALUE_BITS HEAD_DIM RESIDUAL OPTIONS KV_HEADS Q_HEADS TOKENS CHUNK IN OUT
 //
+// OPTIONS: 0 none, 1 rotate_keys + sinks 4, 2 rotate_keys + sinks 4 + clip.
 // IN holds float32 k [TOKENS][KV_HEADS][HEAD_DIM], v (same shape), q [Q_HEADS][HEAD_DIM]; tokens are
 // appended CHUNK at a time. OUT receives the float32 output [Q_HEADS][HEAD_DIM], then the bytes of the
 // pages in use, then the full-precision area (ring and sinks) as float32.
@@ -29,7 +30,8 @@ struct CacheOf {
                                  HeadDim, 64, Residual, Opts>;
   static std::string describe() { return "head_dim " + std::to_string(HeadDim); }
 };
-using Bundle = skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::ClipKeys, skv::ClipValues>;
+using RotateSinks = skv::Options<skv::RotateKeys, skv::Sinks<4>>;
+using RotateSinksClip = skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::ClipKeys, skv::ClipValues>;
 
 struct Args {
   int key_bits, value_bits, head_dim, residual, options, kv_heads, q_heads, tokens, chunk;
@@ -85,12 +87,14 @@ int main(int argc, char** argv) {
   Args a{std::atoi(argv[1]), std::atoi(argv[2]), std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]),
          std::atoi(argv[6]), std::atoi(argv[7]), std::atoi(argv[8]), std::atoi(argv[9]), argv[10], argv[11]};
   try {
-    if (a.head_dim == 128 && a.residual == 0 && !a.options)
+    if (a.head_dim == 128 && a.residual == 0 && a.options == 0)
       run_family<128, 0, skv::Options<>>(a);
-    else if (a.head_dim == 64 && a.residual == 128 && a.options)
-      run_family<64, 128, Bundle>(a);
-    else if (a.head_dim == 256 && a.residual == 0 && a.options)
-      run_family<256, 0, Bundle>(a);
+    else if (a.head_dim == 128 && a.residual == 128 && a.options == 1)
+      run_family<128, 128, RotateSinks>(a);
+    else if (a.head_dim == 64 && a.residual == 128 && a.options == 2)
+      run_family<64, 128, RotateSinksClip>(a);
+    else if (a.head_dim == 256 && a.residual == 0 && a.options == 2)
+      run_family<256, 0, RotateSinksClip>(a);
     else
       throw skv::Error("configuration not built into skv_python_reference");
   } catch (const std::exception& e) {

@@ -8,6 +8,10 @@ import pytest
 import skv
 from conftest import assert_same_state, random_kv, state
 
+# The plain cache of the C++ short form skv::KVCache<K, V, D> (the package's defaults add a residual
+# window, rotated keys and sinks).
+PLAIN = dict(residual=0, rotate_keys=False, sinks=0, clip=False)
+
 
 def attention_fp64(k, v, q, scale):
     """Exact attention of q [hq, d] over k, v [n, hkv, d] (GQA: query head h reads KV head h // group)."""
@@ -42,7 +46,7 @@ def test_decode_within_the_bound_of_its_bits(rng, kb, vb):
     n, hkv, hq, d = 320, 2, 8, 128
     k, v = random_kv(rng, n, hkv, d)
     q = rng.standard_normal((hq, d)).astype(np.float32)
-    cache = skv.KVCache(key_bits=kb, value_bits=vb, head_dim=d, num_kv_heads=hkv, max_tokens=n)
+    cache = skv.KVCache(key_bits=kb, value_bits=vb, head_dim=d, num_kv_heads=hkv, max_tokens=n, **PLAIN)
     cache.append(k, v)
     scale = 1 / np.sqrt(d)
     err = np.abs(cache.decode(q) - attention_fp64(k, v, q, scale)).max()
@@ -52,7 +56,7 @@ def test_decode_within_the_bound_of_its_bits(rng, kb, vb):
 
 
 def test_properties_and_memory(rng):
-    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=8, max_tokens=1000)
+    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=8, max_tokens=1000, **PLAIN)
     assert (cache.key_bits, cache.value_bits, cache.head_dim, cache.num_kv_heads) == (4, 2, 128, 8)
     assert cache.capacity == 1000 and len(cache) == 0
     # nothing quantized yet: only the full-precision area (the block being filled) counts
@@ -67,6 +71,12 @@ def test_properties_and_memory(rng):
     assert cache.default_scale == pytest.approx(1 / np.sqrt(128))
     cache.clear()
     assert len(cache) == 0
+
+
+def test_defaults_are_the_measured_best_compiled_setting():
+    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=3, max_tokens=100)
+    assert (cache.residual, cache.rotate_keys, cache.sinks, cache.clip) == (128, True, 4, False)
+    assert "rotate_keys + sinks 4," in repr(cache)
 
 
 def test_options_and_residual_are_reported(rng):
@@ -84,7 +94,7 @@ def test_float16_input_gives_the_same_cache_as_float32(rng):
     k16, v16 = random_kv(rng, 200, 3, 64, dtype=np.float16)
     caches = []
     for k, v in [(k16, v16), (k16.astype(np.float32), v16.astype(np.float32))]:
-        c = skv.KVCache(key_bits=3, value_bits=2, head_dim=64, num_kv_heads=3, max_tokens=256, residual=128)
+        c = skv.KVCache(key_bits=3, value_bits=2, head_dim=64, num_kv_heads=3, max_tokens=256)
         c.append(k, v)
         caches.append(c)
     assert_same_state(state(caches[0]), state(caches[1]))
@@ -106,7 +116,7 @@ def test_decode_batch_equals_one_decode_per_cache(rng):
 
 
 def test_scale_argument(rng):
-    c = skv.KVCache(key_bits=8, value_bits=8, head_dim=64, num_kv_heads=1, max_tokens=64)
+    c = skv.KVCache(key_bits=8, value_bits=8, head_dim=64, num_kv_heads=1, max_tokens=64, **PLAIN)
     k, v = random_kv(rng, 64, 1, 64)
     c.append(k, v)
     q = rng.standard_normal((1, 64)).astype(np.float32)
@@ -117,7 +127,7 @@ def test_scale_argument(rng):
 
 def test_compiled_set_and_what_is_not_compiled():
     rows = skv.compiled()
-    assert len(rows) == 16 * (3 * 2 * 2 + 2)
+    assert len(rows) == 16 * (3 * 2 * 3 + 2)
     assert {"key_bits": 4, "value_bits": 2, "head_dim": 128, "residual": 0, "rotate_keys": False, "sinks": 0,
             "clip": False} in rows
     assert {(r["key_bits"], r["value_bits"]) for r in rows} == {(a, b) for a in (2, 3, 4, 8) for b in (2, 3, 4, 8)}
@@ -126,10 +136,12 @@ def test_compiled_set_and_what_is_not_compiled():
     with pytest.raises(ValueError, match="no cache compiled for head_dim 80"):
         skv.KVCache(key_bits=4, value_bits=2, head_dim=80, num_kv_heads=1, max_tokens=8)
     with pytest.raises(ValueError, match="head_dim 96"):
-        skv.KVCache(key_bits=4, value_bits=2, head_dim=96, num_kv_heads=1, max_tokens=8, rotate_keys=True,
-                    sinks=4, clip=True)
-    with pytest.raises(ValueError, match="all off or all on"):
-        skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8, rotate_keys=True)
+        skv.KVCache(key_bits=4, value_bits=2, head_dim=96, num_kv_heads=1, max_tokens=8)  # defaults rotate
+    assert skv.KVCache(key_bits=4, value_bits=2, head_dim=96, num_kv_heads=1, max_tokens=8, **PLAIN).head_dim == 96
+    for bad in [dict(rotate_keys=True, sinks=0), dict(rotate_keys=False, sinks=4), dict(sinks=2),
+                dict(rotate_keys=False, sinks=0, clip=True)]:
+        with pytest.raises(ValueError, match="compiled option sets"):
+            skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8, **bad)
     with pytest.raises(ValueError, match="num_kv_heads"):
         skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=0, max_tokens=8)
 
