@@ -136,9 +136,13 @@ class KVCache {
   KVCache(int key_bits, int value_bits, int head_dim, int num_kv_heads, int max_tokens, std::optional<int> residual,
           std::optional<bool> rotate_keys, std::optional<int> sinks, std::optional<bool> clip) {
     const int r = residual.value_or(kDefaultResidual);
-    const bool rot = rotate_keys.value_or(kDefaultRotateKeys);
-    const int s = sinks.value_or(kDefaultSinks);
-    const bool c = clip.value_or(kDefaultClip);
+    // Given none of the options: the default set, where it is compiled (the rotation needs a power-of-
+    // two head_dim). Given some: the others are off, so rotate_keys=False alone means the plain cache.
+    const bool any_option = rotate_keys || sinks || clip;
+    const bool defaults = !any_option && (head_dim & (head_dim - 1)) == 0;
+    const bool rot = rotate_keys.value_or(defaults && kDefaultRotateKeys);
+    const int s = sinks.value_or(defaults ? kDefaultSinks : 0);
+    const bool c = clip.value_or(defaults && kDefaultClip);
     int set = -1;
     if (!rot && s == 0 && !c) set = kNoOptions;
     if (rot && s == kCompiledSinks) set = c ? kRotateSinksClip : kRotateSinks;
@@ -320,16 +324,17 @@ rotate_keys=True rotates keys (and queries) by a randomized Hadamard transform; 
 first 4 tokens in float32; clip=True chooses every group's range by a clipping search.
 
 Given only the bits, the cache uses residual=128, rotate_keys=True, sinks=4, clip=False: the best
-compiled setting measured in a real model's generation loop (docs/accuracy.md, "Defaults").
-Pass residual=0, rotate_keys=False, sinks=0 for the plain cache of the C++ short form.
+compiled setting measured in a real model's generation loop (docs/accuracy.md, "Defaults"); at
+head_dim 96 (no rotation) the options are off. Given some of rotate_keys, sinks and clip, the others
+are off. residual=0, rotate_keys=False gives the plain cache of the C++ short form.
 
 Only compiled configurations exist (skv.compiled()); any other raises ValueError naming the set.)doc")
       .def(nb::init<int, int, int, int, int, std::optional<int>, std::optional<bool>, std::optional<int>,
                     std::optional<bool>>(),
            "key_bits"_a, "value_bits"_a, "head_dim"_a = 128, "num_kv_heads"_a, "max_tokens"_a,
            "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "sinks"_a = nb::none(), "clip"_a = nb::none(),
-           "Allocates every page for max_tokens tokens up front; unset options take the package defaults\n"
-           "(residual=128, rotate_keys=True, sinks=4, clip=False).")
+           "Allocates every page for max_tokens tokens up front. Defaults: residual=128 and, when none of\n"
+           "rotate_keys, sinks and clip is given, rotate_keys=True, sinks=4, clip=False (off at head_dim 96).")
       .def("append", &KVCache::append, "k"_a, "v"_a,
            "Appends tokens: k and v are [n, num_kv_heads, head_dim], float32 or float16, C-contiguous, read in\n"
            "place. All or nothing: NaN/Inf, a wrong shape or dtype, or too many tokens raise ValueError and\n"

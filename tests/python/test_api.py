@@ -74,9 +74,15 @@ def test_properties_and_memory(rng):
 
 
 def test_defaults_are_the_measured_best_compiled_setting():
-    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=3, max_tokens=100)
-    assert (cache.residual, cache.rotate_keys, cache.sinks, cache.clip) == (128, True, 4, False)
-    assert "rotate_keys + sinks 4," in repr(cache)
+    def options(**kw):
+        c = skv.KVCache(key_bits=4, value_bits=2, num_kv_heads=3, max_tokens=100, **kw)
+        return c.residual, c.rotate_keys, c.sinks, c.clip
+
+    assert options(head_dim=64) == (128, True, 4, False)
+    assert "rotate_keys + sinks 4," in repr(skv.KVCache(key_bits=4, value_bits=2, num_kv_heads=1, max_tokens=8))
+    assert options(head_dim=96) == (128, False, 0, False)  # no rotation at head_dim 96
+    assert options(head_dim=128, rotate_keys=False) == (128, False, 0, False)  # the others turn off too
+    assert options(head_dim=128, residual=0, clip=True, rotate_keys=True, sinks=4) == (0, True, 4, True)
 
 
 def test_options_and_residual_are_reported(rng):
@@ -135,11 +141,11 @@ def test_compiled_set_and_what_is_not_compiled():
         skv.KVCache(key_bits=5, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8)
     with pytest.raises(ValueError, match="no cache compiled for head_dim 80"):
         skv.KVCache(key_bits=4, value_bits=2, head_dim=80, num_kv_heads=1, max_tokens=8)
-    with pytest.raises(ValueError, match="head_dim 96"):
-        skv.KVCache(key_bits=4, value_bits=2, head_dim=96, num_kv_heads=1, max_tokens=8)  # defaults rotate
-    assert skv.KVCache(key_bits=4, value_bits=2, head_dim=96, num_kv_heads=1, max_tokens=8, **PLAIN).head_dim == 96
-    for bad in [dict(rotate_keys=True, sinks=0), dict(rotate_keys=False, sinks=4), dict(sinks=2),
-                dict(rotate_keys=False, sinks=0, clip=True)]:
+    with pytest.raises(ValueError, match="no cache compiled for head_dim 96, residual 0, rotate_keys"):
+        skv.KVCache(key_bits=4, value_bits=2, head_dim=96, num_kv_heads=1, max_tokens=8, residual=0,
+                    rotate_keys=True, sinks=4)
+    for bad in [dict(rotate_keys=True), dict(rotate_keys=True, sinks=0), dict(rotate_keys=False, sinks=4),
+                dict(sinks=2), dict(clip=True)]:
         with pytest.raises(ValueError, match="compiled option sets"):
             skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8, **bad)
     with pytest.raises(ValueError, match="num_kv_heads"):
