@@ -5,8 +5,7 @@
 include(${PROJECT_SOURCE_DIR}/cmake/skv_cpu_simd.cmake)
 message(STATUS "skv: CPU benchmark / SIMD test flags: ${SKV_CPU_SIMD_FLAGS}")
 
-# GCC 12's AVX-512 intrinsic headers trip -W(maybe-)uninitialized on _mm512_undefined_*().
-set(_skv_simd_warnings ${SKV_WARNINGS} -Wno-maybe-uninitialized -Wno-uninitialized)
+set(_skv_simd_warnings ${SKV_WARNINGS} ${SKV_CPU_SIMD_WARNING_FIXES})
 
 file(GLOB SKV_BENCH_CPU_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/cpu_*.cpp)
 add_executable(skv_bench_cpu ${SKV_BENCH_CPU_SOURCES})

@@ -48,3 +48,7 @@ if(NOT DEFINED SKV_CPU_SIMD_FLAGS)
   endif()
   set(SKV_CPU_SIMD_FLAGS "${_skv_default_simd}" CACHE STRING "Instruction-set flags of skv_bench_cpu, the SIMD test builds and the Python extension")
 endif()
+
+# GCC 12's AVX-512 intrinsic headers trip -W(maybe-)uninitialized on _mm512_undefined_*(): every
+# target built with SKV_CPU_SIMD_FLAGS adds these.
+set(SKV_CPU_SIMD_WARNING_FIXES -Wno-maybe-uninitialized -Wno-uninitialized)
