@@ -364,19 +364,7 @@ struct FastDecode {
     }
     std::int32_t* vint = sc.vint.data();
     acc_rows_i16(sc.vcodes.data(), kD, npairs, sc.wp.data(), nh, kPairs * kJ, kJ, VQ::kGroupSize, vint);
-    for (int q = 0; q < nh; ++q) {
-      const std::int32_t* aq = vint + static_cast<std::size_t>(q) * kD;
-      float* acc = st.acc + static_cast<std::size_t>(q) * kD;
-      const __m512d vs = _mm512_set1_pd(sc.vinv[q]);
-      for (int j = 0; j < kJ; ++j) {
-        const __m512d vz = _mm512_set1_pd(static_cast<double>(sc.vzsum[static_cast<std::size_t>(q) * kJ + j]));
-        for (int c = j * VQ::kGroupSize; c < (j + 1) * VQ::kGroupSize; c += 8) {
-          const __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(aq + c)));
-          const __m256 d = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(x, vz), vs));
-          _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), d));
-        }
-      }
-    }
+    add_scaled_sums(vint, sc.vzsum.data(), sc.vinv.data(), nh, kD, VQ::kGroupSize, st.acc);
   }
 #endif
 

@@ -296,6 +296,27 @@ inline void acc_rows_i16(const std::uint16_t* codes, int d, int npairs, const st
     }
   }
 }
+
+/// Scales integer value sums back into float rows: acc[r][c] += (sums[r][c] - zsum[r][j]) * inv[r]
+/// for channel c in value group j (group_size % 8 == 0), the zero term subtracted exactly in double.
+/// sums and acc are [rows][d], zsum is [rows][d / group_size].
+inline void add_scaled_sums(const std::int32_t* sums, const std::int64_t* zsum, const double* inv, int rows, int d,
+                            int group_size, float* acc) {
+  const int groups = d / group_size;
+  for (int r = 0; r < rows; ++r) {
+    const std::int32_t* a = sums + static_cast<std::size_t>(r) * d;
+    float* o = acc + static_cast<std::size_t>(r) * d;
+    const __m512d vs = _mm512_set1_pd(inv[r]);
+    for (int j = 0; j < groups; ++j) {
+      const __m512d vz = _mm512_set1_pd(static_cast<double>(zsum[static_cast<std::size_t>(r) * groups + j]));
+      for (int c = j * group_size; c < (j + 1) * group_size; c += 8) {
+        const __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c)));
+        const __m256 delta = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(x, vz), vs));
+        _mm256_storeu_ps(o + c, _mm256_add_ps(_mm256_loadu_ps(o + c), delta));
+      }
+    }
+  }
+}
 #endif
 
 /// acc[h][c] += sum_r w[h * ldw + r * groups + c / group_size] * rows[r][c], for NH heads and

@@ -759,19 +759,7 @@ struct IntPrefill {
       }
       return;
     }
-    for (int r = 0; r < rows; ++r) {
-      const std::int32_t* ar = vint + static_cast<std::size_t>(r) * kD;
-      float* acc = st.acc + static_cast<std::size_t>(r) * kD;
-      const __m512d vsc = _mm512_set1_pd(sc.winv[r]);
-      for (int j = 0; j < kJ; ++j) {
-        const __m512d vzs = _mm512_set1_pd(static_cast<double>(sc.zsum[static_cast<std::size_t>(r) * kJ + j]));
-        for (int c = j * VQ::kGroupSize; c < (j + 1) * VQ::kGroupSize; c += 8) {
-          const __m512d x = _mm512_cvtepi32_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ar + c)));
-          const __m256 dlt = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_sub_pd(x, vzs), vsc));
-          _mm256_storeu_ps(acc + c, _mm256_add_ps(_mm256_loadu_ps(acc + c), dlt));
-        }
-      }
-    }
+    add_scaled_sums(vint, sc.zsum.data(), sc.winv.data(), rows, kD, VQ::kGroupSize, st.acc);
   }
 };
 #endif
