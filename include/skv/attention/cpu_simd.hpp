@@ -1,8 +1,6 @@
 // skv/attention/cpu_simd.hpp: the vector primitives of the CPU fast path (host only, not public API).
 //
-// One float vector type `Vec` whose width is fixed at compile time from the target flags
-// (config.hpp): 16 lanes with AVX-512, 8 with AVX2 + FMA, 1 (plain C++) otherwise or with
-// SKV_DISABLE_SIMD. Everything above this file is written once against Vec.
+// The float vector `Vec` (numeric/simd.hpp, brought into this namespace), exp, and unpacking.
 //
 // Unpacking: code i of a dense little-endian stream (numeric/pack.hpp) sits at bit i*Bits. Eight
 // codes fill Bits bytes, so a 128-bit lane can hold the bytes of 8 codes; a byte shuffle gives each
@@ -19,6 +17,7 @@
 #include <skv/config.hpp>
 #include <skv/numeric/half.hpp>
 #include <skv/numeric/pack.hpp>
+#include <skv/numeric/simd.hpp>
 
 #if defined(SKV_HAS_AVX512) || defined(SKV_HAS_AVX2) || defined(SKV_HAS_F16C)
 #include <immintrin.h>
@@ -28,77 +27,24 @@ namespace skv {
 namespace cpu {
 namespace detail {
 
-// ---- the float vector ----------------------------------------------------------------------------
-#if defined(SKV_HAS_AVX512)
-constexpr int kVecWidth = 16;
-constexpr const char* kSimdName = "avx512";
-using Vec = __m512;
-SKV_FORCEINLINE Vec vzero() { return _mm512_setzero_ps(); }
-SKV_FORCEINLINE Vec vset1(float x) { return _mm512_set1_ps(x); }
-SKV_FORCEINLINE Vec vload(const float* p) { return _mm512_loadu_ps(p); }
-SKV_FORCEINLINE void vstore(float* p, Vec v) { _mm512_storeu_ps(p, v); }
-SKV_FORCEINLINE Vec vadd(Vec a, Vec b) { return _mm512_add_ps(a, b); }
-SKV_FORCEINLINE Vec vsub(Vec a, Vec b) { return _mm512_sub_ps(a, b); }
-SKV_FORCEINLINE Vec vmul(Vec a, Vec b) { return _mm512_mul_ps(a, b); }
-SKV_FORCEINLINE Vec vfma(Vec a, Vec b, Vec c) { return _mm512_fmadd_ps(a, b, c); }
-SKV_FORCEINLINE Vec vmax(Vec a, Vec b) { return _mm512_max_ps(a, b); }
-SKV_FORCEINLINE Vec vmin(Vec a, Vec b) { return _mm512_min_ps(a, b); }
-SKV_FORCEINLINE float vhmin(Vec v) { return _mm512_reduce_min_ps(v); }
-SKV_FORCEINLINE float vsum(Vec v) { return _mm512_reduce_add_ps(v); }
-SKV_FORCEINLINE float vhmax(Vec v) { return _mm512_reduce_max_ps(v); }
-#elif defined(SKV_HAS_AVX2)
-constexpr int kVecWidth = 8;
-constexpr const char* kSimdName = "avx2";
-using Vec = __m256;
-SKV_FORCEINLINE Vec vzero() { return _mm256_setzero_ps(); }
-SKV_FORCEINLINE Vec vset1(float x) { return _mm256_set1_ps(x); }
-SKV_FORCEINLINE Vec vload(const float* p) { return _mm256_loadu_ps(p); }
-SKV_FORCEINLINE void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
-SKV_FORCEINLINE Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
-SKV_FORCEINLINE Vec vsub(Vec a, Vec b) { return _mm256_sub_ps(a, b); }
-SKV_FORCEINLINE Vec vmul(Vec a, Vec b) { return _mm256_mul_ps(a, b); }
-SKV_FORCEINLINE Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
-SKV_FORCEINLINE Vec vmax(Vec a, Vec b) { return _mm256_max_ps(a, b); }
-SKV_FORCEINLINE Vec vmin(Vec a, Vec b) { return _mm256_min_ps(a, b); }
-SKV_FORCEINLINE float vsum(Vec v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-SKV_FORCEINLINE float vhmax(Vec v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-SKV_FORCEINLINE float vhmin(Vec v) {
-  __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_min_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_min_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-#else
-constexpr int kVecWidth = 1;
-constexpr const char* kSimdName = "scalar";
-using Vec = float;
-SKV_FORCEINLINE Vec vzero() { return 0.0f; }
-SKV_FORCEINLINE Vec vset1(float x) { return x; }
-SKV_FORCEINLINE Vec vload(const float* p) { return *p; }
-SKV_FORCEINLINE void vstore(float* p, Vec v) { *p = v; }
-SKV_FORCEINLINE Vec vadd(Vec a, Vec b) { return a + b; }
-SKV_FORCEINLINE Vec vsub(Vec a, Vec b) { return a - b; }
-SKV_FORCEINLINE Vec vmul(Vec a, Vec b) { return a * b; }
-SKV_FORCEINLINE Vec vfma(Vec a, Vec b, Vec c) { return a * b + c; }
-SKV_FORCEINLINE Vec vmax(Vec a, Vec b) { return a < b ? b : a; }
-SKV_FORCEINLINE Vec vmin(Vec a, Vec b) { return b < a ? b : a; }
-SKV_FORCEINLINE float vhmin(Vec v) { return v; }
-SKV_FORCEINLINE float vsum(Vec v) { return v; }
-SKV_FORCEINLINE float vhmax(Vec v) { return v; }
-#endif
-
-/// Name of the instruction set the fast path was compiled for ("avx512", "avx2" or "scalar").
-inline const char* simd_name() { return kSimdName; }
+// The float vector lives in numeric/simd.hpp (the block quantizer uses it too).
+using simd::kSimdName;
+using simd::kVecWidth;
+using simd::simd_name;
+using simd::vadd;
+using simd::vfma;
+using simd::vhmax;
+using simd::vhmin;
+using simd::vload;
+using simd::vmax;
+using simd::vmin;
+using simd::vmul;
+using simd::Vec;
+using simd::vset1;
+using simd::vstore;
+using simd::vsub;
+using simd::vsum;
+using simd::vzero;
 
 // ---- exp ------------------------------------------------------------------------------------------
 // exp(x) for x <= 0 (softmax arguments), Cephes-style: x = n ln2 + r, |r| <= ln2 / 2, degree-6
@@ -297,18 +243,8 @@ SKV_FORCEINLINE __m128i hsum4_epi32(__m512i a, __m512i b, __m512i c, __m512i d) 
 }
 #endif
 
-/// Widens `n` fp16 values to float (F16C when available, else the exact integer conversion).
-inline void fp16_row_to_f32(const fp16* SKV_RESTRICT x, int n, float* SKV_RESTRICT out) {
-  int i = 0;
-#if defined(SKV_HAS_AVX512)
-  for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(out + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))));
-#elif defined(SKV_HAS_F16C)
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
-#endif
-  for (; i < n; ++i) out[i] = to_float(x[i]);
-}
+/// Widens `n` fp16 values to float.
+inline void fp16_row_to_f32(const fp16* SKV_RESTRICT x, int n, float* SKV_RESTRICT out) { simd::to_f32_row(x, n, out); }
 
 }  // namespace detail
 }  // namespace cpu

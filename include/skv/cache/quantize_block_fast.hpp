@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <type_traits>
 
-#include <skv/attention/cpu_simd.hpp>
+#include <skv/numeric/simd.hpp>
 #include <skv/cache/layout.hpp>
 #include <skv/cache/quantize_block.hpp>
 #include <skv/config.hpp>
@@ -147,8 +147,8 @@ template <class Q, int HeadDim, int PageSize>
 void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int slot0, std::uint8_t* block) {
   using TL = TensorLayout<Q, HeadDim, PageSize>;
   using Scale = typename Q::Scale;
-  using cpu::detail::Vec;
-  using cpu::detail::kVecWidth;
+  using simd::Vec;
+  using simd::kVecWidth;
   constexpr int G = Q::kGroupSize;
   constexpr float kMaxCode = static_cast<float>(Q::kMaxCode);
   auto* scales = reinterpret_cast<Scale*>(block + TL::kScaleOffset);
@@ -167,14 +167,14 @@ void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int sl
       const float* base = x + static_cast<std::size_t>(g) * G * row_stride;
       int c = 0;
       for (; c + kVecWidth <= HeadDim; c += kVecWidth) {
-        Vec lo = cpu::detail::vload(base + c), hi = lo;
+        Vec lo = simd::vload(base + c), hi = lo;
         for (int i = 1; i < G; ++i) {
-          const Vec v = cpu::detail::vload(base + i * row_stride + c);
-          lo = cpu::detail::vmin(lo, v);
-          hi = cpu::detail::vmax(hi, v);
+          const Vec v = simd::vload(base + i * row_stride + c);
+          lo = simd::vmin(lo, v);
+          hi = simd::vmax(hi, v);
         }
-        cpu::detail::vstore(mn + c, lo);
-        cpu::detail::vstore(mx + c, hi);
+        simd::vstore(mn + c, lo);
+        simd::vstore(mx + c, hi);
       }
       for (; c < HeadDim; ++c) {
         float lo = base[c], hi = base[c];
@@ -201,13 +201,13 @@ void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int sl
         float lo = grp[0], hi = grp[0];
         int i = 0;
         if (G >= kVecWidth) {
-          Vec vlo = cpu::detail::vload(grp), vhi = vlo;
+          Vec vlo = simd::vload(grp), vhi = vlo;
           for (i = kVecWidth; i + kVecWidth <= G; i += kVecWidth) {
-            vlo = cpu::detail::vmin(vlo, cpu::detail::vload(grp + i));
-            vhi = cpu::detail::vmax(vhi, cpu::detail::vload(grp + i));
+            vlo = simd::vmin(vlo, simd::vload(grp + i));
+            vhi = simd::vmax(vhi, simd::vload(grp + i));
           }
-          lo = cpu::detail::vhmin(vlo);
-          hi = cpu::detail::vhmax(vhi);
+          lo = simd::vhmin(vlo);
+          hi = simd::vhmax(vhi);
         }
         for (; i < G; ++i) {
           lo = skv::detail::min_of(lo, grp[i]);
