@@ -4,7 +4,10 @@
 // Shapes: head_dim 128, 8 KV heads, 32 query heads (GQA 4); contexts 4096..131072; batch 1 and 8;
 // 1 thread and every core. Names carry the configuration: decode/<cfg>/ctx:<n>/batch:<b>/threads:<t>.
 // Counters: tokens_per_s (cached tokens attended per second, all sequences) and GB_per_s (bytes of
-// the cache read per second: codes + scales + zeros, or fp16 / fp32 rows).
+// the cache read per second: codes + scales + zeros, or fp16 / fp32 rows). decode/k4v2-{fp16,bf16}-io
+// rows take fp16 / bf16 queries and outputs. Append rows: one completed block (32 tokens, float,
+// fp16 or bf16 input; plain, ClipValues, or ClipKeys + ClipValues) against memcpy of the same input
+// bytes, and a 32k-token append (a prefill) on 1 thread and every core against memcpy of its input.
 #include <skv/attention/baseline.hpp>
 #include <skv/attention/cpu_fast.hpp>
 #include <skv/attention/decode.hpp>
@@ -144,6 +147,24 @@ struct DenseWorkload : Workload {
   double bytes_per_token() const override { return 2.0 * kHeadDim * sizeof(T); }
 };
 
+/// A quantized workload decoded with T (fp16 / bf16) queries and outputs.
+template <class Cache, class T>
+struct TypedQuantWorkload : QuantWorkload<Cache> {
+  std::vector<T> q16, out16;
+  TypedQuantWorkload(int ctx, int batch) : QuantWorkload<Cache>(ctx, batch) {}
+  void run(const float* q, float* out, const skv::cpu::DecodeOptions& opt) override {
+    const std::size_t n = this->views.size() * kQHeads * kHeadDim;
+    if (q16.size() != n) {  // once: the query as T (the conversion is not what is measured)
+      q16.resize(n);
+      out16.resize(n);
+      for (std::size_t i = 0; i < n; ++i) q16[i] = skv::from_float<T>(q[i]);
+    }
+    skv::cpu::decode_attention_batch(this->views.data(), static_cast<int>(this->views.size()), q16.data(), kQHeads,
+                                     out16.data(), 0.0883883f, opt);
+    out[0] = skv::to_float(out16[0]);
+  }
+};
+
 /// One workload alive at a time (the largest take gigabytes).
 std::unique_ptr<Workload> g_workload;
 std::string g_workload_key;
@@ -195,12 +216,24 @@ void bench_reference(benchmark::State& state, int ctx) {
 constexpr int kBlock = 32;
 constexpr std::size_t kBlockBytes = 2u * kBlock * kKvHeads * kHeadDim * sizeof(float);  // keys + values
 
-template <class Cache>
+/// The template keys / values as T (float, fp16 or bf16).
+template <class T>
+const std::vector<T>& template_as(bool keys) {
+  static const auto convert = [](const std::vector<float>& x) {
+    std::vector<T> y(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) y[i] = skv::from_float<T>(x[i]);
+    return y;
+  };
+  static const std::vector<T> k = convert(template_keys()), v = convert(template_values());
+  return keys ? k : v;
+}
+
+template <class Cache, class T = float>
 void bench_append(benchmark::State& state) {
   constexpr int kCapacity = 1 << 14;
   Cache cache(kKvHeads, kCapacity);
-  const float* k = template_keys().data();
-  const float* v = template_values().data();
+  const T* k = template_as<T>(true).data();
+  const T* v = template_as<T>(false).data();
   int offset = 0;
   for (auto _ : state) {
     if (cache.size() + kBlock > kCapacity) {
@@ -231,6 +264,48 @@ void bench_quantize_block(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kBlockBytes));
+}
+
+// ---- a long append (a prefill of 32k tokens) on 1 thread and every core, against memcpy of its input
+
+constexpr int kLongTokens = 32768;
+
+const std::vector<float>& long_input(bool keys) {
+  static const auto tile = [](const std::vector<float>& x) {
+    std::vector<float> y(static_cast<std::size_t>(kLongTokens) * kKvHeads * kHeadDim);
+    for (std::size_t i = 0; i < y.size(); ++i) y[i] = x[i % x.size()];
+    return y;
+  };
+  static const std::vector<float> k = tile(template_keys()), v = tile(template_values());
+  return keys ? k : v;
+}
+
+template <class Cache>
+void bench_long_append(benchmark::State& state, int threads) {
+  Cache cache(kKvHeads, kLongTokens);
+  const float* k = long_input(true).data();
+  const float* v = long_input(false).data();
+  skv::AppendOptions opt;
+  opt.num_threads = threads;
+  for (auto _ : state) {
+    state.PauseTiming();
+    cache.clear();
+    state.ResumeTiming();
+    cache.append(k, v, kLongTokens, opt);
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * 2 * long_input(true).size() * sizeof(float)));
+  state.counters["threads"] = threads;
+}
+
+void bench_long_memcpy(benchmark::State& state) {
+  std::vector<float> dk(long_input(true).size()), dv(long_input(false).size());
+  for (auto _ : state) {
+    std::memcpy(dk.data(), long_input(true).data(), dk.size() * sizeof(float));
+    std::memcpy(dv.data(), long_input(false).data(), dv.size() * sizeof(float));
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * (dk.size() + dv.size()) * sizeof(float)));
 }
 
 void bench_memcpy(benchmark::State& state) {
@@ -278,6 +353,24 @@ int main(int argc, char** argv) {
   register_decode<QuantWorkload<skv::KVCache<4, 4>>>("k4v4");
   register_decode<QuantWorkload<skv::KVCache<8, 4>>>("k8v4");
 
+  // fp16 / bf16 queries and outputs (the cache is the same k4v2 one)
+  for (int ctx : {4096, 32768}) {
+    for (const char* type : {"fp16", "bf16"}) {
+      const std::string cfg = std::string("k4v2-") + type + "-io";
+      const std::string name = "decode/" + cfg + "/ctx:" + std::to_string(ctx) + "/batch:1/threads:1";
+      benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) {
+        if (cfg == "k4v2-fp16-io") {
+          bench_decode<TypedQuantWorkload<skv::KVCache<4, 2>, skv::fp16>>(s, cfg, ctx, 1, 1);
+        } else {
+          bench_decode<TypedQuantWorkload<skv::KVCache<4, 2>, skv::bf16>>(s, cfg, ctx, 1, 1);
+        }
+      })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.2);
+    }
+  }
+
   // fast vs reference on the same shape (the reference is slow: a short context)
   for (int ctx : {1024}) {
     benchmark::RegisterBenchmark(("reference/k4v2/ctx:" + std::to_string(ctx)).c_str(),
@@ -315,14 +408,40 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("append/k4v2+clip/block",
                                bench_append<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>)
       ->MinTime(0.2);
+  benchmark::RegisterBenchmark("append/k4v2+clipvalues/block",
+                               bench_append<skv::KVCache<4, 2, 128, skv::ClipValues>>)
+      ->MinTime(0.2);
+  benchmark::RegisterBenchmark("append/k4v2/block/fp16", bench_append<skv::KVCache<4, 2>, skv::fp16>)->MinTime(0.2);
+  benchmark::RegisterBenchmark("append/k4v2/block/bf16", bench_append<skv::KVCache<4, 2>, skv::bf16>)->MinTime(0.2);
   benchmark::RegisterBenchmark("append/k2v2/block", bench_append<skv::KVCache<2, 2>>)->MinTime(0.2);
   benchmark::RegisterBenchmark("append/k4v2/block", bench_append<skv::KVCache<4, 2>>)->MinTime(0.2);
   benchmark::RegisterBenchmark("append/k4v4/block", bench_append<skv::KVCache<4, 4>>)->MinTime(0.2);
   benchmark::RegisterBenchmark("append/k8v4/block", bench_append<skv::KVCache<8, 4>>)->MinTime(0.2);
+  benchmark::RegisterBenchmark("memcpy/prefill:32768", bench_long_memcpy)->Unit(benchmark::kMillisecond)->MinTime(0.5);
+  {
+    std::vector<int> thread_counts{1};
+    if (all_cores() > 1) thread_counts.push_back(all_cores());
+    for (int threads : thread_counts) {
+      const std::string tail = "/prefill:32768/threads:" + std::to_string(threads);
+      benchmark::RegisterBenchmark(("append/k4v2" + tail).c_str(),
+                                   [=](benchmark::State& s) { bench_long_append<skv::KVCache<4, 2>>(s, threads); })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.5);
+      benchmark::RegisterBenchmark(
+          ("append/k4v2+clip" + tail).c_str(),
+          [=](benchmark::State& s) {
+            bench_long_append<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>(s, threads);
+          })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.5);
+    }
+  }
   benchmark::RegisterBenchmark("quantize_block/k4v2/fast", bench_quantize_block<skv::KVCache<4, 2>, true>)->MinTime(0.2);
   benchmark::RegisterBenchmark("quantize_block/k4v2/scalar", bench_quantize_block<skv::KVCache<4, 2>, false>)->MinTime(0.2);
 
-  benchmark::AddCustomContext("simd", skv::cpu::detail::simd_name());
+  benchmark::AddCustomContext("simd", skv::simd::simd_name());
   benchmark::AddCustomContext("threads_all", std::to_string(all_cores()));
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -239,20 +239,93 @@ TEST(Cache, ConstructorRejectsBadShapes) {
   EXPECT_NO_THROW(empty.append(x.data(), x.data(), 0));
 }
 
-TEST(Cache, Fp16OverloadMatchesWidenedFloats) {
-  constexpr int H = 1, D = 64, N = 77;
-  auto k = random_tokens(N, H, D, 9), v = random_tokens(N, H, D, 10);
-  std::vector<skv::fp16> hk(k.size()), hv(v.size());
-  for (std::size_t i = 0; i < k.size(); ++i) {
-    hk[i] = skv::to_fp16(k[i]);
-    hv[i] = skv::to_fp16(v[i]);
-    k[i] = skv::to_float(hk[i]);
-    v[i] = skv::to_float(hv[i]);
+/// The bytes of the pages and the floats of every token a cache still holds in full precision
+/// (sinks and the residual window; ring slots of quantized tokens are free and not compared).
+template <class Cache>
+std::pair<std::vector<std::uint8_t>, std::vector<float>> live_state(const Cache& cache) {
+  const auto v = cache.view();
+  std::vector<float> fp;
+  for (int t = 0; t < v.length; ++t) {
+    if (t >= v.sink_length() && t < Cache::Layout::residual_begin(v.length)) continue;
+    for (int h = 0; h < v.num_kv_heads; ++h) {
+      for (int c = 0; c < Cache::kHeadDim; ++c) {
+        fp.push_back(v.key(t, h, c));
+        fp.push_back(v.value(t, h, c));
+      }
+    }
   }
-  skv::KVCache<4, 4, D> a(H, N), b(H, N);
-  a.append(k.data(), v.data(), N);
-  b.append(hk.data(), hv.data(), N);
-  EXPECT_EQ(page_bytes(a), page_bytes(b));
+  return {page_bytes(cache), fp};
+}
+
+/// float, fp16 and bf16 inputs in every chunking give the same cache as the float values one token
+/// at a time (fp16 / bf16 inputs: their widened values): append's direct path from the input, its
+/// ring path and the per-token path agree byte for byte.
+template <class Cache>
+void check_input_types_and_chunkings(unsigned seed) {
+  constexpr int H = 3, D = Cache::kHeadDim, N = 419;
+  const auto k32 = random_tokens(N, H, D, seed, 2.0f), v32 = random_tokens(N, H, D, seed + 1);
+  std::vector<skv::fp16> hk(k32.size()), hv(v32.size());
+  std::vector<skv::bf16> bk(k32.size()), bv(v32.size());
+  std::vector<float> hk32(k32.size()), hv32(v32.size()), bk32(k32.size()), bv32(v32.size());
+  for (std::size_t i = 0; i < k32.size(); ++i) {
+    hk[i] = skv::to_fp16(k32[i]);
+    hv[i] = skv::to_fp16(v32[i]);
+    bk[i] = skv::to_bf16(k32[i]);
+    bv[i] = skv::to_bf16(v32[i]);
+    hk32[i] = skv::to_float(hk[i]);
+    hv32[i] = skv::to_float(hv[i]);
+    bk32[i] = skv::to_float(bk[i]);
+    bv32[i] = skv::to_float(bv[i]);
+  }
+  const std::size_t tf = static_cast<std::size_t>(H) * D;
+  auto one_by_one = [&](const std::vector<float>& k, const std::vector<float>& v) {
+    Cache c(H, N);
+    for (int t = 0; t < N; ++t) c.append(k.data() + t * tf, v.data() + t * tf, 1);
+    return live_state(c);
+  };
+  auto chunked = [&](const auto& k, const auto& v, std::vector<int> chunks) {
+    Cache c(H, N);
+    int done = 0;
+    for (int n : chunks) {
+      c.append(k.data() + done * tf, v.data() + done * tf, n);
+      done += n;
+    }
+    EXPECT_EQ(done, N);
+    return live_state(c);
+  };
+  const std::vector<int> whole{N}, mixed{3, 1, 61, 29, 200, 125}, aligned{36, 32, 96, 255};
+  const auto want32 = one_by_one(k32, v32), want16 = one_by_one(hk32, hv32), want_b16 = one_by_one(bk32, bv32);
+  for (const auto& chunks : {whole, mixed, aligned}) {
+    EXPECT_EQ(chunked(k32, v32, chunks), want32);
+    EXPECT_EQ(chunked(hk, hv, chunks), want16);
+    EXPECT_EQ(chunked(bk, bv, chunks), want_b16);
+  }
+  // sanity: the three inputs really differ
+  EXPECT_NE(want32.second, want16.second);
+  EXPECT_NE(want16.second, want_b16.second);
+}
+
+TEST(Cache, InputTypesAndChunkingsGiveTheSameBytes) {
+  check_input_types_and_chunkings<skv::KVCache<4, 2>>(11);
+  check_input_types_and_chunkings<skv::KVCache<3, 5, 64>>(12);
+  using Opts = skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::ClipKeys, skv::ClipValues>;
+  check_input_types_and_chunkings<skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>,
+                                                    skv::Quantizer<2, 32, skv::Axis::Token>, 128, 64, 64, Opts>>(13);
+}
+
+TEST(Cache, ThreadedAppendWritesTheSameBytes) {
+  constexpr int H = 4, D = 128, N = 2100;  // 65 blocks
+  const auto k = random_tokens(N, H, D, 21, 1.0f), v = random_tokens(N, H, D, 22);
+  skv::KVCache<4, 2> one(H, N), two(H, N), every(H, N);
+  skv::AppendOptions opt;
+  opt.num_threads = 1;
+  one.append(k.data(), v.data(), N, opt);
+  opt.num_threads = 2;
+  two.append(k.data(), v.data(), N, opt);
+  every.append(k.data(), v.data(), N);
+  EXPECT_EQ(live_state(one), live_state(two));
+  EXPECT_EQ(live_state(one), live_state(every));
+  EXPECT_EQ(one.quantized_size(), 2080);
 }
 
 TEST(Cache, CopiesAreIndependent) {

@@ -353,23 +353,50 @@ TEST(CpuFast, RejectsBadArguments) {
 
 // ---- fast block quantizer: identical bytes ----------------------------------------------------------
 
+/// quantize_rows_fast<.., Clip, T> against the scalar quantize_rows<.., Clip> on the same values
+/// (T inputs widened to float for the scalar one): the same bytes, metadata and codes.
+template <class Q, int D, int P, bool Clip, class T>
+void check_block_bytes_as(const std::vector<float>& x32, std::size_t stride, int rows, int variant) {
+  using TL = skv::TensorLayout<Q, D, P>;
+  std::vector<T> x(x32.size());
+  std::vector<float> widened(x32.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    x[i] = skv::from_float<T>(x32[i]);
+    widened[i] = skv::to_float(x[i]);
+  }
+  for (int slot0 : {0, P - rows}) {
+    std::vector<std::uint8_t> a(TL::kBytes, 0xAB), b(TL::kBytes, 0xAB);
+    skv::quantize_rows<Q, D, P, Clip>(widened.data(), stride, rows, slot0, a.data());
+    skv::quantize_rows_fast<Q, D, P, Clip>(x.data(), stride, rows, slot0, b.data());
+    ASSERT_EQ(a, b) << "bits " << Q::kBits << " group " << Q::kGroupSize << " variant " << variant << " clip " << Clip
+                    << " input bytes " << sizeof(T);
+  }
+}
+
 template <class Q, int D, int P>
 void check_block_bytes(unsigned seed) {
-  using TL = skv::TensorLayout<Q, D, P>;
   constexpr int kRows = Q::kAxis == skv::Axis::Channel ? Q::kGroupSize : 4;
   const std::size_t stride = 3 * D;  // rows of one head inside [token][head][dim]
-  for (int variant = 0; variant < 5; ++variant) {
+  for (int variant = 0; variant < 7; ++variant) {
     // variant 4: denormals, whose groups' scales underflow to 0
     const float sigma = variant == 3 ? 1e-3f : (variant == 4 ? 1e-42f : 2.0f);
     auto x = random_floats(stride * kRows, seed + variant, sigma, variant == 1 ? 40.0f : 0.0f);
     if (variant == 2) {  // constant groups, zeros and exact integers
       for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i % 5 == 0) ? 0.0f : (i % 3 == 0 ? -2.0f : 3.0f);
     }
-    for (int slot0 : {0, P - kRows}) {
-      std::vector<std::uint8_t> a(TL::kBytes, 0xAB), b(TL::kBytes, 0xAB);
-      skv::quantize_rows<Q, D, P>(x.data(), stride, kRows, slot0, a.data());
-      skv::quantize_rows_fast<Q, D, P>(x.data(), stride, kRows, slot0, b.data());
-      ASSERT_EQ(a, b) << "bits " << Q::kBits << " group " << Q::kGroupSize << " variant " << variant;
+    if (variant == 5) {  // outliers: what clipping is for
+      for (std::size_t i = 0; i < x.size(); i += 37) x[i] *= 30.0f;
+    }
+    if (variant == 6) {  // ranges a few float steps wide (shrunk candidates collapse to constants)
+      for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::nextafter(1.5f, i % 3 == 0 ? 2.0f : 0.0f);
+    }
+    check_block_bytes_as<Q, D, P, false, float>(x, stride, kRows, variant);
+    check_block_bytes_as<Q, D, P, true, float>(x, stride, kRows, variant);
+    if (variant != 4) {  // fp16 / bf16 inputs (denormals of float have no fp16 value)
+      check_block_bytes_as<Q, D, P, false, skv::fp16>(x, stride, kRows, variant);
+      check_block_bytes_as<Q, D, P, true, skv::fp16>(x, stride, kRows, variant);
+      check_block_bytes_as<Q, D, P, false, skv::bf16>(x, stride, kRows, variant);
+      check_block_bytes_as<Q, D, P, true, skv::bf16>(x, stride, kRows, variant);
     }
   }
 }
@@ -387,7 +414,7 @@ void check_block_bytes_all_axes() {
   }
 }
 
-TEST(CpuFast, FastBlockQuantizerWritesTheSameBytesForEveryWidth) {
+TEST(CpuFast, FastBlockQuantizerWritesTheSameBytesForEveryWidthWithAndWithoutClipping) {
   check_block_bytes_all_axes<1>();
   check_block_bytes_all_axes<2>();
   check_block_bytes_all_axes<3>();
@@ -463,6 +490,55 @@ TEST(CpuFast, AppendedCacheBytesEqualTheScalarQuantizer) {
     }
   }
   ASSERT_EQ(0, std::memcmp(expected.data(), view.pages, expected.size()));
+}
+
+// ---- fp16 / bf16 queries and outputs ----------------------------------------------------------------
+
+/// decode with T queries and outputs equals the float decode on the widened queries, rounded to T
+/// once (the internal arithmetic is the float path's, so the match is exact).
+template <class T, class Cache>
+void check_typed_decode(unsigned seed) {
+  constexpr int H = 2, G = 3, D = Cache::kHeadDim, N = 517, B = 2;
+  Cache a(H, N), b(H, N);
+  const auto k = random_floats(static_cast<std::size_t>(N) * H * D, seed, 1.0f, 2.0f);
+  const auto v = random_floats(static_cast<std::size_t>(N) * H * D, seed + 1);
+  a.append(k.data(), v.data(), N);
+  b.append(k.data(), v.data(), 300);
+  const std::vector<typename Cache::View> views{a.view(), b.view()};
+  const std::size_t n = static_cast<std::size_t>(B) * H * G * D;
+  const auto q32 = random_floats(n, seed + 2, 3.0f);
+  std::vector<T> q(n), out(n);
+  std::vector<float> widened(n), want(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    q[i] = skv::from_float<T>(q32[i]);
+    widened[i] = skv::to_float(q[i]);
+  }
+  for (int threads : {1, 2}) {
+    skv::cpu::DecodeOptions opt;
+    opt.num_threads = threads;
+    opt.split_tokens = threads == 2 ? 128 : 0;
+    skv::cpu::decode_attention_batch(views.data(), B, widened.data(), H * G, want.data(), 0.1f, opt);
+    skv::cpu::decode_attention_batch(views.data(), B, q.data(), H * G, out.data(), 0.1f, opt);
+    for (std::size_t i = 0; i < n; ++i)
+      ASSERT_EQ(out[i].bits, skv::from_float<T>(want[i]).bits) << i << ": " << want[i] << " threads " << threads;
+    // one sequence through decode_attention, the cache overload
+    std::vector<T> one(n / B);
+    skv::cpu::decode_attention(a, q.data(), H * G, one.data(), 0.1f, opt);
+    for (std::size_t i = 0; i < one.size(); ++i) ASSERT_EQ(one[i].bits, out[i].bits) << i;
+  }
+  // a NaN query is rejected in every type
+  q[5] = skv::from_float<T>(std::numeric_limits<float>::quiet_NaN());
+  EXPECT_THROW(skv::cpu::decode_attention(a, q.data(), H * G, out.data(), 0.1f), skv::Error);
+}
+
+TEST(CpuFast, Fp16AndBf16QueriesAndOutputsAreTheFloatPathRounded) {
+  check_typed_decode<skv::fp16, skv::KVCache<4, 2>>(40);
+  check_typed_decode<skv::bf16, skv::KVCache<4, 2>>(41);
+  using Opts = skv::Options<skv::RotateKeys, skv::Sinks<4>>;
+  using WithOptions = skv::BasicKVCache<skv::Quantizer<3, 32, skv::Axis::Channel>, skv::Quantizer<4, 32, skv::Axis::Token>,
+                                        64, 64, 128, Opts>;
+  check_typed_decode<skv::fp16, WithOptions>(42);
+  check_typed_decode<skv::bf16, WithOptions>(43);
 }
 
 // ---- baselines ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <skv/attention/cpu_kernels.hpp>
@@ -507,11 +508,12 @@ struct FastDecode {
 
   /// One work item: q is [nh][kD] (the query heads of KV head `h`), tokens [begin, end) in order:
   /// sinks, then quantized tokens (quantized index j = token - kSinkTokens), then the ring.
-  static void process(const SequenceView<Layout>& view, const float* q, float scale, int h, int begin, int end, int nh,
+  template <class T>
+  static void process(const SequenceView<Layout>& view, const T* q, float scale, int h, int begin, int end, int nh,
                       ItemState& st, Scratch& sc) {
     constexpr int kSinks = Layout::kSinkTokens;
     sc.ensure(nh);
-    for (std::size_t i = 0; i < static_cast<std::size_t>(nh) * kD; ++i) sc.q0[i] = q[i] * scale;
+    for (std::size_t i = 0; i < static_cast<std::size_t>(nh) * kD; ++i) sc.q0[i] = to_float(q[i]) * scale;
     if constexpr (Layout::kRotateKeys) {  // the query in the rotated keys' basis, while it is in L1 anyway
       for (int i = 0; i < nh; ++i)
         HadamardRotation<kD, Layout::kRotationSeed>::apply(sc.q0.data() + static_cast<std::size_t>(i) * kD);
@@ -552,11 +554,15 @@ struct FastDecode {
 
 }  // namespace detail
 
-/// Fast decode attention for a batch of sequences: q and out are [batch][num_q_heads][HeadDim];
-/// sequence b reads views[b] (each num_q_heads a multiple of its KV heads; lengths may differ).
-template <class Layout>
-void decode_attention_batch(const SequenceView<Layout>* views, int batch, const float* q, int num_q_heads, float* out,
-                            float scale, const DecodeOptions& opt = DecodeOptions{}) {
+namespace detail {
+
+/// fp16 and bf16: the reduced-precision query / output types of the decode overloads.
+template <class T>
+constexpr bool kHalfIo = std::is_same<T, fp16>::value || std::is_same<T, bf16>::value;
+
+template <class Layout, class T>
+void decode_batch(const SequenceView<Layout>* views, int batch, const T* q, int num_q_heads, T* out, float scale,
+                  const DecodeOptions& opt) {
   constexpr int kD = Layout::kHeadDim;
   skv::detail::require(batch >= 0, "decode_attention_batch: batch must not be negative");
   if (batch == 0) return;
@@ -565,25 +571,48 @@ void decode_attention_batch(const SequenceView<Layout>* views, int batch, const 
   std::vector<int> lengths(static_cast<std::size_t>(batch)), heads(static_cast<std::size_t>(batch));
   const std::size_t stride = static_cast<std::size_t>(num_q_heads) * kD;
   for (int b = 0; b < batch; ++b) {
-    detail::check_attention_args(views[b], q + b * stride, num_q_heads, out + b * stride, scale);
+    check_attention_args(views[b], q + b * stride, num_q_heads, out + b * stride, scale);
     lengths[b] = views[b].length;
     heads[b] = views[b].num_kv_heads;
   }
-  using F = detail::FastDecode<Layout>;
-  detail::run_decode<typename F::Scratch>(
-      batch, lengths.data(), heads.data(), num_q_heads, kD, F::kTile, opt, out,
-      [&](const detail::WorkItem& it, detail::ItemState& st, typename F::Scratch& sc) {
-        const int nh = num_q_heads / heads[it.seq];
-        F::process(views[it.seq], q + it.seq * stride + static_cast<std::size_t>(it.q_head) * kD, scale, it.kv_head,
-                   it.begin, it.end, nh, st, sc);
-      });
+  using F = FastDecode<Layout>;
+  run_decode<typename F::Scratch>(batch, lengths.data(), heads.data(), num_q_heads, kD, F::kTile, opt, out,
+                                  [&](const WorkItem& it, ItemState& st, typename F::Scratch& sc) {
+                                    const int nh = num_q_heads / heads[it.seq];
+                                    F::process(views[it.seq],
+                                               q + it.seq * stride + static_cast<std::size_t>(it.q_head) * kD, scale,
+                                               it.kv_head, it.begin, it.end, nh, st, sc);
+                                  });
+}
+
+}  // namespace detail
+
+/// Fast decode attention for a batch of sequences: q and out are [batch][num_q_heads][HeadDim];
+/// sequence b reads views[b] (each num_q_heads a multiple of its KV heads; lengths may differ).
+template <class Layout>
+void decode_attention_batch(const SequenceView<Layout>* views, int batch, const float* q, int num_q_heads, float* out,
+                            float scale, const DecodeOptions& opt = DecodeOptions{}) {
+  detail::decode_batch(views, batch, q, num_q_heads, out, scale, opt);
+}
+
+/// The same with fp16 or bf16 queries and outputs: queries are widened exactly and each output is
+/// rounded to nearest even once, so the result is the float path's on the widened query, rounded.
+template <class Layout, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
+void decode_attention_batch(const SequenceView<Layout>* views, int batch, const T* q, int num_q_heads, T* out,
+                            float scale, const DecodeOptions& opt = DecodeOptions{}) {
+  detail::decode_batch(views, batch, q, num_q_heads, out, scale, opt);
 }
 
 /// Fast decode attention for one sequence: q and out are [num_q_heads][HeadDim].
 template <class Layout>
 void decode_attention_fast(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out, float scale,
                            const DecodeOptions& opt = DecodeOptions{}) {
-  decode_attention_batch(&view, 1, q, num_q_heads, out, scale, opt);
+  detail::decode_batch(&view, 1, q, num_q_heads, out, scale, opt);
+}
+template <class Layout, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
+void decode_attention_fast(const SequenceView<Layout>& view, const T* q, int num_q_heads, T* out, float scale,
+                           const DecodeOptions& opt = DecodeOptions{}) {
+  detail::decode_batch(&view, 1, q, num_q_heads, out, scale, opt);
 }
 
 }  // namespace cpu

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <skv/attention/cpu_simd.hpp>
@@ -425,12 +426,13 @@ struct WorkItem {
 };
 
 /// Runs `process(item, state, scratch)` for every work item on `threads` threads and merges the
-/// partial states into out ([batch][num_q_heads][d]). lengths / kv_heads give each sequence's
+/// partial states into out ([batch][num_q_heads][d] of float, fp16 or bf16: merged in float, then
+/// rounded to nearest even once). lengths / kv_heads give each sequence's
 /// length and KV heads; `tile` is the alignment of split points. `Scratch` is default-constructed
 /// once per thread.
-template <class Scratch, class Process>
+template <class Scratch, class Out, class Process>
 void run_decode(int batch, const int* lengths, const int* kv_heads, int num_q_heads, int d, int tile,
-                const DecodeOptions& opt, float* out, Process&& process) {
+                const DecodeOptions& opt, Out* out, Process&& process) {
   const int threads = std::max(1, decode_threads(opt));
   long base_items = 0;
   for (int b = 0; b < batch; ++b) base_items += kv_heads[b];
@@ -489,6 +491,7 @@ void run_decode(int batch, const int* lengths, const int* kv_heads, int num_q_he
   }
 
   // merge the items of each (sequence, KV head) in token order
+  std::vector<float> row(std::is_same<Out, float>::value ? 0 : static_cast<std::size_t>(d));
   for (int b = 0; b < batch; ++b) {
     const int nh = num_q_heads / kv_heads[b];
     std::size_t i = seq_item[b];
@@ -502,7 +505,8 @@ void run_decode(int batch, const int* lengths, const int* kv_heads, int num_q_he
           if (s[nh + h] != 0.0f) m = std::max(m, s[h]);
         }
         float l = 0.0f;
-        float* o = out + (static_cast<std::size_t>(b) * num_q_heads + items[i].q_head + h) * d;
+        Out* dst = out + (static_cast<std::size_t>(b) * num_q_heads + items[i].q_head + h) * d;
+        float* o = row.empty() ? reinterpret_cast<float*>(dst) : row.data();
         std::fill(o, o + d, 0.0f);
         for (std::size_t k = i; k < j; ++k) {
           const float* s = partial.data() + k * per_item;
@@ -513,6 +517,7 @@ void run_decode(int batch, const int* lengths, const int* kv_heads, int num_q_he
           for (int c = 0; c < d; ++c) o[c] += acc[c] * f;
         }
         if (l > 0.0f) scale_array(o, d, 1.0f / l);
+        if (!row.empty()) simd::from_f32_row(o, d, dst);
       }
       i = j;
     }

@@ -6,6 +6,8 @@
 // path matches it within 2e-5 * (1 + max |value|) per output element (docs/cpu.md).
 #pragma once
 
+#include <type_traits>
+
 #include <skv/attention/cpu_fast.hpp>
 #include <skv/attention/cpu_kernels.hpp>
 #include <skv/attention/reference.hpp>
@@ -17,8 +19,14 @@ namespace cpu {
 
 /// Decode attention for one query token: q and out are [num_q_heads][HeadDim], num_q_heads a
 /// multiple of the cache's KV heads (GQA). `scale` multiplies the logits; `opt` sets the threads.
+/// Each function also takes fp16 or bf16 queries and outputs (see decode_attention_batch).
 template <class Layout>
 void decode_attention(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out, float scale,
+                      const DecodeOptions& opt = DecodeOptions{}) {
+  decode_attention_fast(view, q, num_q_heads, out, scale, opt);
+}
+template <class Layout, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
+void decode_attention(const SequenceView<Layout>& view, const T* q, int num_q_heads, T* out, float scale,
                       const DecodeOptions& opt = DecodeOptions{}) {
   decode_attention_fast(view, q, num_q_heads, out, scale, opt);
 }
@@ -27,9 +35,18 @@ template <class Layout>
 void decode_attention(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out) {
   decode_attention(view, q, num_q_heads, out, default_scale<Layout>());
 }
+template <class Layout, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
+void decode_attention(const SequenceView<Layout>& view, const T* q, int num_q_heads, T* out) {
+  decode_attention(view, q, num_q_heads, out, default_scale<Layout>());
+}
 
 template <class KeyQ, class ValueQ, int D, int P, int R, class O>
 void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads, float* out,
+                      float scale, const DecodeOptions& opt = DecodeOptions{}) {
+  decode_attention(cache.view(), q, num_q_heads, out, scale, opt);
+}
+template <class KeyQ, class ValueQ, int D, int P, int R, class O, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
+void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const T* q, int num_q_heads, T* out,
                       float scale, const DecodeOptions& opt = DecodeOptions{}) {
   decode_attention(cache.view(), q, num_q_heads, out, scale, opt);
 }
@@ -37,6 +54,10 @@ void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const
 template <class KeyQ, class ValueQ, int D, int P, int R, class O>
 void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads,
                       float* out) {
+  decode_attention(cache.view(), q, num_q_heads, out);
+}
+template <class KeyQ, class ValueQ, int D, int P, int R, class O, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
+void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const T* q, int num_q_heads, T* out) {
   decode_attention(cache.view(), q, num_q_heads, out);
 }
 

@@ -9,11 +9,13 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <skv/attention/softmax.hpp>
 #include <skv/cache/view.hpp>
 #include <skv/error.hpp>
+#include <skv/numeric/half.hpp>
 #include <skv/quant/rotation.hpp>
 
 namespace skv {
@@ -27,9 +29,10 @@ namespace detail {
 template <int HeadDim>
 constexpr double kMaxScaledQuery = 1.7e38 / (65504.0 * HeadDim);
 
-template <class Layout>
-void check_attention_args(const SequenceView<Layout>& view, const float* q, int num_q_heads, const float* out,
-                          float scale) {
+template <class Layout, class T>
+void check_attention_args(const SequenceView<Layout>& view, const T* q, int num_q_heads, const T* out, float scale) {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, fp16>::value || std::is_same<T, bf16>::value,
+                "skv decode: queries and outputs must be float, skv::fp16 or skv::bf16");
   using skv::detail::require;
   require(q != nullptr && out != nullptr, "decode_attention: q and out must not be null");
   require(view.num_kv_heads > 0, "decode_attention: the cache has no KV heads");
@@ -44,10 +47,11 @@ void check_attention_args(const SequenceView<Layout>& view, const float* q, int 
   const std::size_t n = static_cast<std::size_t>(num_q_heads) * Layout::kHeadDim;
   float qmax = 0.0f;
   for (std::size_t i = 0; i < n; ++i) {
-    require(std::isfinite(q[i]), "decode_attention: q has a NaN or Inf at head " +
+    const float qi = to_float(q[i]);
+    require(std::isfinite(qi), "decode_attention: q has a NaN or Inf at head " +
                                      std::to_string(i / Layout::kHeadDim) + ", dim " +
                                      std::to_string(i % Layout::kHeadDim));
-    qmax = std::max(qmax, std::fabs(q[i]));
+    qmax = std::max(qmax, std::fabs(qi));
   }
   require(static_cast<double>(qmax) * std::fabs(static_cast<double>(scale)) <= kMaxScaledQuery<Layout::kHeadDim>,
           "decode_attention: softmax scale " + skv::detail::number(scale) + " times max |q| " +

@@ -101,10 +101,12 @@ class BasicKVCache {
   BasicKVCache(BasicKVCache&&) noexcept = default;
   BasicKVCache& operator=(BasicKVCache&&) noexcept = default;
 
-  /// Appends n tokens; k and v are [n][num_kv_heads][HeadDim]. All-or-nothing: throws skv::Error and
-  /// leaves the cache unchanged on null pointers, NaN/Inf, or appending past max_tokens.
-  void append(const float* k, const float* v, int n) { append_impl(k, v, n); }
-  void append(const fp16* k, const fp16* v, int n) { append_impl(k, v, n); }
+  /// Appends n tokens; k and v are [n][num_kv_heads][HeadDim] of float, fp16 or bf16 (widened
+  /// exactly: the cache holds the same bytes as for their float values). All-or-nothing: throws
+  /// skv::Error and leaves the cache unchanged on null pointers, NaN/Inf, or appending past max_tokens.
+  void append(const float* k, const float* v, int n, const AppendOptions& opt = {}) { append_impl(k, v, n, opt); }
+  void append(const fp16* k, const fp16* v, int n, const AppendOptions& opt = {}) { append_impl(k, v, n, opt); }
+  void append(const bf16* k, const bf16* v, int n, const AppendOptions& opt = {}) { append_impl(k, v, n, opt); }
 
   /// Forgets every token (memory stays allocated).
   void clear() { length_ = 0; }
@@ -148,14 +150,14 @@ class BasicKVCache {
   std::size_t residual_bytes() const { return residual_.size() * sizeof(float); }
 
   template <class T>
-  void append_impl(const T* k, const T* v, int n) {
+  void append_impl(const T* k, const T* v, int n, const AppendOptions& opt) {
     detail::require(n >= 0, "cannot append a negative number of tokens (" + std::to_string(n) + ")");
     detail::require(n <= max_tokens_ - length_, "append of " + std::to_string(n) + " tokens past capacity (" +
                                                     std::to_string(length_) + " of " + std::to_string(max_tokens_) +
                                                     " tokens used)");
     if (n == 0) return;
     View v_ = view();
-    skv::append(v_, k, v, n);
+    skv::append(v_, k, v, n, opt);
     length_ = v_.length;
   }
 

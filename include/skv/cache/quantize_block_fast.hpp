@@ -23,15 +23,16 @@
 namespace skv {
 namespace detail {
 
-/// codes[c] = Quantizer::encode(x[c], {s[c], z[c]}) for c < n, lane by lane.
-inline void encode_row(const float* SKV_RESTRICT x, const float* SKV_RESTRICT s, const float* SKV_RESTRICT z, int n,
+/// codes[c] = Quantizer::encode(x[c], {s[c], z[c]}) for c < n, lane by lane (x widened to float).
+template <class T>
+inline void encode_row(const T* SKV_RESTRICT x, const float* SKV_RESTRICT s, const float* SKV_RESTRICT z, int n,
                        float max_code, std::uint8_t* SKV_RESTRICT codes) {
   int c = 0;
 #if defined(SKV_HAS_AVX512)
   const __m512 half = _mm512_set1_ps(0.5f), zero = _mm512_setzero_ps(), top = _mm512_set1_ps(max_code);
   for (; c + 16 <= n; c += 16) {
     const __m512 sc = _mm512_loadu_ps(s + c), zc = _mm512_loadu_ps(z + c);
-    __m512 q = _mm512_add_ps(_mm512_div_ps(_mm512_loadu_ps(x + c), sc), half);
+    __m512 q = _mm512_add_ps(_mm512_div_ps(simd::vload(x + c), sc), half);
     q = _mm512_add_ps(_mm512_roundscale_ps(q, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), zc);
     q = _mm512_min_ps(_mm512_max_ps(q, zero), top);
     q = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sc, zero, _CMP_EQ_OQ), q, zc);
@@ -41,7 +42,7 @@ inline void encode_row(const float* SKV_RESTRICT x, const float* SKV_RESTRICT s,
   const __m256 half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps(), top = _mm256_set1_ps(max_code);
   for (; c + 8 <= n; c += 8) {
     const __m256 sc = _mm256_loadu_ps(s + c), zc = _mm256_loadu_ps(z + c);
-    __m256 q = _mm256_add_ps(_mm256_div_ps(_mm256_loadu_ps(x + c), sc), half);
+    __m256 q = _mm256_add_ps(_mm256_div_ps(simd::vload(x + c), sc), half);
     q = _mm256_add_ps(_mm256_floor_ps(q), zc);
     q = _mm256_min_ps(_mm256_max_ps(q, zero), top);
     q = _mm256_blendv_ps(q, zc, _mm256_cmp_ps(sc, zero, _CMP_EQ_OQ));
@@ -55,72 +56,149 @@ inline void encode_row(const float* SKV_RESTRICT x, const float* SKV_RESTRICT s,
       codes[c] = static_cast<std::uint8_t>(z[c]);
       continue;
     }
-    const float q = round_half_up(x[c] / s[c]) + z[c];
+    const float q = round_half_up(to_float(x[c]) / s[c]) + z[c];
     codes[c] = static_cast<std::uint8_t>(clamp_to(q, 0.0f, max_code));
   }
 }
 
+#if defined(SKV_HAS_AVX512)
+/// Quantizer::fit + Quantizer::params for 16 groups of an fp16 asymmetric quantizer (AVX-512), as
+/// floats; every s and z is an fp16 value, so narrowing them again (vcvtps2ph) is exact.
+template <class Q>
+struct Fit16 {
+  __m512 s, z;
+
+  /// The same float operations as fit (divisions, max, floor) and the fp16 narrowing done by
+  /// vcvtps2ph with the rounding fit implements in integers (toward +infinity for the scale, to
+  /// nearest even for the integer zero point and the constant-group test): the same bits for every
+  /// finite input.
+  static Fit16 fit(__m512 lo, __m512 hi) {
+    const __m512 max_code = _mm512_set1_ps(static_cast<float>(Q::kMaxCode));
+    const __m512 limit = _mm512_set1_ps(ScaleTraits<fp16>::kExactIntegerLimit);
+    const __m512 half = _mm512_set1_ps(0.5f), fzero = _mm512_setzero_ps();
+    const __m512 ahi = _mm512_abs_ps(hi);
+    // constant groups whose value fp16 holds: (|x|, -sign x), or (0, 0) for x == 0
+    const __m256i v = _mm512_cvtps_ph(ahi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __mmask16 exact =
+        _mm512_cmp_ps_mask(lo, hi, _CMP_EQ_OQ) & _mm512_cmp_ps_mask(_mm512_cvtph_ps(v), ahi, _CMP_EQ_OQ);
+    const __mmask16 is_zero = _mm512_cmp_ps_mask(hi, fzero, _CMP_EQ_OQ);
+    const __mmask16 positive = _mm512_cmp_ps_mask(hi, fzero, _CMP_GT_OQ);
+    const __m512 amax = _mm512_max_ps(_mm512_abs_ps(lo), ahi);
+    const __m512 sv = _mm512_max_ps(_mm512_div_ps(_mm512_sub_ps(hi, lo), max_code), _mm512_div_ps(amax, limit));
+    const __m512 sf = _mm512_cvtph_ps(_mm512_cvtps_ph(sv, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
+    const __m512 zr = _mm512_roundscale_ps(_mm512_add_ps(_mm512_div_ps(_mm512_sub_ps(fzero, lo), sf), half),
+                                           _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m512 zf = _mm512_cvtph_ps(_mm512_cvtps_ph(zr, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    // exact lanes: scale |x| (0 when x == 0), zero -1 / +1 (0 when x == 0), chosen with AVX-512F masks
+    const __m512 one = _mm512_set1_ps(1.0f);
+    const __m512 ez =
+        _mm512_maskz_mov_ps(static_cast<__mmask16>(~is_zero), _mm512_mask_mov_ps(one, positive, _mm512_set1_ps(-1.0f)));
+    const __m512 es = _mm512_maskz_mov_ps(static_cast<__mmask16>(~is_zero), _mm512_cvtph_ps(v));
+    // a scale that underflows to 0 (|x| below ~1e-42) stores zero point 0, as Quantizer::fit does
+    const __mmask16 underflow = _mm512_cmp_ps_mask(sf, fzero, _CMP_EQ_OQ);
+    return Fit16{_mm512_mask_mov_ps(sf, exact, es),
+                 _mm512_mask_mov_ps(_mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), zf), exact, ez)};
+  }
+
+  /// Quantizer::squared_error of each group for these parameters: element i of group l at
+  /// x[i * stride + l]; the same operations lane by lane, in the same order.
+  __m512 squared_error(const float* x, std::size_t stride) const {
+    const __m512 half = _mm512_set1_ps(0.5f), fzero = _mm512_setzero_ps();
+    const __m512 top = _mm512_set1_ps(static_cast<float>(Q::kMaxCode));
+    const __mmask16 zero_scale = _mm512_cmp_ps_mask(s, fzero, _CMP_EQ_OQ);
+    __m512 e = fzero;
+    for (int i = 0; i < Q::kGroupSize; ++i) {
+      const __m512 xv = _mm512_loadu_ps(x + i * stride);
+      __m512 c = _mm512_roundscale_ps(_mm512_add_ps(_mm512_div_ps(xv, s), half), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+      c = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(c, z), fzero), top);
+      c = _mm512_mask_mov_ps(c, zero_scale, z);
+      const __m512 d = _mm512_fmadd_ps(_mm512_sub_ps(z, c), s, xv);
+      e = _mm512_fmadd_ps(d, d, e);
+    }
+    return e;
+  }
+
+  /// Quantizer::fit_clipped for 16 groups (layout as in squared_error).
+  static Fit16 fit_clipped(const float* x, std::size_t stride, __m512 lo, __m512 hi) {
+    Fit16 best = fit(lo, hi);
+    const __mmask16 search = _mm512_cmp_ps_mask(lo, hi, _CMP_NEQ_UQ);
+    if (search == 0) return best;
+    __m512 best_err = best.squared_error(x, stride);
+    const __m512 mid = _mm512_mul_ps(_mm512_add_ps(lo, hi), _mm512_set1_ps(0.5f));
+    for (int i = 1; i < Q::kClipCandidates; ++i) {
+      const __m512 r = _mm512_set1_ps(Q::clip_ratio(i));
+      const Fit16 c = fit(_mm512_fnmadd_ps(r, _mm512_sub_ps(mid, lo), mid), _mm512_fmadd_ps(r, _mm512_sub_ps(hi, mid), mid));
+      const __m512 e = c.squared_error(x, stride);
+      const __mmask16 better = search & _mm512_cmp_ps_mask(e, best_err, _CMP_LT_OQ);
+      best.s = _mm512_mask_mov_ps(best.s, better, c.s);
+      best.z = _mm512_mask_mov_ps(best.z, better, c.z);
+      best_err = _mm512_mask_mov_ps(best_err, better, e);
+    }
+    return best;
+  }
+
+  /// Writes the parameters to scales / zeros (fp16) and s / z (float), 16 each.
+  void store(fp16* scales, fp16* zeros, float* sf, float* zf) const {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(scales), _mm512_cvtps_ph(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(zeros), _mm512_cvtps_ph(z, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    _mm512_storeu_ps(sf, s);
+    _mm512_storeu_ps(zf, z);
+  }
+};
+#endif
+
+/// Whether the 16-group AVX-512 fit (Fit16) serves quantizer Q.
+template <class Q>
+constexpr bool kFit16 =
+#if defined(SKV_HAS_AVX512)
+    Q::kHasZero && std::is_same<typename Q::Scale, fp16>::value;
+#else
+    false;
+#endif
+
+/// Stores group i's parameters (Quantizer::Stored st) to scales / zeros and their floats to s / z.
+template <class Q>
+SKV_FORCEINLINE void store_group(typename Q::Stored st, int i, typename Q::Scale* scales, typename Q::Scale* zeros,
+                                 float* s, float* z) {
+  scales[i] = st.scale;
+  if (Q::kHasZero) zeros[i] = st.zero;
+  const typename Q::Params p = Q::params(st);
+  s[i] = p.scale;
+  z[i] = p.zero;
+}
+
 /// Fits `count` groups from their minima and maxima: stores the parameters to scales / zeros
 /// [0, count) and their float values to s / z. Equals Quantizer::fit + Quantizer::params entry by
-/// entry; with AVX-512 and fp16 asymmetric parameters 16 groups at a time: the same float
-/// operations (divisions, max, floor) and the fp16 narrowing done by vcvtps2ph with the rounding
-/// the scalar code implements in integers (round toward +infinity for the scale, to nearest even
-/// for the integer zero point and the constant-group test), which gives the same bits for every
-/// finite input.
+/// entry (16 groups at a time through Fit16 where it applies).
 template <class Q>
 inline void fit_groups(const float* SKV_RESTRICT mn, const float* SKV_RESTRICT mx, int count,
                        typename Q::Scale* SKV_RESTRICT scales, typename Q::Scale* SKV_RESTRICT zeros,
                        float* SKV_RESTRICT s, float* SKV_RESTRICT z) {
   int i = 0;
 #if defined(SKV_HAS_AVX512)
-  if constexpr (Q::kHasZero && std::is_same<typename Q::Scale, fp16>::value) {
-    const __m512 max_code = _mm512_set1_ps(static_cast<float>(Q::kMaxCode));
-    const __m512 limit = _mm512_set1_ps(ScaleTraits<fp16>::kExactIntegerLimit);
-    const __m512 half = _mm512_set1_ps(0.5f), fzero = _mm512_setzero_ps();
-    for (; i + 16 <= count; i += 16) {
-      const __m512 lo = _mm512_loadu_ps(mn + i), hi = _mm512_loadu_ps(mx + i);
-      const __m512 ahi = _mm512_abs_ps(hi);
-      // constant groups whose value fp16 holds: (|x|, -sign x), or (0, 0) for x == 0
-      const __m256i v = _mm512_cvtps_ph(ahi, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __mmask16 exact = _mm512_cmp_ps_mask(lo, hi, _CMP_EQ_OQ) &
-                              _mm512_cmp_ps_mask(_mm512_cvtph_ps(v), ahi, _CMP_EQ_OQ);
-      const __mmask16 is_zero = _mm512_cmp_ps_mask(hi, fzero, _CMP_EQ_OQ);
-      const __mmask16 positive = _mm512_cmp_ps_mask(hi, fzero, _CMP_GT_OQ);
-      const __m512 amax = _mm512_max_ps(_mm512_abs_ps(lo), ahi);
-      const __m512 sv = _mm512_max_ps(_mm512_div_ps(_mm512_sub_ps(hi, lo), max_code), _mm512_div_ps(amax, limit));
-      const __m256i sh = _mm512_cvtps_ph(sv, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
-      const __m512 sf = _mm512_cvtph_ps(sh);
-      const __m512 zr = _mm512_roundscale_ps(
-          _mm512_add_ps(_mm512_div_ps(_mm512_sub_ps(fzero, lo), sf), half), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-      const __m256i zh = _mm512_cvtps_ph(zr, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      // exact lanes: scale |x| (0 when x == 0), zero -1 / +1 (0 when x == 0). Chosen among fp16
-      // values in float (AVX-512F masks only), so narrowing them again is exact.
-      const __m512 one = _mm512_set1_ps(1.0f);
-      const __m512 ez = _mm512_maskz_mov_ps(static_cast<__mmask16>(~is_zero),
-                                            _mm512_mask_mov_ps(one, positive, _mm512_set1_ps(-1.0f)));
-      const __m512 es = _mm512_maskz_mov_ps(static_cast<__mmask16>(~is_zero), _mm512_cvtph_ps(v));
-      const __m512 fsf = _mm512_mask_mov_ps(sf, exact, es);
-      // a scale that underflows to 0 (|x| below ~1e-42) stores zero point 0, as Quantizer::fit does
-      const __mmask16 underflow = _mm512_cmp_ps_mask(sf, fzero, _CMP_EQ_OQ);
-      const __m512 fzf = _mm512_mask_mov_ps(_mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), _mm512_cvtph_ps(zh)),
-                                            exact, ez);
-      const __m256i fs = _mm512_cvtps_ph(fsf, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m256i fz = _mm512_cvtps_ph(fzf, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(scales + i), fs);
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(zeros + i), fz);
-      _mm512_storeu_ps(s + i, fsf);
-      _mm512_storeu_ps(z + i, fzf);
-    }
+  if constexpr (kFit16<Q>) {
+    for (; i + 16 <= count; i += 16)
+      Fit16<Q>::fit(_mm512_loadu_ps(mn + i), _mm512_loadu_ps(mx + i)).store(scales + i, zeros + i, s + i, z + i);
   }
 #endif
-  for (; i < count; ++i) {
-    const typename Q::Stored st = Q::fit(mn[i], mx[i]);
-    scales[i] = st.scale;
-    if (Q::kHasZero) zeros[i] = st.zero;
-    const typename Q::Params p = Q::params(st);
-    s[i] = p.scale;
-    z[i] = p.zero;
+  for (; i < count; ++i) store_group<Q>(Q::fit(mn[i], mx[i]), i, scales, zeros, s, z);
+}
+
+/// fit_groups with the clipping search (Quantizer::fit_clipped): group i's elements are
+/// x[i + k * stride], k < GroupSize (consecutive groups in consecutive lanes).
+template <class Q>
+inline void fit_groups_clipped(const float* x, std::size_t stride, const float* SKV_RESTRICT mn,
+                               const float* SKV_RESTRICT mx, int count, typename Q::Scale* SKV_RESTRICT scales,
+                               typename Q::Scale* SKV_RESTRICT zeros, float* SKV_RESTRICT s, float* SKV_RESTRICT z) {
+  int i = 0;
+#if defined(SKV_HAS_AVX512)
+  if constexpr (kFit16<Q>) {
+    for (; i + 16 <= count; i += 16)
+      Fit16<Q>::fit_clipped(x + i, stride, _mm512_loadu_ps(mn + i), _mm512_loadu_ps(mx + i))
+          .store(scales + i, zeros + i, s + i, z + i);
   }
+#endif
+  for (; i < count; ++i) store_group<Q>(Q::fit_clipped(x + i, stride, mn[i], mx[i]), i, scales, zeros, s, z);
 }
 
 /// Packs n codes (n a multiple of 8, each below 2^Bits) like skv::pack_codes, eight at a time.
@@ -142,9 +220,10 @@ inline void pack_row(const std::uint8_t* SKV_RESTRICT codes, int n, std::uint8_t
 
 }  // namespace detail
 
-/// Same contract and bytes as skv::quantize_rows, vectorized (host only).
-template <class Q, int HeadDim, int PageSize>
-void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int slot0, std::uint8_t* block) {
+/// Same contract and bytes as skv::quantize_rows<Q, HeadDim, PageSize, Clip>, vectorized (host
+/// only), reading x as T (float, or fp16 / bf16 widened exactly inside the vector loads).
+template <class Q, int HeadDim, int PageSize, bool Clip = false, class T = float>
+void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0, std::uint8_t* block) {
   using TL = TensorLayout<Q, HeadDim, PageSize>;
   using Scale = typename Q::Scale;
   using simd::Vec;
@@ -156,15 +235,21 @@ void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int sl
   float s[HeadDim], z[HeadDim];
   std::uint8_t codes[HeadDim];
 
-  auto encode_pack = [&](const float* row, int slot) {
+  auto encode_pack = [&](const T* row, int slot) {
     detail::encode_row(row, s, z, HeadDim, kMaxCode, codes);
     detail::pack_row<Q::kBits>(codes, HeadDim, block + static_cast<std::size_t>(slot) * TL::kRowBytes);
   };
 
   if constexpr (Q::kAxis == Axis::Channel) {  // constexpr: the Token branch's arrays would have size 0
     float mn[HeadDim], mx[HeadDim];
+    // the clipping search reads a group's elements as floats: a float copy of its rows unless T is float
+    constexpr bool kCopy = Clip && !std::is_same<T, float>::value;
+    float slab[kCopy ? G * HeadDim : 1];
     for (int g = 0; g < rows / G; ++g) {
-      const float* base = x + static_cast<std::size_t>(g) * G * row_stride;
+      const T* base = x + static_cast<std::size_t>(g) * G * row_stride;
+      if constexpr (kCopy) {
+        for (int i = 0; i < G; ++i) simd::to_f32_row(base + i * row_stride, HeadDim, slab + i * HeadDim);
+      }
       int c = 0;
       for (; c + kVecWidth <= HeadDim; c += kVecWidth) {
         Vec lo = simd::vload(base + c), hi = lo;
@@ -177,64 +262,88 @@ void quantize_rows_fast(const float* x, std::size_t row_stride, int rows, int sl
         simd::vstore(mx + c, hi);
       }
       for (; c < HeadDim; ++c) {
-        float lo = base[c], hi = base[c];
+        float lo = to_float(base[c]), hi = lo;
         for (int i = 1; i < G; ++i) {
-          lo = skv::detail::min_of(lo, base[i * row_stride + c]);
-          hi = skv::detail::max_of(hi, base[i * row_stride + c]);
+          const float v = to_float(base[i * row_stride + c]);
+          lo = skv::detail::min_of(lo, v);
+          hi = skv::detail::max_of(hi, v);
         }
         mn[c] = lo;
         mx[c] = hi;
       }
       const int meta = TL::meta_index(slot0 + g * G, 0);
-      detail::fit_groups<Q>(mn, mx, HeadDim, scales + meta, zeros + (Q::kHasZero ? meta : 0), s, z);
+      Scale* zg = zeros + (Q::kHasZero ? meta : 0);
+      if constexpr (kCopy) {
+        detail::fit_groups_clipped<Q>(slab, HeadDim, mn, mx, HeadDim, scales + meta, zg, s, z);
+      } else if constexpr (Clip) {
+        detail::fit_groups_clipped<Q>(base, row_stride, mn, mx, HeadDim, scales + meta, zg, s, z);
+      } else {
+        detail::fit_groups<Q>(mn, mx, HeadDim, scales + meta, zg, s, z);
+      }
       for (int i = 0; i < G; ++i) encode_pack(base + i * row_stride, slot0 + g * G + i);
     }
   } else {
     constexpr int kJ = HeadDim / G;
     float mn[kJ * 64], mx[kJ * 64], gs[kJ * 64], gz[kJ * 64];
+    float tile[Clip ? G * 16 : 1];
     for (int t0 = 0; t0 < rows; t0 += 64) {
-    const int nt = rows - t0 < 64 ? rows - t0 : 64;
-    for (int t = t0; t < t0 + nt; ++t) {
-      const float* row = x + static_cast<std::size_t>(t) * row_stride;
-      for (int j = 0; j < kJ; ++j) {
-        const float* grp = row + j * G;
-        float lo = grp[0], hi = grp[0];
-        int i = 0;
-        if (G >= kVecWidth) {
-          Vec vlo = simd::vload(grp), vhi = vlo;
-          for (i = kVecWidth; i + kVecWidth <= G; i += kVecWidth) {
-            vlo = simd::vmin(vlo, simd::vload(grp + i));
-            vhi = simd::vmax(vhi, simd::vload(grp + i));
+      const int nt = rows - t0 < 64 ? rows - t0 : 64;
+      for (int t = t0; t < t0 + nt; ++t) {
+        const T* row = x + static_cast<std::size_t>(t) * row_stride;
+        for (int j = 0; j < kJ; ++j) {
+          const T* grp = row + j * G;
+          float lo = to_float(grp[0]), hi = lo;
+          int i = 0;
+          if (G >= kVecWidth) {
+            Vec vlo = simd::vload(grp), vhi = vlo;
+            for (i = kVecWidth; i + kVecWidth <= G; i += kVecWidth) {
+              vlo = simd::vmin(vlo, simd::vload(grp + i));
+              vhi = simd::vmax(vhi, simd::vload(grp + i));
+            }
+            lo = simd::vhmin(vlo);
+            hi = simd::vhmax(vhi);
           }
-          lo = simd::vhmin(vlo);
-          hi = simd::vhmax(vhi);
-        }
-        for (; i < G; ++i) {
-          lo = skv::detail::min_of(lo, grp[i]);
-          hi = skv::detail::max_of(hi, grp[i]);
-        }
-        mn[(t - t0) * kJ + j] = lo;
-        mx[(t - t0) * kJ + j] = hi;
-      }
-    }
-    const int meta = TL::meta_index(slot0 + t0, 0);
-    detail::fit_groups<Q>(mn, mx, nt * kJ, scales + meta, zeros + (Q::kHasZero ? meta : 0), gs, gz);
-    for (int t = t0; t < t0 + nt; ++t) {
-      for (int j = 0; j < kJ; ++j) {
-        const float sj = gs[(t - t0) * kJ + j], zj = gz[(t - t0) * kJ + j];
-        for (int c = j * G; c < (j + 1) * G; ++c) {
-          s[c] = sj;
-          z[c] = zj;
+          for (; i < G; ++i) {
+            lo = skv::detail::min_of(lo, to_float(grp[i]));
+            hi = skv::detail::max_of(hi, to_float(grp[i]));
+          }
+          mn[(t - t0) * kJ + j] = lo;
+          mx[(t - t0) * kJ + j] = hi;
         }
       }
-      encode_pack(x + static_cast<std::size_t>(t) * row_stride, slot0 + t);
-    }
+      const int meta = TL::meta_index(slot0 + t0, 0);
+      Scale* zg = zeros + (Q::kHasZero ? meta : 0);
+      if constexpr (Clip) {
+        // 16 groups at a time, transposed so that group l's element k sits at tile[16 k + l]
+        for (int g0 = 0; g0 < nt * kJ; g0 += 16) {
+          const int ng = nt * kJ - g0 < 16 ? nt * kJ - g0 : 16;
+          for (int l = 0; l < ng; ++l) {
+            const int g = g0 + l;
+            const T* grp = x + static_cast<std::size_t>(t0 + g / kJ) * row_stride + (g % kJ) * G;
+            for (int k = 0; k < G; ++k) tile[16 * k + l] = to_float(grp[k]);
+          }
+          detail::fit_groups_clipped<Q>(tile, 16, mn + g0, mx + g0, ng, scales + meta + g0,
+                                        zg + (Q::kHasZero ? g0 : 0), gs + g0, gz + g0);
+        }
+      } else {
+        detail::fit_groups<Q>(mn, mx, nt * kJ, scales + meta, zg, gs, gz);
+      }
+      for (int t = t0; t < t0 + nt; ++t) {
+        for (int j = 0; j < kJ; ++j) {
+          const float sj = gs[(t - t0) * kJ + j], zj = gz[(t - t0) * kJ + j];
+          for (int c = j * G; c < (j + 1) * G; ++c) {
+            s[c] = sj;
+            z[c] = zj;
+          }
+        }
+        encode_pack(x + static_cast<std::size_t>(t) * row_stride, slot0 + t);
+      }
     }
   }
 }
 
-/// Same as skv::quantize_block (every KV head of quantized indices [first, first + kBlockTokens)),
-/// vectorized; a tensor with the clipping search goes through skv::quantize_rows.
+/// Same as skv::quantize_block (every KV head of quantized indices [first, first + kBlockTokens)
+/// read from the residual ring), vectorized, the clipping search included.
 template <class Layout, class View>
 void quantize_block_fast(const View& view, int first) {
   using KQ = typename Layout::KeyQuantizer;
@@ -245,16 +354,9 @@ void quantize_block_fast(const View& view, int first) {
   const int token = Layout::kSinkTokens + first;
   for (int h = 0; h < view.num_kv_heads; ++h) {
     std::uint8_t* block = view.head_block(first, h);
-    if constexpr (Layout::kClipKeys) {
-      quantize_rows<KQ, D, P, true>(view.residual_key(token, h), stride, B, slot0, block);
-    } else {
-      quantize_rows_fast<KQ, D, P>(view.residual_key(token, h), stride, B, slot0, block);
-    }
-    if constexpr (Layout::kClipValues) {
-      quantize_rows<VQ, D, P, true>(view.residual_value(token, h), stride, B, slot0, block + Layout::Keys::kBytes);
-    } else {
-      quantize_rows_fast<VQ, D, P>(view.residual_value(token, h), stride, B, slot0, block + Layout::Keys::kBytes);
-    }
+    quantize_rows_fast<KQ, D, P, Layout::kClipKeys>(view.residual_key(token, h), stride, B, slot0, block);
+    quantize_rows_fast<VQ, D, P, Layout::kClipValues>(view.residual_value(token, h), stride, B, slot0,
+                                                      block + Layout::Keys::kBytes);
   }
 }
 

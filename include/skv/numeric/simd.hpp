@@ -175,5 +175,25 @@ inline void from_f32_row(const float* SKV_RESTRICT x, int n, float* SKV_RESTRICT
   for (int i = 0; i < n; ++i) out[i] = x[i];
 }
 
+/// Whether every |float(x[i])| <= limit for i < n (NaN fails), a vector at a time.
+template <class T>
+inline bool all_within(const T* x, std::size_t n, float limit) {
+  std::size_t i = 0;
+#if defined(SKV_HAS_AVX512)
+  const __m512 lim = _mm512_set1_ps(limit);
+  __mmask16 bad = 0;
+  for (; i + 16 <= n; i += 16) bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(vload(x + i)), lim, _CMP_NLE_UQ);
+  if (bad != 0) return false;
+#elif defined(SKV_HAS_AVX2)
+  const __m256 lim = _mm256_set1_ps(limit), sign = _mm256_set1_ps(-0.0f);
+  __m256 bad = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_andnot_ps(sign, vload(x + i)), lim, _CMP_NLE_UQ));
+  if (_mm256_movemask_ps(bad) != 0) return false;
+#endif
+  unsigned b = 0;
+  for (; i < n; ++i) b |= static_cast<unsigned>(!(std::fabs(to_float(x[i])) <= limit));
+  return b == 0;
+}
+
 }  // namespace simd
 }  // namespace skv

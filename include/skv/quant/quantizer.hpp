@@ -131,21 +131,27 @@ struct Quantizer {
     return Stored{from_float<ScaleT>(amax / kSymmetricMaxCode, Round::Up), zero_storage};
   }
 
-  /// Ratios tried by fit_clipped: 1, 0.95, ..., 1 - 0.05 * (kClipCandidates - 1).
+  /// Ranges tried by fit_clipped: the full range and the range shrunk by clip_ratio(i), i < kClipCandidates.
   static constexpr int kClipCandidates = 10;
+  /// 1, 0.95, ..., 0.55 (each the float nearest to (20 - i) / 20).
+  SKV_HOST_DEVICE static constexpr float clip_ratio(int i) { return static_cast<float>(20 - i) / 20.0f; }
 
   /// The clipping search (Options ClipKeys / ClipValues): fits the group x[i * stride], i < GroupSize,
   /// whose minimum and maximum are mn and mx, trying the full range and ranges shrunk around the
   /// midpoint (around zero when symmetric), and keeps the one with the lowest squared error over the
   /// group (the full range on ties, so the error is never above fit's).
+  ///
+  /// Every product that meets a sum is an explicit fmaf, so no compiler flag (-ffp-contract, -mfma)
+  /// changes the result: the vectorized search of the host append (cache/quantize_block_fast.hpp)
+  /// chooses the same parameters bit for bit.
   SKV_HOST_DEVICE static Stored fit_clipped(const float* x, std::size_t stride, float mn, float mx) {
     Stored best = fit(mn, mx);
     if (mn == mx) return best;
     float best_err = squared_error(x, stride, params(best));
-    const float mid = kHasZero ? 0.5f * mn + 0.5f * mx : 0.0f;
+    const float mid = kHasZero ? (mn + mx) * 0.5f : 0.0f;  // |mn|, |mx| <= kMaxInput: the sum is finite
     for (int i = 1; i < kClipCandidates; ++i) {
-      const float r = 1.0f - 0.05f * static_cast<float>(i);
-      const Stored s = fit(mid - r * (mid - mn), mid + r * (mx - mid));
+      const float r = clip_ratio(i);
+      const Stored s = fit(::fmaf(-r, mid - mn, mid), ::fmaf(r, mx - mid, mid));
       const float e = squared_error(x, stride, params(s));
       if (e < best_err) {
         best = s;
@@ -155,12 +161,14 @@ struct Quantizer {
     return best;
   }
 
-  /// Sum over the group of (x - decode(encode(x)))^2.
+  /// Sum over the group, in order, of (x - decode(encode(x)))^2, each term fused into the sum
+  /// (fmaf, see fit_clipped).
   SKV_HOST_DEVICE static float squared_error(const float* x, std::size_t stride, Params p) {
     float e = 0.0f;
     for (int i = 0; i < GroupSize; ++i) {
-      const float d = x[i * stride] - decode(encode(x[i * stride], p), p);
-      e += d * d;
+      const float c = static_cast<float>(encode(x[i * stride], p));
+      const float d = ::fmaf(p.zero - c, p.scale, x[i * stride]);
+      e = ::fmaf(d, d, e);
     }
     return e;
   }
