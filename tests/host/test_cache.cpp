@@ -328,6 +328,58 @@ TEST(Cache, ThreadedAppendWritesTheSameBytes) {
   EXPECT_EQ(one.quantized_size(), 2080);
 }
 
+/// Every token as attention sees it (dequantized or full precision): what a failed append must not change.
+template <class Cache>
+std::vector<float> token_state(const Cache& cache) {
+  const auto v = cache.view();
+  std::vector<float> x;
+  for (int t = 0; t < v.length; ++t)
+    for (int h = 0; h < v.num_kv_heads; ++h)
+      for (int c = 0; c < Cache::kHeadDim; ++c) {
+        x.push_back(v.key(t, h, c));
+        x.push_back(v.value(t, h, c));
+      }
+  return x;
+}
+
+TEST(Cache, BadValueInsideADirectlyQuantizedBlockChangesNoToken) {
+  // a long append quantizes its blocks straight from the input and checks them in the same pass:
+  // a bad value there is reported at its position, and no token of the cache changes (only page
+  // slots past the quantized length may have been written)
+  constexpr int H = 2, D = 128, N = 700;
+  using C = skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>, skv::Quantizer<2, 32, skv::Axis::Token>, D, 64,
+                              64, skv::Options<skv::Sinks<4>>>;
+  const auto k = random_tokens(N, H, D, 31), v = random_tokens(N, H, D, 32);
+  for (int threads : {1, 2}) {
+    C cache(H, 2 * N);
+    cache.append(k.data(), v.data(), 50);
+    const auto before = token_state(cache);
+    skv::AppendOptions opt;
+    opt.num_threads = threads;
+    for (bool in_values : {false, true}) {
+      for (int token : {300, 649}) {  // a block in the middle, and the last one quantized (not the ring)
+        auto k2 = k, v2 = v;
+        (in_values ? v2 : k2)[(static_cast<std::size_t>(token) * H + 1) * D + 7] = std::numeric_limits<float>::infinity();
+        try {
+          cache.append(k2.data(), v2.data(), N - 50, opt);
+          FAIL() << "accepted an Inf at token " << token;
+        } catch (const skv::Error& e) {
+          const std::string want = std::string(in_values ? "values" : "keys") + " at token " + std::to_string(token) +
+                                   ", head 1, dim 7";
+          EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+        }
+        EXPECT_EQ(cache.size(), 50);
+        EXPECT_EQ(token_state(cache), before);
+      }
+    }
+    // the same append without the bad value then gives the cache of a clean run
+    cache.append(k.data() + 50 * H * D, v.data() + 50 * H * D, N - 50, opt);
+    C clean(H, 2 * N);
+    clean.append(k.data(), v.data(), N);
+    EXPECT_EQ(live_state(cache), live_state(clean));
+  }
+}
+
 TEST(Cache, CopiesAreIndependent) {
   constexpr int H = 1, D = 64;
   const auto k = random_tokens(64, H, D, 11), v = random_tokens(64, H, D, 12);

@@ -334,8 +334,11 @@ void check_clip_never_worse() {
     for (float e : x) mn = std::min(mn, e), mx = std::max(mx, e);
     const auto full = Q::params(Q::fit(mn, mx));
     const auto clipped = Q::params(Q::fit_clipped(x, 1, mn, mx));
+    // never worse by the search's measure; by the stored codes' error too, up to float rounding (the
+    // measures differ only in codes at a rounding boundary, where both codes are half a step away)
+    ASSERT_LE(Q::search_error(x, 1, clipped), Q::search_error(x, 1, full)) << Q::kBits << " bits, trial " << trial;
     const float e_full = Q::squared_error(x, 1, full), e_clip = Q::squared_error(x, 1, clipped);
-    ASSERT_LE(e_clip, e_full) << Q::kBits << " bits, trial " << trial;
+    ASSERT_LE(e_clip, e_full * (1.0f + 1e-5f)) << Q::kBits << " bits, trial " << trial;
     if (mn == mx && Q::kHasZero) {
       ASSERT_EQ(e_clip, 0.0f);
     }

@@ -1,12 +1,15 @@
 // skv/cache/append.hpp: appending tokens to a sequence view (host).
 //
-// All-or-nothing: every argument and every value is checked before the first byte is written, so a
-// rejected call leaves the cache exactly as it was. The first kSinkTokens tokens go to the sinks;
+// All-or-nothing: a rejected call leaves every token of the cache as it was. Arguments, and the
+// values bound for the full-precision area, are checked before anything is written; blocks made
+// only of new tokens are checked in the pass that quantizes them straight from the input, which
+// writes nothing but page slots past the quantized length (free until the length advances). The first kSinkTokens tokens go to the sinks;
 // later tokens enter the full-precision ring, and whenever kBlockTokens of them are older than the
 // residual window, that block is quantized into its page, once (it is never re-quantized). A block
 // whose tokens all arrive in one call is quantized straight from the input instead of the ring.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -64,13 +67,62 @@ void check_values(const T* x, std::size_t count, int num_kv_heads, int head_dim,
 /// Fewest blocks an append must complete before it uses more than one thread.
 constexpr int kMinThreadedBlocks = 8;
 
-/// The writing half of append, after every check passed: keys / values are the n new tokens,
-/// [n][num_kv_heads][HeadDim] (keys already in the cache's basis).
+/// Quantized index of the first block of an append of tokens [t0, t_end) made only of new tokens
+/// (the blocks before it hold tokens of earlier calls, which wait in the ring).
+template <class Layout>
+int first_direct_block(int t0, int t_end) {
+  const int q_after = Layout::quantized_length(t_end);
+  int first = Layout::quantized_length(t0);
+  while (first < q_after && Layout::kSinkTokens + first < t0) first += Layout::kBlockTokens;
+  return first;
+}
+
+/// Quantizes the blocks of new tokens only, [first, q_after), straight from the input (several
+/// threads for a prefill), checking each block's input in a linear pass just before (which also
+/// brings the block, B tokens x every head, into the cache for the head-by-head strided reads).
+/// Writes only page slots past the quantized length, so a caller may still throw afterwards without
+/// changing any token. Returns whether every input value was in range.
 template <class Layout, class TK, class TV>
-void append_checked(SequenceView<Layout>& view, const TK* keys, const TV* values, int n, int num_threads) {
+bool quantize_direct_blocks(const SequenceView<Layout>& view, const TK* keys, const TV* values, int t0, int first,
+                            int q_after, int num_threads) {
   using KQ = typename Layout::KeyQuantizer;
   using VQ = typename Layout::ValueQuantizer;
-  constexpr int D = Layout::kHeadDim, P = Layout::kPageSize, B = Layout::kBlockTokens, kSinks = Layout::kSinkTokens;
+  constexpr int D = Layout::kHeadDim, P = Layout::kPageSize, B = Layout::kBlockTokens;
+  const int heads = view.num_kv_heads;
+  const std::size_t token_floats = static_cast<std::size_t>(heads) * D;
+  const int blocks = (q_after - first) / B;
+  const auto quantize = [&](int b) {
+    const int f = first + b * B;
+    const std::size_t at = static_cast<std::size_t>(Layout::kSinkTokens + f - t0) * token_floats;
+    if (!simd::all_within(keys + at, B * token_floats, KQ::kMaxInput) ||
+        !simd::all_within(values + at, B * token_floats, VQ::kMaxInput))
+      return false;
+    for (int h = 0; h < heads; ++h) {
+      std::uint8_t* block = view.head_block(f, h);
+      const std::size_t ah = at + static_cast<std::size_t>(h) * D;
+      quantize_rows_fast<KQ, D, P, Layout::kClipKeys>(keys + ah, token_floats, B, f % P, block);
+      quantize_rows_fast<VQ, D, P, Layout::kClipValues>(values + ah, token_floats, B, f % P,
+                                                        block + Layout::Keys::kBytes);
+    }
+    return true;
+  };
+  int bad = 0;
+#if defined(SKV_HAS_OPENMP)
+  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(| : bad) if (threads > 1 && blocks >= kMinThreadedBlocks)
+  for (int b = 0; b < blocks; ++b) bad |= !quantize(b);
+#else
+  (void)num_threads;
+  for (int b = 0; b < blocks; ++b) bad |= !quantize(b);
+#endif
+  return bad == 0;
+}
+
+/// The rest of an append whose values are all known to be in range: sinks, blocks that began in
+/// an earlier call (quantized from the ring), the tokens that stay in the residual window.
+template <class Layout, class TK, class TV>
+void append_to_ring(SequenceView<Layout>& view, const TK* keys, const TV* values, int n, int direct) {
+  constexpr int D = Layout::kHeadDim, B = Layout::kBlockTokens, kSinks = Layout::kSinkTokens;
   const int heads = view.num_kv_heads;
   const std::size_t token_floats = static_cast<std::size_t>(heads) * D;
   const int t0 = view.length, t_end = t0 + n;
@@ -81,42 +133,18 @@ void append_checked(SequenceView<Layout>& view, const TK* keys, const TV* values
       simd::to_f32_row(values + at(t, h), D, view.residual_value(t, h));
     }
   };
-
-  // sinks, in full precision
   for (int t = t0; t < t_end && t < kSinks; ++t) {
     for (int h = 0; h < heads; ++h) {
       simd::to_f32_row(keys + at(t, h), D, view.sink_key(t, h));
       simd::to_f32_row(values + at(t, h), D, view.sink_value(t, h));
     }
   }
-  // blocks this call completes that began in an earlier call: their new tokens join the ring, and
-  // the block is quantized from the ring
-  const int q_after = Layout::quantized_length(t_end);
-  int first = Layout::quantized_length(t0);
-  for (; first < q_after && kSinks + first < t0; first += B) {
-    for (int t = t0; t < kSinks + first + B; ++t) to_ring(t);
+  // in token order: a block's new tokens take ring slots of tokens quantized before it
+  for (int first = Layout::quantized_length(t0); first < direct; first += B) {
+    for (int t = t0 > kSinks + first ? t0 : kSinks + first; t < kSinks + first + B; ++t) to_ring(t);
     quantize_block_fast<Layout>(view, first);
   }
-  // blocks of new tokens only: quantized straight from the input (never copied to the ring), on
-  // several threads when there are many (a prefill)
-  const int blocks = (q_after - first) / B;
-  const int items = blocks * heads;
-  const auto quantize = [&](int item) {
-    const int f = first + item / heads * B, h = item % heads;
-    std::uint8_t* block = view.head_block(f, h);
-    quantize_rows_fast<KQ, D, P, Layout::kClipKeys>(keys + at(kSinks + f, h), token_floats, B, f % P, block);
-    quantize_rows_fast<VQ, D, P, Layout::kClipValues>(values + at(kSinks + f, h), token_floats, B, f % P,
-                                                      block + Layout::Keys::kBytes);
-  };
-#if defined(SKV_HAS_OPENMP)
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1 && blocks >= kMinThreadedBlocks)
-  for (int i = 0; i < items; ++i) quantize(i);
-#else
-  (void)num_threads;
-  for (int i = 0; i < items; ++i) quantize(i);
-#endif
-  // the tokens still in the full-precision window; their ring slots belong to quantized tokens
+  const int q_after = Layout::quantized_length(t_end);
   for (int t = t0 > kSinks + q_after ? t0 : kSinks + q_after; t < t_end; ++t) to_ring(t);
   view.length = t_end;
 }
@@ -134,7 +162,7 @@ struct AppendOptions {
 /// Appends `n` tokens of keys and values, each [n][num_kv_heads][HeadDim] of T (float, fp16 or
 /// bf16; fp16 and bf16 are widened exactly, so each gives the bytes of its float values), to `view`
 /// (whose length advances by n). With Options<RotateKeys> the keys are rotated first (and the
-/// rotated keys must be in range). Throws skv::Error, leaving the cache unchanged, on a null pointer,
+/// rotated keys must be in range). Throws skv::Error, leaving every token unchanged, on a null pointer,
 /// a bad view, a block-table entry outside the pool, a page the sequence already uses (checked when
 /// a page is first written, against the entries before it: O(pages)), capacity overflow or a
 /// non-finite value.
@@ -155,17 +183,6 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
                   "append of " + std::to_string(n) + " tokens past capacity (" + std::to_string(view.length) + " of " +
                       std::to_string(view.capacity()) + " used)");
   const std::size_t count = static_cast<std::size_t>(n) * view.num_kv_heads * D;
-  detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, D, "keys");
-  detail::check_values<typename Layout::ValueQuantizer>(values, count, view.num_kv_heads, D, "values");
-  std::vector<float> rotated;
-  if constexpr (Layout::kRotateKeys) {
-    rotated.resize(count);
-    for (std::size_t r = 0; r < count; r += D) {
-      simd::to_f32_row(keys + r, D, rotated.data() + r);
-      HadamardRotation<D, Layout::kRotationSeed>::apply(rotated.data() + r);
-    }
-    detail::check_values<typename Layout::KeyQuantizer>(rotated.data(), count, view.num_kv_heads, D, "rotated keys");
-  }
   const int q_before = Layout::quantized_length(view.length);
   const int q_after = Layout::quantized_length(view.length + n);
   if (q_after > q_before) {
@@ -174,10 +191,45 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
     // pages whose first block this call writes: new to the sequence, so they must not repeat an entry
     detail::check_distinct_pages(view, (q_before + Layout::kPageSize - 1) / Layout::kPageSize, last, "append");
   }
+  std::vector<float> rotated;
   if constexpr (Layout::kRotateKeys) {
-    detail::append_checked(view, rotated.data(), values, n, opt.num_threads);
+    detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, D, "keys");
+    rotated.resize(count);
+    for (std::size_t r = 0; r < count; r += D) {
+      simd::to_f32_row(keys + r, D, rotated.data() + r);
+      HadamardRotation<D, Layout::kRotationSeed>::apply(rotated.data() + r);
+    }
+  }
+  const auto run = [&](const auto* k) {
+    // the first error in input order (keys, then values), with its position
+    const auto fail = [&] {
+      detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, D, "keys");
+      detail::check_values<typename Layout::ValueQuantizer>(values, count, view.num_kv_heads, D, "values");
+      detail::check_values<typename Layout::KeyQuantizer>(k, count, view.num_kv_heads, D, "rotated keys");
+      throw Error("append: a value out of range was detected but not located");  // unreachable
+    };
+    // tokens bound for the full-precision area are checked before anything is written; blocks of
+    // new tokens are checked in the pass that quantizes them (into slots past the quantized
+    // length: no token changes if it fails)
+    const int t0 = view.length, t_end = t0 + n;
+    const int direct = detail::first_direct_block<Layout>(t0, t_end);
+    const std::size_t tf = static_cast<std::size_t>(view.num_kv_heads) * D;
+    const int ring_end = std::min(t_end, Layout::kSinkTokens + direct);
+    const int tail = std::max(t0, Layout::kSinkTokens + q_after);
+    const auto in_range = [&](int from, int to) {
+      if (from >= to) return true;
+      const std::size_t off = static_cast<std::size_t>(from - t0) * tf, len = static_cast<std::size_t>(to - from) * tf;
+      return simd::all_within(k + off, len, Layout::KeyQuantizer::kMaxInput) &&
+             simd::all_within(values + off, len, Layout::ValueQuantizer::kMaxInput);
+    };
+    if (!in_range(t0, ring_end) || !in_range(tail, t_end)) fail();
+    if (!detail::quantize_direct_blocks(view, k, values, t0, direct, q_after, opt.num_threads)) fail();
+    detail::append_to_ring(view, k, values, n, direct);
+  };
+  if constexpr (Layout::kRotateKeys) {
+    run(rotated.data());
   } else {
-    detail::append_checked(view, keys, values, n, opt.num_threads);
+    run(keys);
   }
 }
 

@@ -103,7 +103,7 @@ class BasicKVCache {
 
   /// Appends n tokens; k and v are [n][num_kv_heads][HeadDim] of float, fp16 or bf16 (widened
   /// exactly: the cache holds the same bytes as for their float values). All-or-nothing: throws
-  /// skv::Error and leaves the cache unchanged on null pointers, NaN/Inf, or appending past max_tokens.
+  /// skv::Error and leaves every token unchanged on null pointers, NaN/Inf, or appending past max_tokens.
   void append(const float* k, const float* v, int n, const AppendOptions& opt = {}) { append_impl(k, v, n, opt); }
   void append(const fp16* k, const fp16* v, int n, const AppendOptions& opt = {}) { append_impl(k, v, n, opt); }
   void append(const bf16* k, const bf16* v, int n, const AppendOptions& opt = {}) { append_impl(k, v, n, opt); }

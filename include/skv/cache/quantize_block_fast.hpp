@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include <skv/numeric/simd.hpp>
@@ -100,35 +101,35 @@ struct Fit16 {
                  _mm512_mask_mov_ps(_mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), zf), exact, ez)};
   }
 
-  /// Quantizer::squared_error of each group for these parameters: element i of group l at
+  /// Quantizer::search_error of each group for these parameters: element i of group l at
   /// x[i * stride + l]; the same operations lane by lane, in the same order.
-  __m512 squared_error(const float* x, std::size_t stride) const {
-    const __m512 half = _mm512_set1_ps(0.5f), fzero = _mm512_setzero_ps();
-    const __m512 top = _mm512_set1_ps(static_cast<float>(Q::kMaxCode));
+  __m512 search_error(const float* x, std::size_t stride) const {
+    const __m512 fzero = _mm512_setzero_ps(), top = _mm512_set1_ps(static_cast<float>(Q::kMaxCode));
+    const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), s), shift = _mm512_add_ps(z, _mm512_set1_ps(0.5f));
     const __mmask16 zero_scale = _mm512_cmp_ps_mask(s, fzero, _CMP_EQ_OQ);
     __m512 e = fzero;
     for (int i = 0; i < Q::kGroupSize; ++i) {
       const __m512 xv = _mm512_loadu_ps(x + i * stride);
-      __m512 c = _mm512_roundscale_ps(_mm512_add_ps(_mm512_div_ps(xv, s), half), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-      c = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(c, z), fzero), top);
-      c = _mm512_mask_mov_ps(c, zero_scale, z);
+      __m512 c = _mm512_roundscale_ps(_mm512_fmadd_ps(xv, inv, shift), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+      c = _mm512_min_ps(_mm512_max_ps(c, fzero), top);
+      if (zero_scale != 0) c = _mm512_mask_mov_ps(c, zero_scale, z);
       const __m512 d = _mm512_fmadd_ps(_mm512_sub_ps(z, c), s, xv);
       e = _mm512_fmadd_ps(d, d, e);
     }
     return e;
   }
 
-  /// Quantizer::fit_clipped for 16 groups (layout as in squared_error).
+  /// Quantizer::fit_clipped for 16 groups (layout as in search_error).
   static Fit16 fit_clipped(const float* x, std::size_t stride, __m512 lo, __m512 hi) {
     Fit16 best = fit(lo, hi);
     const __mmask16 search = _mm512_cmp_ps_mask(lo, hi, _CMP_NEQ_UQ);
     if (search == 0) return best;
-    __m512 best_err = best.squared_error(x, stride);
+    __m512 best_err = best.search_error(x, stride);
     const __m512 mid = _mm512_mul_ps(_mm512_add_ps(lo, hi), _mm512_set1_ps(0.5f));
     for (int i = 1; i < Q::kClipCandidates; ++i) {
       const __m512 r = _mm512_set1_ps(Q::clip_ratio(i));
       const Fit16 c = fit(_mm512_fnmadd_ps(r, _mm512_sub_ps(mid, lo), mid), _mm512_fmadd_ps(r, _mm512_sub_ps(hi, mid), mid));
-      const __m512 e = c.squared_error(x, stride);
+      const __m512 e = c.search_error(x, stride);
       const __mmask16 better = search & _mm512_cmp_ps_mask(e, best_err, _CMP_LT_OQ);
       best.s = _mm512_mask_mov_ps(best.s, better, c.s);
       best.z = _mm512_mask_mov_ps(best.z, better, c.z);
@@ -201,10 +202,32 @@ inline void fit_groups_clipped(const float* x, std::size_t stride, const float* 
   for (; i < count; ++i) store_group<Q>(Q::fit_clipped(x + i, stride, mn[i], mx[i]), i, scales, zeros, s, z);
 }
 
-/// Packs n codes (n a multiple of 8, each below 2^Bits) like skv::pack_codes, eight at a time.
+/// Packs n codes (n a multiple of 8, each below 2^Bits) like skv::pack_codes: 64 at a time with
+/// AVX-512 for 1, 2, 4 and 8 bits (neighbouring codes merged by multiply-adds: c0 + 2^b c1, ...),
+/// otherwise eight at a time by folding a 64-bit word.
 template <int Bits>
 inline void pack_row(const std::uint8_t* SKV_RESTRICT codes, int n, std::uint8_t* SKV_RESTRICT out) {
-  for (int i = 0; i < n; i += 8) {
+  int i = 0;
+#if defined(SKV_HAS_AVX512)
+  for (; i + 64 <= n && (Bits == 1 || Bits == 2 || Bits == 4 || Bits == 8); i += 64) {
+    const __m512i c = _mm512_loadu_si512(codes + i);
+    std::uint8_t* o = out + i / 8 * Bits;
+    if (Bits == 8) {
+      _mm512_storeu_si512(o, c);
+    } else if (Bits == 4) {
+      const __m512i pairs = _mm512_maddubs_epi16(c, _mm512_set1_epi16(0x1001));  // c0 + 16 c1
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_cvtepi16_epi8(pairs));
+    } else if (Bits == 2) {
+      const __m512i pairs = _mm512_maddubs_epi16(c, _mm512_set1_epi16(0x0401));     // c0 + 4 c1
+      const __m512i quads = _mm512_madd_epi16(pairs, _mm512_set1_epi32(0x00100001));  // + 16 (c2 + 4 c3)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(o), _mm512_cvtepi32_epi8(quads));
+    } else {
+      const std::uint64_t bits = _mm512_test_epi8_mask(c, c);
+      std::memcpy(o, &bits, 8);
+    }
+  }
+#endif
+  for (; i < n; i += 8) {
     std::uint64_t v = 0;
     for (int j = 0; j < 8; ++j) v |= static_cast<std::uint64_t>(codes[i + j]) << (8 * j);
     if (Bits < 8) {

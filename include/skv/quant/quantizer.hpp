@@ -138,8 +138,8 @@ struct Quantizer {
 
   /// The clipping search (Options ClipKeys / ClipValues): fits the group x[i * stride], i < GroupSize,
   /// whose minimum and maximum are mn and mx, trying the full range and ranges shrunk around the
-  /// midpoint (around zero when symmetric), and keeps the one with the lowest squared error over the
-  /// group (the full range on ties, so the error is never above fit's).
+  /// midpoint (around zero when symmetric), and keeps the one with the lowest search_error over the
+  /// group (the full range on ties).
   ///
   /// Every product that meets a sum is an explicit fmaf, so no compiler flag (-ffp-contract, -mfma)
   /// changes the result: the vectorized search of the host append (cache/quantize_block_fast.hpp)
@@ -147,12 +147,12 @@ struct Quantizer {
   SKV_HOST_DEVICE static Stored fit_clipped(const float* x, std::size_t stride, float mn, float mx) {
     Stored best = fit(mn, mx);
     if (mn == mx) return best;
-    float best_err = squared_error(x, stride, params(best));
+    float best_err = search_error(x, stride, params(best));
     const float mid = kHasZero ? (mn + mx) * 0.5f : 0.0f;  // |mn|, |mx| <= kMaxInput: the sum is finite
     for (int i = 1; i < kClipCandidates; ++i) {
       const float r = clip_ratio(i);
       const Stored s = fit(::fmaf(-r, mid - mn, mid), ::fmaf(r, mx - mid, mid));
-      const float e = squared_error(x, stride, params(s));
+      const float e = search_error(x, stride, params(s));
       if (e < best_err) {
         best = s;
         best_err = e;
@@ -161,14 +161,32 @@ struct Quantizer {
     return best;
   }
 
-  /// Sum over the group, in order, of (x - decode(encode(x)))^2, each term fused into the sum
-  /// (fmaf, see fit_clipped).
+  /// The squared error of the group that the clipping search compares: the sum, in order, of
+  /// (x - (c - zero) * scale)^2 with code c = clamp(floor(x * (1 / scale) + zero + 1/2), 0, 2^b - 1).
+  /// The code is encode's except that x / scale is replaced by one multiplication by the reciprocal
+  /// (so a code may differ by one where x / scale lies within an ulp of a rounding boundary); the
+  /// search needs a consistent ranking, not the stored codes, and a multiplication vectorizes at a
+  /// fraction of the cost of a division.
+  SKV_HOST_DEVICE static float search_error(const float* x, std::size_t stride, Params p) {
+    const float inv = 1.0f / p.scale, shift = p.zero + 0.5f;  // zero is an integer: the sum is exact
+    float e = 0.0f;
+    for (int i = 0; i < GroupSize; ++i) {
+      const float xi = x[i * stride];
+      const float c = p.scale == 0.0f ? p.zero
+                                      : detail::clamp_to(::floorf(::fmaf(xi, inv, shift)), 0.0f,
+                                                         static_cast<float>(kMaxCode));
+      const float d = ::fmaf(p.zero - c, p.scale, xi);
+      e = ::fmaf(d, d, e);
+    }
+    return e;
+  }
+
+  /// Sum over the group of (x - decode(encode(x)))^2.
   SKV_HOST_DEVICE static float squared_error(const float* x, std::size_t stride, Params p) {
     float e = 0.0f;
     for (int i = 0; i < GroupSize; ++i) {
-      const float c = static_cast<float>(encode(x[i * stride], p));
-      const float d = ::fmaf(p.zero - c, p.scale, x[i * stride]);
-      e = ::fmaf(d, d, e);
+      const float d = x[i * stride] - decode(encode(x[i * stride], p), p);
+      e += d * d;
     }
     return e;
   }
