@@ -105,18 +105,22 @@ struct Fit16 {
   /// x[i * stride + l]; the same operations lane by lane, in the same order.
   __m512 search_error(const float* x, std::size_t stride) const {
     const __m512 fzero = _mm512_setzero_ps(), top = _mm512_set1_ps(static_cast<float>(Q::kMaxCode));
-    const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), s), shift = _mm512_add_ps(z, _mm512_set1_ps(0.5f));
-    const __mmask16 zero_scale = _mm512_cmp_ps_mask(s, fzero, _CMP_EQ_OQ);
-    __m512 e = fzero;
-    for (int i = 0; i < Q::kGroupSize; ++i) {
-      const __m512 xv = _mm512_loadu_ps(x + i * stride);
-      __m512 c = _mm512_roundscale_ps(_mm512_fmadd_ps(xv, inv, shift), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-      c = _mm512_min_ps(_mm512_max_ps(c, fzero), top);
-      if (zero_scale != 0) c = _mm512_mask_mov_ps(c, zero_scale, z);
-      const __m512 d = _mm512_fmadd_ps(_mm512_sub_ps(z, c), s, xv);
-      e = _mm512_fmadd_ps(d, d, e);
+    const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), s);
+    __m512 e0 = fzero, e1 = fzero;
+    for (int i = 0; i < Q::kGroupSize; i += 2) {
+      const __m512 t0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * stride), inv, z);
+      const __m512 c0 = _mm512_roundscale_ps(t0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 d0 = _mm512_sub_ps(t0, _mm512_min_ps(_mm512_max_ps(c0, fzero), top));
+      e0 = _mm512_fmadd_ps(d0, d0, e0);
+      if (i + 1 < Q::kGroupSize) {
+        const __m512 t1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + (i + 1) * stride), inv, z);
+        const __m512 c1 = _mm512_roundscale_ps(t1, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512 d1 = _mm512_sub_ps(t1, _mm512_min_ps(_mm512_max_ps(c1, fzero), top));
+        e1 = _mm512_fmadd_ps(d1, d1, e1);
+      }
     }
-    return e;
+    const __m512 e = _mm512_mul_ps(_mm512_add_ps(e0, e1), _mm512_mul_ps(s, s));
+    return _mm512_maskz_mov_ps(static_cast<__mmask16>(~_mm512_cmp_ps_mask(s, fzero, _CMP_EQ_OQ)), e);
   }
 
   /// Quantizer::fit_clipped for 16 groups (layout as in search_error).
@@ -265,8 +269,10 @@ void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0,
 
   if constexpr (Q::kAxis == Axis::Channel) {  // constexpr: the Token branch's arrays would have size 0
     float mn[HeadDim], mx[HeadDim];
-    // the clipping search reads a group's elements as floats: a float copy of its rows unless T is float
-    constexpr bool kCopy = Clip && !std::is_same<T, float>::value;
+    // the clipping search reads each group's elements ten times: from a contiguous float copy of the
+    // rows (rows of a head are a whole token apart in the input, often a multiple of 4 KiB, which
+    // would map them to one L1 set)
+    constexpr bool kCopy = Clip;
     float slab[kCopy ? G * HeadDim : 1];
     for (int g = 0; g < rows / G; ++g) {
       const T* base = x + static_cast<std::size_t>(g) * G * row_stride;
@@ -298,8 +304,6 @@ void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0,
       Scale* zg = zeros + (Q::kHasZero ? meta : 0);
       if constexpr (kCopy) {
         detail::fit_groups_clipped<Q>(slab, HeadDim, mn, mx, HeadDim, scales + meta, zg, s, z);
-      } else if constexpr (Clip) {
-        detail::fit_groups_clipped<Q>(base, row_stride, mn, mx, HeadDim, scales + meta, zg, s, z);
       } else {
         detail::fit_groups<Q>(mn, mx, HeadDim, scales + meta, zg, s, z);
       }

@@ -161,24 +161,23 @@ struct Quantizer {
     return best;
   }
 
-  /// The squared error of the group that the clipping search compares: the sum, in order, of
-  /// (x - (c - zero) * scale)^2 with code c = clamp(floor(x * (1 / scale) + zero + 1/2), 0, 2^b - 1).
-  /// The code is encode's except that x / scale is replaced by one multiplication by the reciprocal
-  /// (so a code may differ by one where x / scale lies within an ulp of a rounding boundary); the
-  /// search needs a consistent ranking, not the stored codes, and a multiplication vectorizes at a
-  /// fraction of the cost of a division.
+  /// The error the clipping search compares, in units of the candidate's step: with
+  /// t = x * (1 / scale) + zero (one fmaf) and code c = clamp(round(t), 0, 2^b - 1) (to nearest,
+  /// ties to even), the sum of (t - c)^2 over the group, elements i = 0, 2, 4, ... and i = 1, 3, ...
+  /// summed separately and then added; times scale^2 it is the group's squared error. The code is
+  /// encode's up to ties and the last bit of x / scale; the search needs a consistent ranking, not
+  /// the stored codes, and this form costs a few vector operations per element and candidate (no
+  /// division, two independent sums). A zero scale (a group stored as zeros) has error 0.
   SKV_HOST_DEVICE static float search_error(const float* x, std::size_t stride, Params p) {
-    const float inv = 1.0f / p.scale, shift = p.zero + 0.5f;  // zero is an integer: the sum is exact
-    float e = 0.0f;
+    if (p.scale == 0.0f) return 0.0f;
+    const float inv = 1.0f / p.scale;
+    float e[2] = {0.0f, 0.0f};
     for (int i = 0; i < GroupSize; ++i) {
-      const float xi = x[i * stride];
-      const float c = p.scale == 0.0f ? p.zero
-                                      : detail::clamp_to(::floorf(::fmaf(xi, inv, shift)), 0.0f,
-                                                         static_cast<float>(kMaxCode));
-      const float d = ::fmaf(p.zero - c, p.scale, xi);
-      e = ::fmaf(d, d, e);
+      const float t = ::fmaf(x[i * stride], inv, p.zero);
+      const float d = t - detail::clamp_to(::nearbyintf(t), 0.0f, static_cast<float>(kMaxCode));
+      e[i % 2] = ::fmaf(d, d, e[i % 2]);
     }
-    return e;
+    return (e[0] + e[1]) * (p.scale * p.scale);
   }
 
   /// Sum over the group of (x - decode(encode(x)))^2.
