@@ -6,7 +6,7 @@
 
 The plot: decode time against context for every configuration (one panel per batch x threads).
 The table: time, tokens/s, GB/s and the ratio to the fp16 baseline of the same shape, then the
-fast/reference and append/memcpy ratios of the same run.
+fast/reference, append/memcpy (block and 32k-token prefill) and fp16/bf16-query ratios of the same run.
 """
 import argparse
 import json
@@ -89,12 +89,32 @@ def table(ctx_info, runs, res):
             if fast:
                 extra.append(f"- fast path vs reference, {cfg}, context {ctx}, batch 1, 1 thread: "
                              f"{to_ms(b):.2f} ms vs {to_ms(fast):.3f} ms = **{to_ms(b) / to_ms(fast):.0f}x** faster")
-    mem = next((b for n, b in by_name.items() if n.startswith("memcpy/")), None)
+    def rate(b):
+        return b["bytes_per_second"]
+
+    block_mem = next((b for n, b in by_name.items() if n.startswith("memcpy/block_input")), None)
+    long_mem = next((b for n, b in by_name.items() if n.startswith("memcpy/prefill:")), None)
+    plain = next((b for n, b in by_name.items() if n.startswith("append/k4v2/block/min_time")), None)
     for name, b in by_name.items():
-        if (name.startswith("append/") or name.startswith("quantize_block/")) and mem:
-            r = b["bytes_per_second"] / mem["bytes_per_second"]
-            extra.append(f"- {name.split('/min_time')[0]}: {b['bytes_per_second'] / 1e9:.2f} GB/s of input = "
-                         f"**{r:.2f}x** memcpy ({mem['bytes_per_second'] / 1e9:.1f} GB/s, same 256 KiB)")
+        short = name.split("/min_time")[0]
+        if "/prefill:" in name and name.startswith("append/") and long_mem:
+            extra.append(f"- {short}: {to_ms(b):.1f} ms, {rate(b) / 1e9:.2f} GB/s of input = "
+                         f"**{rate(b) / rate(long_mem):.2f}x** memcpy of the same input ({to_ms(long_mem):.1f} ms, "
+                         f"{rate(long_mem) / 1e9:.1f} GB/s)")
+        elif (name.startswith("append/") or name.startswith("quantize_block/")) and block_mem:
+            more = ""
+            if "+clip" in name and plain:
+                more = f"; {rate(plain) / rate(b):.1f}x the time of append/k4v2/block"
+            extra.append(f"- {short}: {rate(b) / 1e9:.2f} GB/s of input = "
+                         f"**{rate(b) / rate(block_mem):.2f}x** memcpy ({rate(block_mem) / 1e9:.1f} GB/s, same 256 KiB){more}")
+    typed = re.compile(r"^decode/(?P<cfg>[a-z0-9]+)-(?P<type>fp16|bf16)-io/ctx:(?P<ctx>\d+)/batch:(?P<batch>\d+)/threads:(?P<threads>\d+)")
+    for name, b in by_name.items():
+        m = typed.match(name)
+        if m:
+            base = res.get((m["cfg"], int(m["ctx"]), int(m["batch"]), int(m["threads"])))
+            if base:
+                extra.append(f"- {m['cfg']} with {m['type']} queries and outputs, context {m['ctx']}, batch {m['batch']}, "
+                             f"{m['threads']} thread: {to_ms(b):.2f} ms = **{to_ms(b) / to_ms(base):.2f}x** the float call")
     return "\n".join(lines) + "\n\n" + "\n".join(extra) + "\n"
 
 

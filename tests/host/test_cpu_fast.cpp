@@ -492,6 +492,39 @@ TEST(CpuFast, AppendedCacheBytesEqualTheScalarQuantizer) {
   ASSERT_EQ(0, std::memcmp(expected.data(), view.pages, expected.size()));
 }
 
+// ---- rotation: the vector transform is the scalar one, bit for bit ----------------------------------
+
+template <int D>
+void check_rotation_bits(unsigned seed) {
+  auto x = random_floats(D * 8, seed, 3.0f);
+  for (int r = 0; r < 8; ++r) {
+    float* v = x.data() + r * D;
+    std::vector<float> want(v, v + D);
+    // R x = H diag(s) x / sqrt(D), butterflies in the order of rotation.hpp's scalar loop
+    for (int c = 0; c < D; ++c) want[c] *= skv::rotation_sign(skv::HadamardRotation<D>::kSeed, c);
+    for (int h = 1; h < D; h *= 2)
+      for (int i = 0; i < D; i += 2 * h)
+        for (int j = i; j < i + h; ++j) {
+          const float a = want[j], b = want[j + h];
+          want[j] = a + b;
+          want[j + h] = a - b;
+        }
+    const float norm = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+    for (float& w : want) w *= norm;
+    skv::HadamardRotation<D>::apply(v);
+    for (int c = 0; c < D; ++c) ASSERT_EQ(v[c], want[c]) << "D " << D << " row " << r << " channel " << c;
+  }
+}
+
+TEST(CpuFast, VectorRotationEqualsTheScalarButterflies) {
+  check_rotation_bits<8>(50);
+  check_rotation_bits<16>(51);
+  check_rotation_bits<32>(52);
+  check_rotation_bits<64>(53);
+  check_rotation_bits<128>(54);
+  check_rotation_bits<256>(55);
+}
+
 // ---- fp16 / bf16 queries and outputs ----------------------------------------------------------------
 
 /// decode with T queries and outputs equals the float decode on the widened queries, rounded to T

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <skv/config.hpp>
+#include <skv/numeric/simd.hpp>
 
 namespace skv {
 
@@ -32,20 +33,46 @@ struct HadamardRotation {
 
   /// x <- R x, in place.
   SKV_HOST_DEVICE static void apply(float* x) {
-    for (int c = 0; c < D; ++c) x[c] *= rotation_sign(Seed, c);
+    flip_signs(x);
     transform(x);
   }
 
   /// x <- R^T x (the inverse), in place.
   SKV_HOST_DEVICE static void apply_inverse(float* x) {
     transform(x);
-    for (int c = 0; c < D; ++c) x[c] *= rotation_sign(Seed, c);
+    flip_signs(x);
   }
 
  private:
+  SKV_HOST_DEVICE static void flip_signs(float* x) {
+#if defined(__CUDA_ARCH__)
+    for (int c = 0; c < D; ++c) x[c] *= rotation_sign(Seed, c);
+#else
+    const float* s = host_signs();  // the hash once per process, not per element and call
+    for (int c = 0; c < D; ++c) x[c] *= s[c];
+#endif
+  }
+
+  static const float* host_signs() {
+    struct Table {
+      float v[D];
+      Table() {
+        for (int c = 0; c < D; ++c) v[c] = rotation_sign(Seed, c);
+      }
+    };
+    static const Table table;
+    return table.v;
+  }
+
   // In-place fast Walsh-Hadamard transform scaled by 1/sqrt(D) (H / sqrt(D) is symmetric and
   // orthogonal, so it is its own inverse).
   SKV_HOST_DEVICE static void transform(float* x) {
+#if !defined(__CUDA_ARCH__) && (defined(SKV_HAS_AVX512) || defined(SKV_HAS_AVX2))
+    if (D >= simd::kVecWidth) {
+      transform_vectors(x);
+      return;
+    }
+#endif
     for (int h = 1; h < D; h *= 2) {
       for (int i = 0; i < D; i += 2 * h) {
         for (int j = i; j < i + h; ++j) {
@@ -58,6 +85,45 @@ struct HadamardRotation {
     const float norm = inv_sqrt_dim();
     for (int c = 0; c < D; ++c) x[c] *= norm;
   }
+
+#if !defined(__CUDA_ARCH__) && (defined(SKV_HAS_AVX512) || defined(SKV_HAS_AVX2))
+  // The same butterflies in the same order, a vector at a time (so the same bits): stages whose
+  // partner lies in the same vector (h < kVecWidth) pair lane l with lane l ^ h through a permute,
+  // the others pair whole vectors.
+  static void transform_vectors(float* x) {
+    using simd::Vec;
+    constexpr int W = simd::kVecWidth;
+    for (int i = 0; i < D; i += W) {
+      Vec v = simd::vload(x + i);
+      for (int h = 1; h < W; h *= 2) {
+#if defined(SKV_HAS_AVX512)
+        const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512 p = _mm512_permutexvar_ps(_mm512_xor_si512(lane, _mm512_set1_epi32(h)), v);
+        const __mmask16 upper = _mm512_test_epi32_mask(lane, _mm512_set1_epi32(h));
+        v = _mm512_mask_sub_ps(_mm512_add_ps(v, p), upper, p, v);
+#else
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256 p = _mm256_permutevar8x32_ps(v, _mm256_xor_si256(lane, _mm256_set1_epi32(h)));
+        const __m256 upper = _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(lane, _mm256_set1_epi32(h)),
+                                                                    _mm256_set1_epi32(h)));
+        v = _mm256_blendv_ps(_mm256_add_ps(v, p), _mm256_sub_ps(p, v), upper);
+#endif
+      }
+      simd::vstore(x + i, v);
+    }
+    for (int h = W; h < D; h *= 2) {
+      for (int i = 0; i < D; i += 2 * h) {
+        for (int j = i; j < i + h; j += W) {
+          const Vec a = simd::vload(x + j), b = simd::vload(x + j + h);
+          simd::vstore(x + j, simd::vadd(a, b));
+          simd::vstore(x + j + h, simd::vsub(a, b));
+        }
+      }
+    }
+    const Vec norm = simd::vset1(inv_sqrt_dim());
+    for (int i = 0; i < D; i += W) simd::vstore(x + i, simd::vmul(simd::vload(x + i), norm));
+  }
+#endif
 
   SKV_HOST_DEVICE static constexpr float inv_sqrt_dim() {
     // 1/sqrt(D) for D = 2^k: 2^(-k/2), exact for even k; for odd k the nearest float of 2^(-k/2).
