@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns the JSON of skv_bench_cpu into docs/bench_cpu.png and a markdown table.
 
-    skv_bench_cpu --benchmark_out=bench_cpu.json --benchmark_out_format=json
+    skv_bench_cpu --benchmark_out=bench_cpu.json --benchmark_out_format=json [--benchmark_repetitions=3]
     python3 bench/plot_cpu.py bench_cpu.json --png docs/bench_cpu.png --table table.md
 
 The plot: decode time against context for every configuration (one panel per batch x threads).
@@ -30,7 +30,15 @@ def to_ms(b):
 def load(path):
     with open(path) as f:
         data = json.load(f)
-    runs = [b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
+    medians = [b for b in data["benchmarks"] if b.get("aggregate_name") == "median"]
+    if medians:  # --benchmark_repetitions=N: the median of each row, under its plain name
+        runs = []
+        for b in medians:
+            b = dict(b)
+            b["name"] = b["run_name"]
+            runs.append(b)
+    else:
+        runs = [b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
     return data.get("context", {}), runs
 
 

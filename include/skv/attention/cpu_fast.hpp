@@ -513,7 +513,13 @@ struct FastDecode {
                       ItemState& st, Scratch& sc) {
     constexpr int kSinks = Layout::kSinkTokens;
     sc.ensure(nh);
-    for (std::size_t i = 0; i < static_cast<std::size_t>(nh) * kD; ++i) sc.q0[i] = to_float(q[i]) * scale;
+    const int q_floats = nh * kD;
+    if constexpr (!std::is_same<T, float>::value) {
+      simd::to_f32_row(q, q_floats, sc.q0.data());  // widened exactly, in the vector loads
+      for (int i = 0; i < q_floats; ++i) sc.q0[i] *= scale;
+    } else {
+      for (int i = 0; i < q_floats; ++i) sc.q0[i] = q[i] * scale;
+    }
     if constexpr (Layout::kRotateKeys) {  // the query in the rotated keys' basis, while it is in L1 anyway
       for (int i = 0; i < nh; ++i)
         HadamardRotation<kD, Layout::kRotationSeed>::apply(sc.q0.data() + static_cast<std::size_t>(i) * kD);
