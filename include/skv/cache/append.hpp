@@ -1,12 +1,14 @@
 // skv/cache/append.hpp: appending tokens to a sequence view (host).
 //
+// The first kSinkTokens tokens go to the sinks; later tokens enter the full-precision ring, and
+// whenever kBlockTokens of them are older than the residual window, that block is quantized into
+// its page, once (it is never re-quantized). A block whose tokens all arrive in one call is
+// quantized straight from the input instead of the ring.
+//
 // All-or-nothing: a rejected call leaves every token of the cache as it was. Arguments, and the
 // values bound for the full-precision area, are checked before anything is written; blocks made
-// only of new tokens are checked in the pass that quantizes them straight from the input, which
-// writes nothing but page slots past the quantized length (free until the length advances). The first kSinkTokens tokens go to the sinks;
-// later tokens enter the full-precision ring, and whenever kBlockTokens of them are older than the
-// residual window, that block is quantized into its page, once (it is never re-quantized). A block
-// whose tokens all arrive in one call is quantized straight from the input instead of the ring.
+// only of new tokens are checked just before they are quantized, and until the length advances
+// their page slots (past the quantized length) hold no token.
 #pragma once
 
 #include <algorithm>
@@ -167,9 +169,9 @@ struct AppendOptions {
 /// a page is first written, against the entries before it: O(pages)), capacity overflow or a
 /// non-finite value.
 ///
-/// One pass over the input after the check: sink tokens and the tokens that stay in the residual
-/// window are copied (widened) to the full-precision area; blocks made only of new tokens are
-/// quantized straight from the input, with the bytes quantize_block would write from the ring.
+/// Sink tokens and the tokens that stay in the residual window are copied (widened) to the
+/// full-precision area; blocks made only of new tokens are quantized straight from the input, with
+/// the bytes quantize_block would write from the ring.
 template <class Layout, class T>
 void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, const AppendOptions& opt = {}) {
   static_assert(std::is_same<T, float>::value || std::is_same<T, fp16>::value || std::is_same<T, bf16>::value,
