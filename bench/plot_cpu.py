@@ -9,7 +9,6 @@ The table: time, tokens/s, GB/s and the ratio to the fp16 baseline of the same s
 fast/reference, append/memcpy (block and 32k-token prefill) and fp16/bf16-query ratios of the same run.
 """
 import argparse
-import json
 import re
 from collections import defaultdict
 
@@ -17,29 +16,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from bench_json import load, to_ms  # noqa: E402
 
 DECODE = re.compile(r"^decode/(?P<cfg>[a-z0-9]+)/ctx:(?P<ctx>\d+)/batch:(?P<batch>\d+)/threads:(?P<threads>\d+)")
 ORDER = ["fp32", "fp16", "k8v4", "k4v4", "k4v2", "k2v2"]
-
-
-def to_ms(b):
-    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
-    return b["real_time"] * scale
-
-
-def load(path):
-    with open(path) as f:
-        data = json.load(f)
-    medians = [b for b in data["benchmarks"] if b.get("aggregate_name") == "median"]
-    if medians:  # --benchmark_repetitions=N: the median of each row, under its plain name
-        runs = []
-        for b in medians:
-            b = dict(b)
-            b["name"] = b["run_name"]
-            runs.append(b)
-    else:
-        runs = [b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
-    return data.get("context", {}), runs
 
 
 def decode_results(runs):

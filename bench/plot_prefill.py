@@ -11,35 +11,26 @@ and the ratios to the fp16 baseline and to dequantize-then-attend of the same sh
 ratios of the targets (512-token chunk over a 32k prefix; 16-token chunk against one decode step).
 """
 import argparse
-import json
 import re
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from bench_json import load, to_ms  # noqa: E402
 
 PREFILL = re.compile(r"^prefill/(?P<cfg>[a-z0-9-]+)/prefix:(?P<prefix>\d+)/chunk:(?P<chunk>\d+)/threads:(?P<threads>\d+)")
 ORDER = ["fp16", "k4v2-dequant", "k8v4", "k4v4", "k4v2", "k2v2"]
 
 
-def to_ms(b):
-    scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b.get("time_unit", "ns")]
-    return b["real_time"] * scale
-
-
-def load(path):
-    with open(path) as f:
-        data = json.load(f)
-    # with --benchmark_repetitions, the medians; otherwise the single runs
-    medians = [b for b in data["benchmarks"] if b.get("aggregate_name") == "median"]
-    runs = medians or [b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"]
+def load_prefill(path):
+    ctx, runs = load(path)
     res = {}
     for b in runs:
-        m = PREFILL.match(b.get("run_name", b["name"]))
+        m = PREFILL.match(b["name"])
         if m:
             res[(m["cfg"], int(m["prefix"]), int(m["chunk"]), int(m["threads"]))] = b
-    return data.get("context", {}), res
+    return ctx, res
 
 
 def order(cfg):
@@ -103,7 +94,7 @@ def main():
     ap.add_argument("--png", default="docs/bench_prefill.png")
     ap.add_argument("--table", default=None)
     args = ap.parse_args()
-    _, res = load(args.json)
+    _, res = load_prefill(args.json)
     plot(res, args.png)
     text = table(res)
     if args.table:
