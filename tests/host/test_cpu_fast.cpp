@@ -451,7 +451,7 @@ void check_fit_groups() {
   }
   std::vector<skv::fp16> s(kN), z(kN);
   std::vector<float> sf(kN), zf(kN);
-  skv::detail::fit_groups<Q>(mn.data(), mx.data(), kN, s.data(), z.data(), sf.data(), zf.data());
+  skv::detail::fit_groups<Q, false>(nullptr, 0, mn.data(), mx.data(), kN, s.data(), z.data(), sf.data(), zf.data());
   for (int i = 0; i < kN; ++i) {
     const auto st = Q::fit(mn[i], mx[i]);
     ASSERT_EQ(s[i].bits, st.scale.bits) << Bits << " bits, group " << i << ": " << mn[i] << " .. " << mx[i];

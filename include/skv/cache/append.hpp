@@ -89,9 +89,8 @@ bool quantize_direct_blocks(const SequenceView<Layout>& view, const TK* keys, co
                             int q_after, int num_threads) {
   using KQ = typename Layout::KeyQuantizer;
   using VQ = typename Layout::ValueQuantizer;
-  constexpr int D = Layout::kHeadDim, P = Layout::kPageSize, B = Layout::kBlockTokens;
-  const int heads = view.num_kv_heads;
-  const std::size_t token_floats = static_cast<std::size_t>(heads) * D;
+  constexpr int B = Layout::kBlockTokens;
+  const std::size_t token_floats = static_cast<std::size_t>(view.num_kv_heads) * Layout::kHeadDim;
   const int blocks = (q_after - first) / B;
   const auto quantize = [&](int b) {
     const int f = first + b * B;
@@ -99,13 +98,7 @@ bool quantize_direct_blocks(const SequenceView<Layout>& view, const TK* keys, co
     if (!simd::all_within(keys + at, B * token_floats, KQ::kMaxInput) ||
         !simd::all_within(values + at, B * token_floats, VQ::kMaxInput))
       return false;
-    for (int h = 0; h < heads; ++h) {
-      std::uint8_t* block = view.head_block(f, h);
-      const std::size_t ah = at + static_cast<std::size_t>(h) * D;
-      quantize_rows_fast<KQ, D, P, Layout::kClipKeys>(keys + ah, token_floats, B, f % P, block);
-      quantize_rows_fast<VQ, D, P, Layout::kClipValues>(values + ah, token_floats, B, f % P,
-                                                        block + Layout::Keys::kBytes);
-    }
+    quantize_block_rows<Layout>(view, f, keys + at, values + at, token_floats);
     return true;
   };
   int bad = 0;

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include <skv/numeric/simd.hpp>
 #include <skv/cache/layout.hpp>
@@ -106,21 +107,18 @@ struct Fit16 {
   __m512 search_error(const float* x, std::size_t stride) const {
     const __m512 fzero = _mm512_setzero_ps(), top = _mm512_set1_ps(static_cast<float>(Q::kMaxCode));
     const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), s);
+    // two independent sums (elements 0, 2, 4, ... and 1, 3, 5, ...), as Quantizer::search_error;
+    // which one ends in e0 does not matter, addition being commutative
     __m512 e0 = fzero, e1 = fzero;
-    for (int i = 0; i < Q::kGroupSize; i += 2) {
-      const __m512 t0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * stride), inv, z);
-      const __m512 c0 = _mm512_roundscale_ps(t0, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512 d0 = _mm512_sub_ps(t0, _mm512_min_ps(_mm512_max_ps(c0, fzero), top));
-      e0 = _mm512_fmadd_ps(d0, d0, e0);
-      if (i + 1 < Q::kGroupSize) {
-        const __m512 t1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + (i + 1) * stride), inv, z);
-        const __m512 c1 = _mm512_roundscale_ps(t1, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __m512 d1 = _mm512_sub_ps(t1, _mm512_min_ps(_mm512_max_ps(c1, fzero), top));
-        e1 = _mm512_fmadd_ps(d1, d1, e1);
-      }
+    for (int i = 0; i < Q::kGroupSize; ++i) {
+      const __m512 t = _mm512_fmadd_ps(_mm512_loadu_ps(x + i * stride), inv, z);
+      const __m512 c = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 d = _mm512_sub_ps(t, _mm512_min_ps(_mm512_max_ps(c, fzero), top));
+      e0 = _mm512_fmadd_ps(d, d, e0);
+      std::swap(e0, e1);  // the next element goes to the other sum
     }
-    const __m512 e = _mm512_mul_ps(_mm512_add_ps(e0, e1), _mm512_mul_ps(s, s));
-    return _mm512_maskz_mov_ps(static_cast<__mmask16>(~_mm512_cmp_ps_mask(s, fzero, _CMP_EQ_OQ)), e);
+    const __m512 err = _mm512_mul_ps(_mm512_add_ps(e0, e1), _mm512_mul_ps(s, s));
+    return _mm512_maskz_mov_ps(static_cast<__mmask16>(~_mm512_cmp_ps_mask(s, fzero, _CMP_EQ_OQ)), err);
   }
 
   /// Quantizer::fit_clipped for 16 groups (layout as in search_error).
@@ -174,36 +172,25 @@ SKV_FORCEINLINE void store_group(typename Q::Stored st, int i, typename Q::Scale
 
 /// Fits `count` groups from their minima and maxima: stores the parameters to scales / zeros
 /// [0, count) and their float values to s / z. Equals Quantizer::fit + Quantizer::params entry by
-/// entry (16 groups at a time through Fit16 where it applies).
-template <class Q>
-inline void fit_groups(const float* SKV_RESTRICT mn, const float* SKV_RESTRICT mx, int count,
-                       typename Q::Scale* SKV_RESTRICT scales, typename Q::Scale* SKV_RESTRICT zeros,
+/// entry, or with Clip Quantizer::fit_clipped, whose search reads group i's elements at
+/// x[i + k * stride], k < GroupSize (consecutive groups in consecutive lanes; x is unused without
+/// Clip). 16 groups at a time through Fit16 where it applies.
+template <class Q, bool Clip>
+inline void fit_groups(const float* x, std::size_t stride, const float* SKV_RESTRICT mn, const float* SKV_RESTRICT mx,
+                       int count, typename Q::Scale* SKV_RESTRICT scales, typename Q::Scale* SKV_RESTRICT zeros,
                        float* SKV_RESTRICT s, float* SKV_RESTRICT z) {
   int i = 0;
 #if defined(SKV_HAS_AVX512)
   if constexpr (kFit16<Q>) {
-    for (; i + 16 <= count; i += 16)
-      Fit16<Q>::fit(_mm512_loadu_ps(mn + i), _mm512_loadu_ps(mx + i)).store(scales + i, zeros + i, s + i, z + i);
+    for (; i + 16 <= count; i += 16) {
+      const __m512 lo = _mm512_loadu_ps(mn + i), hi = _mm512_loadu_ps(mx + i);
+      const Fit16<Q> f = Clip ? Fit16<Q>::fit_clipped(x + i, stride, lo, hi) : Fit16<Q>::fit(lo, hi);
+      f.store(scales + i, zeros + i, s + i, z + i);
+    }
   }
 #endif
-  for (; i < count; ++i) store_group<Q>(Q::fit(mn[i], mx[i]), i, scales, zeros, s, z);
-}
-
-/// fit_groups with the clipping search (Quantizer::fit_clipped): group i's elements are
-/// x[i + k * stride], k < GroupSize (consecutive groups in consecutive lanes).
-template <class Q>
-inline void fit_groups_clipped(const float* x, std::size_t stride, const float* SKV_RESTRICT mn,
-                               const float* SKV_RESTRICT mx, int count, typename Q::Scale* SKV_RESTRICT scales,
-                               typename Q::Scale* SKV_RESTRICT zeros, float* SKV_RESTRICT s, float* SKV_RESTRICT z) {
-  int i = 0;
-#if defined(SKV_HAS_AVX512)
-  if constexpr (kFit16<Q>) {
-    for (; i + 16 <= count; i += 16)
-      Fit16<Q>::fit_clipped(x + i, stride, _mm512_loadu_ps(mn + i), _mm512_loadu_ps(mx + i))
-          .store(scales + i, zeros + i, s + i, z + i);
-  }
-#endif
-  for (; i < count; ++i) store_group<Q>(Q::fit_clipped(x + i, stride, mn[i], mx[i]), i, scales, zeros, s, z);
+  for (; i < count; ++i)
+    store_group<Q>(Clip ? Q::fit_clipped(x + i, stride, mn[i], mx[i]) : Q::fit(mn[i], mx[i]), i, scales, zeros, s, z);
 }
 
 /// Packs n codes (n a multiple of 8, each below 2^Bits) like skv::pack_codes: 64 at a time with
@@ -272,11 +259,10 @@ void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0,
     // the clipping search reads each group's elements ten times: from a contiguous float copy of the
     // rows (rows of a head are a whole token apart in the input, often a multiple of 4 KiB, which
     // would map them to one L1 set)
-    constexpr bool kCopy = Clip;
-    float slab[kCopy ? G * HeadDim : 1];
+    float slab[Clip ? G * HeadDim : 1];
     for (int g = 0; g < rows / G; ++g) {
       const T* base = x + static_cast<std::size_t>(g) * G * row_stride;
-      if constexpr (kCopy) {
+      if constexpr (Clip) {
         for (int i = 0; i < G; ++i) simd::to_f32_row(base + i * row_stride, HeadDim, slab + i * HeadDim);
       }
       int c = 0;
@@ -302,11 +288,7 @@ void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0,
       }
       const int meta = TL::meta_index(slot0 + g * G, 0);
       Scale* zg = zeros + (Q::kHasZero ? meta : 0);
-      if constexpr (kCopy) {
-        detail::fit_groups_clipped<Q>(slab, HeadDim, mn, mx, HeadDim, scales + meta, zg, s, z);
-      } else {
-        detail::fit_groups<Q>(mn, mx, HeadDim, scales + meta, zg, s, z);
-      }
+      detail::fit_groups<Q, Clip>(slab, HeadDim, mn, mx, HeadDim, scales + meta, zg, s, z);
       for (int i = 0; i < G; ++i) encode_pack(base + i * row_stride, slot0 + g * G + i);
     }
   } else {
@@ -349,11 +331,11 @@ void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0,
             const T* grp = x + static_cast<std::size_t>(t0 + g / kJ) * row_stride + (g % kJ) * G;
             for (int k = 0; k < G; ++k) tile[16 * k + l] = to_float(grp[k]);
           }
-          detail::fit_groups_clipped<Q>(tile, 16, mn + g0, mx + g0, ng, scales + meta + g0,
-                                        zg + (Q::kHasZero ? g0 : 0), gs + g0, gz + g0);
+          detail::fit_groups<Q, true>(tile, 16, mn + g0, mx + g0, ng, scales + meta + g0,
+                                      zg + (Q::kHasZero ? g0 : 0), gs + g0, gz + g0);
         }
       } else {
-        detail::fit_groups<Q>(mn, mx, nt * kJ, scales + meta, zg, gs, gz);
+        detail::fit_groups<Q, false>(nullptr, 0, mn, mx, nt * kJ, scales + meta, zg, gs, gz);
       }
       for (int t = t0; t < t0 + nt; ++t) {
         for (int j = 0; j < kJ; ++j) {
@@ -369,22 +351,29 @@ void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0,
   }
 }
 
-/// Same as skv::quantize_block (every KV head of quantized indices [first, first + kBlockTokens)
-/// read from the residual ring), vectorized, the clipping search included.
-template <class Layout, class View>
-void quantize_block_fast(const View& view, int first) {
+/// Quantizes quantized indices [first, first + kBlockTokens) of every KV head, vectorized, the
+/// clipping search included: keys[t * stride + h * HeadDim + c] and the same for values are token
+/// t of the block (float from the ring, or the caller's input of type TK / TV).
+template <class Layout, class View, class TK, class TV>
+void quantize_block_rows(const View& view, int first, const TK* keys, const TV* values, std::size_t stride) {
   using KQ = typename Layout::KeyQuantizer;
   using VQ = typename Layout::ValueQuantizer;
   constexpr int D = Layout::kHeadDim, P = Layout::kPageSize, B = Layout::kBlockTokens;
-  const std::size_t stride = static_cast<std::size_t>(view.num_kv_heads) * D;
-  const int slot0 = first % P;
-  const int token = Layout::kSinkTokens + first;
   for (int h = 0; h < view.num_kv_heads; ++h) {
     std::uint8_t* block = view.head_block(first, h);
-    quantize_rows_fast<KQ, D, P, Layout::kClipKeys>(view.residual_key(token, h), stride, B, slot0, block);
-    quantize_rows_fast<VQ, D, P, Layout::kClipValues>(view.residual_value(token, h), stride, B, slot0,
-                                                      block + Layout::Keys::kBytes);
+    const std::size_t at = static_cast<std::size_t>(h) * D;
+    quantize_rows_fast<KQ, D, P, Layout::kClipKeys>(keys + at, stride, B, first % P, block);
+    quantize_rows_fast<VQ, D, P, Layout::kClipValues>(values + at, stride, B, first % P, block + Layout::Keys::kBytes);
   }
+}
+
+/// Same as skv::quantize_block (every KV head of quantized indices [first, first + kBlockTokens)
+/// read from the residual ring, where a block never wraps), vectorized, the clipping search included.
+template <class Layout, class View>
+void quantize_block_fast(const View& view, int first) {
+  const int token = Layout::kSinkTokens + first;
+  quantize_block_rows<Layout>(view, first, view.residual_key(token, 0), view.residual_value(token, 0),
+                              static_cast<std::size_t>(view.num_kv_heads) * Layout::kHeadDim);
 }
 
 }  // namespace skv
