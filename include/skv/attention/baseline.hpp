@@ -99,7 +99,7 @@ struct DenseDecode {
 
   static const float* rows(const float* x, int, float*) { return x; }
   static const float* rows(const fp16* x, int n, float* buf) {
-    fp16_row_to_f32(x, n * D, buf);
+    simd::to_f32_row(x, n * D, buf);
     return buf;
   }
 

@@ -54,12 +54,6 @@ constexpr float kFastTolerance = 2e-5f;
 
 namespace detail {
 
-inline void meta_to_f32(const fp16* x, int n, float* out) { fp16_row_to_f32(x, n, out); }
-inline void meta_to_f32(const float* x, int n, float* out) { std::memcpy(out, x, sizeof(float) * n); }
-inline void meta_to_f32(const bf16* x, int n, float* out) {
-  for (int i = 0; i < n; ++i) out[i] = to_float(x[i]);
-}
-
 constexpr int min_int(int a, int b) { return a < b ? a : b; }
 
 /// The fast decode for one cache configuration.
@@ -155,9 +149,9 @@ struct FastDecode {
   /// Scales and zero points of `count` metadata entries from `first` as floats.
   template <class Q, class Scale>
   static void load_meta(const Scale* scales, const Scale* zeros, int first, int count, float* s, float* z) {
-    meta_to_f32(scales + first, count, s);
+    simd::to_f32_row(scales + first, count, s);
     if (Q::kHasZero) {
-      meta_to_f32(zeros + first, count, z);
+      simd::to_f32_row(zeros + first, count, z);
     } else {
       std::fill(z, z + count, Q::kSymmetricZero);
     }

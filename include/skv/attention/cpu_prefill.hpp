@@ -935,7 +935,7 @@ struct DensePrefill {
 
   static const float* rows_of(const float* x, int, float*) { return x; }
   static const float* rows_of(const fp16* x, int n, float* buf) {
-    fp16_row_to_f32(x, n * D, buf);
+    simd::to_f32_row(x, n * D, buf);
     return buf;
   }
 

@@ -243,9 +243,6 @@ SKV_FORCEINLINE __m128i hsum4_epi32(__m512i a, __m512i b, __m512i c, __m512i d) 
 }
 #endif
 
-/// Widens `n` fp16 values to float.
-inline void fp16_row_to_f32(const fp16* SKV_RESTRICT x, int n, float* SKV_RESTRICT out) { simd::to_f32_row(x, n, out); }
-
 }  // namespace detail
 }  // namespace cpu
 }  // namespace skv
