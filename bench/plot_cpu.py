@@ -8,7 +8,6 @@ The plot: decode time against context for every configuration (one panel per bat
 The table: time, tokens/s, GB/s and the ratio to the fp16 baseline of the same shape, then the
 fast/reference, append/memcpy (block and 32k-token prefill) and fp16/bf16-query ratios of the same run.
 """
-import argparse
 import re
 from collections import defaultdict
 
@@ -16,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import bench_json  # noqa: E402
 from bench_json import load, to_ms  # noqa: E402
 
 DECODE = re.compile(r"^decode/(?P<cfg>[a-z0-9]+)/ctx:(?P<ctx>\d+)/batch:(?P<batch>\d+)/threads:(?P<threads>\d+)")
@@ -106,21 +106,12 @@ def table(ctx_info, runs, res):
     return "\n".join(lines) + "\n\n" + "\n".join(extra) + "\n"
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("json")
-    ap.add_argument("--png", default="docs/bench_cpu.png")
-    ap.add_argument("--table", default=None)
-    args = ap.parse_args()
-    ctx_info, runs = load(args.json)
+def render(path, png):
+    ctx_info, runs = load(path)
     res = decode_results(runs)
-    plot(res, args.png)
-    text = table(ctx_info, runs, res)
-    if args.table:
-        with open(args.table, "w") as f:
-            f.write(text)
-    print(text)
+    plot(res, png)
+    return table(ctx_info, runs, res)
 
 
 if __name__ == "__main__":
-    main()
+    bench_json.main("docs/bench_cpu.png", render)

@@ -10,13 +10,13 @@ configuration (dashed: the fp16 and dequantize-then-attend baselines). The table
 and the ratios to the fp16 baseline and to dequantize-then-attend of the same shape, then the
 ratios of the targets (512-token chunk over a 32k prefix; 16-token chunk against one decode step).
 """
-import argparse
 import re
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import bench_json  # noqa: E402
 from bench_json import load, to_ms  # noqa: E402
 
 PREFILL = re.compile(r"^prefill/(?P<cfg>[a-z0-9-]+)/prefix:(?P<prefix>\d+)/chunk:(?P<chunk>\d+)/threads:(?P<threads>\d+)")
@@ -88,20 +88,11 @@ def table(res):
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("json")
-    ap.add_argument("--png", default="docs/bench_prefill.png")
-    ap.add_argument("--table", default=None)
-    args = ap.parse_args()
-    _, res = load_prefill(args.json)
-    plot(res, args.png)
-    text = table(res)
-    if args.table:
-        with open(args.table, "w") as f:
-            f.write(text)
-    print(text)
+def render(path, png):
+    _, res = load_prefill(path)
+    plot(res, png)
+    return table(res)
 
 
 if __name__ == "__main__":
-    main()
+    bench_json.main("docs/bench_prefill.png", render)
