@@ -59,3 +59,10 @@
 #if defined(_OPENMP) && !defined(__CUDA_ARCH__)
 #define SKV_HAS_OPENMP 1
 #endif
+
+// POSIX fork handlers (skv/threads.hpp: a child made by fork() runs on one thread).
+#if defined(__unix__) || defined(__APPLE__)
+#define SKV_HAS_PTHREAD_ATFORK 1
+#else
+#define SKV_HAS_PTHREAD_ATFORK 0
+#endif

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -328,6 +329,92 @@ TEST(Cache, ThreadedAppendWritesTheSameBytes) {
   EXPECT_EQ(one.quantized_size(), 2080);
 }
 
+// num_threads is resolved in one place (skv/threads.hpp): tens of thousands of threads overflowed
+// libgomp's stack; they are clamped now, and a negative count is an error, for every entry point.
+TEST(Cache, HugeThreadCountsAreClampedAndNegativeOnesRefused) {
+  constexpr int H = 2, D = 128, N = 600;
+  const auto k = random_tokens(N, H, D, 31), v = random_tokens(N, H, D, 32);
+  skv::KVCache<4, 2> cache(H, N), ref(H, N);
+  skv::AppendOptions append;
+  append.num_threads = 70000;
+  cache.append(k.data(), v.data(), N, append);
+  ref.append(k.data(), v.data(), N);
+  EXPECT_EQ(live_state(cache), live_state(ref));
+  const auto q = random_tokens(4, 8, D, 33);
+  std::vector<float> a(8 * D), b(8 * D), pa(4 * 8 * D), pb(pa.size());
+  for (int threads : {70000, std::numeric_limits<int>::max()}) {
+    skv::cpu::DecodeOptions d;
+    d.num_threads = threads;
+    skv::cpu::decode_attention(cache, q.data(), 8, a.data(), 0.1f, d);
+    skv::cpu::decode_attention(cache, q.data(), 8, b.data(), 0.1f);
+    for (int i = 0; i < 8 * D; ++i) ASSERT_NEAR(a[i], b[i], 1e-5f) << i;
+    skv::cpu::PrefillOptions p;
+    p.num_threads = threads;
+    skv::cpu::prefill_attention(cache, q.data(), 4, 8, pa.data(), 0.1f, p);
+    skv::cpu::prefill_attention(cache, q.data(), 4, 8, pb.data(), 0.1f);
+    for (std::size_t i = 0; i < pa.size(); ++i) ASSERT_NEAR(pa[i], pb[i], 1e-5f) << i;
+  }
+  append.num_threads = -1;
+  EXPECT_THROW(cache.append(k.data(), v.data(), 0, append), skv::Error);
+  skv::cpu::DecodeOptions d;
+  d.num_threads = -2;
+  EXPECT_THROW(skv::cpu::decode_attention(cache, q.data(), 8, a.data(), 0.1f, d), skv::Error);
+  skv::cpu::PrefillOptions p;
+  p.num_threads = -2;
+  EXPECT_THROW(skv::cpu::prefill_attention(cache, q.data(), 4, 8, pa.data(), 0.1f, p), skv::Error);
+}
+
+// Float value scales accept inputs up to 2^90: attention over 2^31 tokens of them cannot overflow
+// float. Larger values (1e37, which append used to accept and decode turned into Inf) are refused.
+TEST(Cache, FloatScalesKeepAttentionFinite) {
+  using C = skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>,
+                              skv::Quantizer<4, 64, skv::Axis::Token, skv::Scheme::Asymmetric, float>, 64>;
+  static_assert(C::ValueQuantizer::kMaxInput == 1237940039285380274899124224.0f, "2^90");
+  constexpr int N = 100;
+  const auto k = random_tokens(N, 1, 64, 41);
+  auto v = random_tokens(N, 1, 64, 42);
+  for (float& x : v) x = x * 1e37f;
+  C cache(1, N);
+  EXPECT_THROW(cache.append(k.data(), v.data(), N), skv::Error);
+  EXPECT_EQ(cache.size(), 0);
+  for (float& x : v) x = x * 1e-11f;  // about 1e26
+  cache.append(k.data(), v.data(), N);
+  const auto q = random_tokens(1, 4, 64, 43);
+  std::vector<float> out(4 * 64), ref(out.size()), pre(out.size());
+  skv::cpu::decode_attention(cache, q.data(), 4, out.data(), 0.1f);
+  skv::cpu::decode_attention_reference(cache, q.data(), 4, ref.data(), 0.1f);
+  skv::cpu::prefill_attention(cache, q.data(), 1, 4, pre.data(), 0.1f);
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(out[i]) && std::isfinite(pre[i])) << i;
+    ASSERT_NEAR(out[i], ref[i], 1e-3 * std::fabs(ref[i]) + 1e21) << i;
+  }
+}
+
+// A clipped Channel-axis group of 4096 tokens at head_dim 1024 searches a 16 MiB slab: on the heap
+// (it was a stack array, and the first append overflowed the stack).
+TEST(Cache, WideClippedKeyGroupsAreQuantizedOffTheStack) {
+  using C = skv::BasicKVCache<skv::Quantizer<2, 4096, skv::Axis::Channel>, skv::Quantizer<2, 64, skv::Axis::Token>,
+                              1024, 4096, 0, skv::Options<skv::ClipKeys>>;
+  constexpr int N = 4096;
+  const auto k = random_tokens(N, 1, 1024, 51), v = random_tokens(N, 1, 1024, 52);
+  C cache(1, N);
+  cache.append(k.data(), v.data(), N);
+  ASSERT_EQ(cache.quantized_size(), N);
+  const auto view = cache.view();
+  // every dequantized key is within its clipped group's range: the search ran and stored scales
+  for (int c = 0; c < 1024; c += 97) {
+    float lo = k[c], hi = k[c];
+    for (int t = 0; t < N; ++t) {
+      lo = std::min(lo, k[static_cast<std::size_t>(t) * 1024 + c]);
+      hi = std::max(hi, k[static_cast<std::size_t>(t) * 1024 + c]);
+    }
+    for (int t = 0; t < N; t += 511) {
+      const float x = view.key(t, 0, c);
+      ASSERT_TRUE(x >= lo - 1e-3f && x <= hi + 1e-3f) << c << " " << t << ": " << x;
+    }
+  }
+}
+
 /// Every token as attention sees it (dequantized or full precision): what a failed append must not change.
 template <class Cache>
 std::vector<float> token_state(const Cache& cache) {
@@ -488,7 +575,7 @@ TEST(Cache, CapacityOfHugeViewsDoesNotOverflow) {
   view.max_pages = std::numeric_limits<int>::max();
   EXPECT_EQ(view.capacity(), std::numeric_limits<int>::max());
   view.max_pages = 1000;
-  EXPECT_EQ(view.capacity(), 64000);
+  EXPECT_EQ(view.capacity(), 64000 + 31);  // the pages, and 31 tokens waiting for their block in the ring
 
   std::vector<std::uint8_t> pool(L::page_bytes(1) * 2);
   std::vector<float> ring(L::residual_floats(1));

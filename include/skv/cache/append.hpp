@@ -27,10 +27,8 @@
 #include <skv/numeric/half.hpp>
 #include <skv/numeric/simd.hpp>
 #include <skv/quant/rotation.hpp>
+#include <skv/threads.hpp>
 
-#if defined(SKV_HAS_OPENMP)
-#include <omp.h>
-#endif
 
 namespace skv {
 
@@ -51,7 +49,8 @@ void check_view(const SequenceView<Layout>& view) {
 
 /// Rejects NaN, Inf and magnitudes whose scale the storage type cannot hold.
 template <class Q, class T>
-void check_values(const T* x, std::size_t count, int num_kv_heads, int head_dim, const char* what) {
+void check_values(const T* x, std::size_t count, int num_kv_heads, int head_dim, const char* what,
+                  const std::string& note = "") {
   // a vector pass first; the failing element is looked for only on failure
   if (simd::all_within(x, count, Q::kMaxInput)) return;
   for (std::size_t i = 0; i < count; ++i) {
@@ -61,7 +60,7 @@ void check_values(const T* x, std::size_t count, int num_kv_heads, int head_dim,
       throw Error(std::string(std::isnan(xi) ? "NaN" : (std::isinf(xi) ? "Inf" : "out-of-range value")) + " in " +
                   what + " at token " + std::to_string(i / per_token) + ", head " +
                   std::to_string(i % per_token / head_dim) + ", dim " + std::to_string(i % head_dim) +
-                  " (finite |x| <= " + number(Q::kMaxInput) + " required)");
+                  " (finite |x| <= " + number(Q::kMaxInput) + " required" + note + ")");
     }
   }
 }
@@ -86,7 +85,7 @@ int first_direct_block(int t0, int t_end) {
 /// changing any token. Returns whether every input value was in range.
 template <class Layout, class TK, class TV>
 bool quantize_direct_blocks(const SequenceView<Layout>& view, const TK* keys, const TV* values, int t0, int first,
-                            int q_after, int num_threads) {
+                            int q_after, int num_threads) {  // num_threads: resolved (skv/threads.hpp)
   using KQ = typename Layout::KeyQuantizer;
   using VQ = typename Layout::ValueQuantizer;
   constexpr int B = Layout::kBlockTokens;
@@ -103,7 +102,7 @@ bool quantize_direct_blocks(const SequenceView<Layout>& view, const TK* keys, co
   };
   int bad = 0;
 #if defined(SKV_HAS_OPENMP)
-  const int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
+  const int threads = num_threads;
 #pragma omp parallel for schedule(static) num_threads(threads) reduction(| : bad) if (threads > 1 && blocks >= kMinThreadedBlocks)
   for (int b = 0; b < blocks; ++b) bad |= !quantize(b);
 #else
@@ -149,8 +148,9 @@ void append_to_ring(SequenceView<Layout>& view, const TK* keys, const TV* values
 /// Run-time knobs of append.
 struct AppendOptions {
   /// Threads for quantizing the blocks an append completes: 0 means every OpenMP thread, 1 the
-  /// calling thread. Only appends that complete at least detail::kMinThreadedBlocks blocks (a
-  /// prefill) use more than one. Without OpenMP an append always runs on one thread.
+  /// calling thread, at most skv::kMaxThreads (skv/threads.hpp). Only appends that complete at
+  /// least detail::kMinThreadedBlocks blocks (a prefill) use more than one. Without OpenMP an
+  /// append always runs on one thread.
   int num_threads = 0;
 };
 
@@ -172,6 +172,7 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
   constexpr int D = Layout::kHeadDim;
   detail::check_view(view);
   detail::require(n >= 0, "cannot append a negative number of tokens (" + std::to_string(n) + ")");
+  const int threads = detail::resolve_threads(opt.num_threads, "append");
   if (n == 0) return;
   detail::require(keys != nullptr && values != nullptr, "append: keys and values must not be null");
   detail::require(n <= view.capacity() - view.length,
@@ -200,7 +201,10 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
     const auto fail = [&] {
       detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, D, "keys");
       detail::check_values<typename Layout::ValueQuantizer>(values, count, view.num_kv_heads, D, "values");
-      detail::check_values<typename Layout::KeyQuantizer>(k, count, view.num_kv_heads, D, "rotated keys");
+      detail::check_values<typename Layout::KeyQuantizer>(
+          k, count, view.num_kv_heads, D, "rotated keys",
+          "; the rotation can grow an element up to sqrt(head_dim) times, so keys within +-" +
+              detail::number(Layout::KeyQuantizer::kMaxInput / std::sqrt(static_cast<double>(D))) + " always fit");
       throw Error("append: a value out of range was detected but not located");  // unreachable
     };
     // tokens bound for the full-precision area are checked before anything is written; blocks of
@@ -218,7 +222,7 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
              simd::all_within(values + off, len, Layout::ValueQuantizer::kMaxInput);
     };
     if (!in_range(t0, ring_end) || !in_range(tail, t_end)) fail();
-    if (!detail::quantize_direct_blocks(view, k, values, t0, direct, q_after, opt.num_threads)) fail();
+    if (!detail::quantize_direct_blocks(view, k, values, t0, direct, q_after, threads)) fail();
     detail::append_to_ring(view, k, values, n, direct);
   };
   if constexpr (Layout::kRotateKeys) {

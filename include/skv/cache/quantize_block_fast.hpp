@@ -14,6 +14,7 @@
 #include <cstring>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include <skv/numeric/simd.hpp>
 #include <skv/cache/layout.hpp>
@@ -232,6 +233,18 @@ inline void pack_row(const std::uint8_t* SKV_RESTRICT codes, int n, std::uint8_t
   }
 }
 
+/// `n` floats of this thread's scratch buffer `Tag` (it grows and is kept): the arrays whose size
+/// grows with the group size live here rather than on the stack (a Channel-axis group of 4096
+/// tokens at head_dim 1024 is 16 MiB).
+template <class Tag>
+float* thread_scratch(std::size_t n) {
+  static thread_local std::vector<float> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+struct SlabScratch {};
+struct GroupScratch {};
+
 }  // namespace detail
 
 /// Same contract and bytes as skv::quantize_rows<Q, HeadDim, PageSize, Clip>, vectorized (host
@@ -259,7 +272,7 @@ void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0,
     // the clipping search reads each group's elements ten times: from a contiguous float copy of the
     // rows (rows of a head are a whole token apart in the input, often a multiple of 4 KiB, which
     // would map them to one L1 set)
-    float slab[Clip ? G * HeadDim : 1];
+    float* slab = Clip ? detail::thread_scratch<detail::SlabScratch>(static_cast<std::size_t>(G) * HeadDim) : nullptr;
     for (int g = 0; g < rows / G; ++g) {
       const T* base = x + static_cast<std::size_t>(g) * G * row_stride;
       if constexpr (Clip) {
@@ -293,8 +306,12 @@ void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0,
     }
   } else {
     constexpr int kJ = HeadDim / G;
-    float mn[kJ * 64], mx[kJ * 64], gs[kJ * 64], gz[kJ * 64];
-    float tile[Clip ? G * 16 : 1];
+    constexpr std::size_t kGroups = static_cast<std::size_t>(kJ) * 64;
+    float* mn = detail::thread_scratch<detail::GroupScratch>(4 * kGroups + (Clip ? 16 * G : 0));
+    float* mx = mn + kGroups;
+    float* gs = mx + kGroups;
+    float* gz = gs + kGroups;
+    float* tile = gz + kGroups;  // Clip: 16 groups transposed
     for (int t0 = 0; t0 < rows; t0 += 64) {
       const int nt = rows - t0 < 64 ? rows - t0 : 64;
       for (int t = t0; t < t0 + nt; ++t) {

@@ -84,6 +84,7 @@ inline void check_units(const std::vector<AllocUnit>& u) {
 /// The continuous optimum for widths in [b_min, b_max] at mean bits (metadata included) `budget`.
 inline WaterFilling water_fill(const std::vector<AllocUnit>& u, double budget, double b_min, double b_max) {
   check_units(u);
+  skv::detail::require(std::isfinite(budget), "budget " + detail::fmt_bits(budget) + " is not a number of bits");
   skv::detail::require(b_min <= b_max, "allocation: b_min > b_max");
   const std::vector<double> lo(u.size(), b_min), hi(u.size(), b_max);
   const double min_cost = mean_bits(u, lo), max_cost = mean_bits(u, hi);
@@ -139,6 +140,7 @@ inline std::vector<int> round_allocation(const std::vector<AllocUnit>& u, const 
   check_units(u);
   skv::detail::require(continuous.size() == u.size(), "round_allocation: one continuous width per unit needed");
   skv::detail::require(!allowed.empty(), "round_allocation: no allowed bit widths");
+  skv::detail::require(std::isfinite(budget), "budget " + detail::fmt_bits(budget) + " is not a number of bits");
   std::sort(allowed.begin(), allowed.end());
   allowed.erase(std::unique(allowed.begin(), allowed.end()), allowed.end());
   const std::size_t n = u.size();

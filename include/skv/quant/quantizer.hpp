@@ -83,8 +83,11 @@ struct Quantizer {
   static constexpr int kMetaBytes = static_cast<int>(sizeof(ScaleT)) * (kHasZero ? 2 : 1);
   /// Tokens spanned by one group (the granularity at which a block can be quantized).
   static constexpr int kTokenExtent = GroupAxis == Axis::Channel ? GroupSize : 1;
-  /// Largest |x| accepted: keeps every scale finite in the storage type (checked by the cache).
-  static constexpr float kMaxInput = ScaleTraits<ScaleT>::kMax * 0.5f;
+  /// Largest |x| accepted (checked by the cache): half the storage type's range, so that every
+  /// scale is finite, and at most 2^90, so that attention over up to 2^31 tokens of such values
+  /// (sums of probability-weighted values, in float) cannot overflow: with fp16 scales 32752,
+  /// with bf16 or float scales 2^90 (about 1.2e27).
+  static constexpr float kMaxInput = detail::min_of(ScaleTraits<ScaleT>::kMax * 0.5f, 1237940039285380274899124224.0f);
 
   /// Storage cost per element, metadata included.
   static constexpr double bits_per_element() { return Bits + 8.0 * kMetaBytes / GroupSize; }

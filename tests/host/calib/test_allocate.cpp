@@ -74,6 +74,24 @@ TEST(WaterFilling, ClipsAndCountsMetadata) {
   EXPECT_THROW(skv::calib::water_fill(u, 4.0, 2.0, 8.0), skv::Error);
 }
 
+// A budget that is not a number (NaN, or an infinity from a parse) is named as such, not compared.
+TEST(WaterFilling, RejectsNonFiniteBudgets) {
+  const std::vector<AllocUnit> u = {unit(1.0, 4.0), unit(2.0, 4.0)};
+  for (double b : {std::nan(""), std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity()}) {
+    for (int which = 0; which < 2; ++which) {
+      try {
+        if (which == 0)
+          skv::calib::water_fill(u, b, 1.0, 8.0);
+        else
+          skv::calib::round_allocation(u, {4.0, 4.0}, {2, 4}, b);
+        ADD_FAILURE() << "budget " << b << " was accepted";
+      } catch (const skv::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("is not a number of bits"), std::string::npos) << e.what();
+      }
+    }
+  }
+}
+
 TEST(Rounding, MatchesBruteForceOnSmallProblems) {
   std::mt19937 rng(42);
   std::uniform_real_distribution<double> la(-4.0, 4.0), lb(3.5, 7.0), meta(0.0, 1.0);
