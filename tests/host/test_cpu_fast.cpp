@@ -9,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -20,13 +22,7 @@
 
 namespace test_cpu_fast {
 
-std::vector<float> random_floats(std::size_t n, unsigned seed, float sigma = 1.0f, float offset = 0.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, sigma);
-  std::vector<float> x(n);
-  for (std::size_t i = 0; i < x.size(); ++i) x[i] = g(rng) + offset * static_cast<float>(i % 7) / 7.0f;
-  return x;
-}
+using skv_test::random_floats;
 
 template <int Bits>
 void check_unpack(unsigned seed) {
@@ -88,15 +84,7 @@ TEST(CpuFast, ExpMatchesLibm) {
   for (std::size_t i = 1; i < y.size(); ++i) EXPECT_TRUE(oy[i] >= 0.0f && oy[i] <= tiny) << i;
 }
 
-/// Largest |value| the attention can see: bounds the output error.
-template <class View>
-float max_abs_value(const View& v) {
-  float m = 0.0f;
-  for (int t = 0; t < v.length; ++t)
-    for (int h = 0; h < v.num_kv_heads; ++h)
-      for (int c = 0; c < View::L::kHeadDim; ++c) m = std::max(m, std::fabs(v.value(t, h, c)));
-  return m;
-}
+using skv_test::max_abs_value;  // the largest |value| the attention can see bounds the output error
 
 /// Fast vs reference for one cache: every query head, several thread counts and split sizes.
 template <class Cache>

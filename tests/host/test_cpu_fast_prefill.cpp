@@ -11,31 +11,21 @@
 
 #include <gtest/gtest.h>
 
+#include "common.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <vector>
 
 namespace test_prefill {
 
-std::vector<float> random_floats(std::size_t n, unsigned seed, float sigma = 1.0f, float offset = 0.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, sigma);
-  std::vector<float> x(n);
-  for (std::size_t i = 0; i < x.size(); ++i) x[i] = g(rng) + offset * static_cast<float>(i % 7) / 7.0f;
-  return x;
-}
+using skv_test::random_floats;
 
-template <class View>
-float max_abs_value(const View& v) {
-  float m = 0.0f;
-  for (int t = 0; t < v.length; ++t)
-    for (int h = 0; h < v.num_kv_heads; ++h)
-      for (int c = 0; c < View::L::kHeadDim; ++c) m = std::max(m, std::fabs(v.value(t, h, c)));
-  return m;
-}
+using skv_test::max_abs_value;
 
 struct Shape {
   int num_q_tokens;
@@ -179,6 +169,66 @@ TEST(Prefill, MatchesReferenceWithChannelsFarFromTheOrigin) {
   check_far_channels(400.0f, 0.0f, 71);    // outlier key channels, ordinary values: a tight bound
   check_far_channels(30.0f, 0.0f, 74);
   check_far_channels(0.0f, 1500.0f, 77);   // values whose zero points are far outside the codes
+}
+
+// Ordinary logit spreads (std up to 20) with engine-like key scales and softmax scales: the
+// integer path must meet the same bound as decode (the last query of a chunk is also compared
+// with decode of that query, as Python's attention(q[-2:])[-1] against decode(q[-1]))
+TEST(Prefill, MatchesReferenceOverLogitSpreadsUpToStd20) {
+  using C = skv::KVCache<4, 2>;
+  constexpr int D = 128, kHeads = 2, kGroup = 4, kNq = kHeads * kGroup, kLength = 512, kChunk = 128;
+  std::mt19937 rng(2024);
+  std::uniform_real_distribution<float> uni(0.0f, 1.0f);
+  for (int trial = 0; trial < 24; ++trial) {
+    // trials 0-3 are the fixed cases of the review: keys N(0, 8) and N(0, 12), queries N(0, 1.5)
+    float key_sigma, scale, q_sigma;
+    if (trial < 4) {
+      key_sigma = trial % 2 ? 12.0f : 8.0f;
+      scale = skv::cpu::default_scale<C::Layout>();
+      q_sigma = trial < 2 ? 1.5f : 1.0f;
+    } else {
+      key_sigma = 1.0f + 11.0f * uni(rng);
+      scale = 0.05f + 0.25f * uni(rng);
+      const float logit_std = 1.0f + 19.0f * uni(rng);
+      q_sigma = logit_std / (key_sigma * scale * std::sqrt(static_cast<float>(D)));
+    }
+    const unsigned seed = 3000u + static_cast<unsigned>(trial) * 3u;
+    const auto k = random_floats(static_cast<std::size_t>(kLength) * kHeads * D, seed, key_sigma);
+    const auto v = random_floats(static_cast<std::size_t>(kLength) * kHeads * D, seed + 1);
+    C cache(kHeads, kLength);
+    for (int t = 0; t < kLength; t += kChunk)
+      cache.append(k.data() + static_cast<std::size_t>(t) * kHeads * D, v.data() + static_cast<std::size_t>(t) * kHeads * D,
+                   kChunk);
+    const auto q = random_floats(static_cast<std::size_t>(kChunk) * kNq * D, seed + 2, q_sigma);
+    std::vector<float> ref(q.size()), out(q.size()), last(static_cast<std::size_t>(kNq) * D);
+    skv::cpu::prefill_attention_reference(cache, q.data(), kChunk, kNq, ref.data(), scale);
+    skv::cpu::prefill_attention(cache, q.data(), kChunk, kNq, out.data(), scale);
+    const std::size_t last_row = static_cast<std::size_t>(kChunk - 1) * kNq * D;
+    skv::cpu::decode_attention(cache, q.data() + last_row, kNq, last.data(), scale);
+    const float tol = skv::cpu::kPrefillTolerance * (1.0f + max_abs_value(cache.view()));
+    float worst = 0.0f;
+    for (std::size_t i = 0; i < out.size(); ++i) worst = std::max(worst, std::fabs(out[i] - ref[i]));
+    EXPECT_LE(worst, tol) << "trial " << trial << ": key sigma " << key_sigma << ", query sigma " << q_sigma
+                          << ", scale " << scale;
+    float gap = 0.0f;
+    for (std::size_t i = 0; i < last.size(); ++i) gap = std::max(gap, std::fabs(out[last_row + i] - last[i]));
+    EXPECT_LE(gap, 2.0f * tol) << "trial " << trial << ": the chunk's last query against decode";
+  }
+}
+
+// query_rows near INT_MAX: one block per sequence, every output row written
+TEST(Prefill, HugeQueryRowsDoNotOverflow) {
+  using C = skv::KVCache<4, 2>;
+  C cache(1, 100);
+  const auto k = random_floats(128 * 100, 81), v = random_floats(128 * 100, 82);
+  cache.append(k.data(), v.data(), 100);
+  const auto q = random_floats(20 * 4 * 128, 83);
+  std::vector<float> a(q.size(), 1e30f), b(q.size());
+  skv::cpu::PrefillOptions opt;
+  opt.query_rows = std::numeric_limits<int>::max();
+  skv::cpu::prefill_attention(cache, q.data(), 20, 4, a.data(), 0.1f, opt);
+  skv::cpu::prefill_attention(cache, q.data(), 20, 4, b.data(), 0.1f);
+  for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << i;
 }
 
 TEST(Prefill, OneQueryTokenIsDecodeAttention) {

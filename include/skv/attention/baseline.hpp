@@ -13,6 +13,7 @@
 
 #include <skv/attention/cpu_kernels.hpp>
 #include <skv/attention/cpu_simd.hpp>
+#include <skv/attention/reference.hpp>
 #include <skv/config.hpp>
 #include <skv/error.hpp>
 #include <skv/numeric/half.hpp>
@@ -125,20 +126,22 @@ template <class T, int D>
 void decode_attention_batch(const DenseView<T, D>* views, int batch, const float* q, int num_q_heads, float* out,
                             float scale, const DecodeOptions& opt = DecodeOptions{}) {
   skv::detail::require(batch >= 0 && (batch == 0 || (views && q && out)), "decode_attention_batch: bad arguments");
-  std::vector<int> lengths(static_cast<std::size_t>(batch)), heads(static_cast<std::size_t>(batch));
+  detail::check_window(opt.window, "decode_attention");
+  std::vector<int> lengths(static_cast<std::size_t>(batch)), starts(lengths.size()), heads(lengths.size());
   for (int b = 0; b < batch; ++b) {
     skv::detail::require(views[b].num_kv_heads > 0 && num_q_heads > 0 && num_q_heads % views[b].num_kv_heads == 0,
                          "decode_attention: num_q_heads must be a positive multiple of the KV heads");
     skv::detail::require(views[b].length >= 0 && views[b].length <= views[b].capacity,
                          "decode_attention: view length exceeds its capacity");
     lengths[b] = views[b].length;
+    starts[b] = detail::window_start(lengths[b] - 1, opt.window);
     heads[b] = views[b].num_kv_heads;
   }
   if (batch == 0) return;
   const std::size_t stride = static_cast<std::size_t>(num_q_heads) * D;
   using F = detail::DenseDecode<T, D>;
   detail::run_decode<typename F::Scratch>(
-      batch, lengths.data(), heads.data(), num_q_heads, D, F::kTile, opt, out,
+      batch, lengths.data(), starts.data(), 0, heads.data(), num_q_heads, D, F::kTile, opt, out,
       [&](const detail::WorkItem& it, detail::ItemState& st, typename F::Scratch& sc) {
         const int nh = num_q_heads / heads[it.seq];
         F::process(views[it.seq], q + it.seq * stride + static_cast<std::size_t>(it.q_head) * D, scale, it.kv_head,

@@ -568,15 +568,18 @@ void decode_batch(const SequenceView<Layout>* views, int batch, const T* q, int 
   if (batch == 0) return;
   skv::detail::require(views != nullptr, "decode_attention_batch: views must not be null");
   skv::detail::require(q != nullptr && out != nullptr, "decode_attention: q and out must not be null");
-  std::vector<int> lengths(static_cast<std::size_t>(batch)), heads(static_cast<std::size_t>(batch));
+  check_window(opt.window, "decode_attention");
+  std::vector<int> lengths(static_cast<std::size_t>(batch)), starts(lengths.size()), heads(lengths.size());
   const std::size_t stride = static_cast<std::size_t>(num_q_heads) * kD;
   for (int b = 0; b < batch; ++b) {
-    check_attention_args(views[b], q + b * stride, num_q_heads, out + b * stride, scale);
+    starts[b] = window_start(views[b].length - 1, opt.window);
+    check_attention_args(views[b], q + b * stride, num_q_heads, out + b * stride, scale, starts[b]);
     lengths[b] = views[b].length;
     heads[b] = views[b].num_kv_heads;
   }
   using F = FastDecode<Layout>;
-  run_decode<typename F::Scratch>(batch, lengths.data(), heads.data(), num_q_heads, kD, F::kTile, opt, out,
+  run_decode<typename F::Scratch>(batch, lengths.data(), starts.data(), opt.keep_sinks ? Layout::kSinkTokens : 0,
+                                  heads.data(), num_q_heads, kD, F::kTile, opt, out,
                                   [&](const WorkItem& it, ItemState& st, typename F::Scratch& sc) {
                                     const int nh = num_q_heads / heads[it.seq];
                                     F::process(views[it.seq],

@@ -18,10 +18,7 @@
 #include <skv/attention/cpu_simd.hpp>
 #include <skv/config.hpp>
 #include <skv/error.hpp>
-
-#if defined(SKV_HAS_OPENMP)
-#include <omp.h>
-#endif
+#include <skv/threads.hpp>
 
 namespace skv {
 namespace cpu {
@@ -29,22 +26,20 @@ namespace cpu {
 /// Run-time knobs of the CPU decode paths (fast quantized and baselines).
 struct DecodeOptions {
   /// Threads to use: 0 means every OpenMP thread (omp_get_max_threads()); 1 runs on the calling
-  /// thread. Without OpenMP the call always runs on one thread.
+  /// thread; at most skv::kMaxThreads (skv/threads.hpp). Without OpenMP the call always runs on one
+  /// thread.
   int num_threads = 0;
   /// Tokens per work item when a sequence is split across threads; 0 chooses automatically (a split
   /// only when there are fewer than 4 items per thread). Rounded up to the tile size.
   int split_tokens = 0;
+  /// Sliding window: the query (position length - 1) attends to the last `window` tokens, positions
+  /// length - window .. length - 1 (Hugging Face's convention); 0 attends to every token.
+  int window = 0;
+  /// With a window, sink tokens (Options: Sinks<N>) stay visible to every query (StreamingLLM)
+  /// instead of leaving the window like any other token (Gemma, Mistral).
+  bool keep_sinks = false;
 };
 
-/// Threads a call with these options uses.
-inline int decode_threads(const DecodeOptions& opt) {
-#if defined(SKV_HAS_OPENMP)
-  return opt.num_threads > 0 ? opt.num_threads : omp_get_max_threads();
-#else
-  (void)opt;
-  return 1;
-#endif
-}
 
 namespace detail {
 
@@ -56,25 +51,42 @@ constexpr int kDotRows = 4;  // 32 zmm registers: 4 heads x 4 rows
 constexpr int kAccVecs = 4;
 #endif
 
+/// Independent partial sums per dot product: the vector paths have a lane per channel already; the
+/// portable path keeps 8, so that a 128-term dot does not round as one serial chain (which broke the
+/// tolerance at logit spreads of std 20).
+constexpr int kDotSplit = kVecWidth == 1 ? 8 : 1;
+
 /// out[h * ldo + r] = dot(qs + h * D, rows + r * stride) - bias[h] for NH heads and NR rows.
 template <int NH, int NR>
 SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, const float* SKV_RESTRICT rows,
                                std::size_t stride, const float* bias, float* out, int ldo) {
-  Vec acc[NH][NR];
+  Vec acc[NH][NR][kDotSplit];
   for (int h = 0; h < NH; ++h)
-    for (int r = 0; r < NR; ++r) acc[h][r] = vzero();
+    for (int r = 0; r < NR; ++r)
+      for (int k = 0; k < kDotSplit; ++k) acc[h][r][k] = vzero();
   int c = 0;
+  for (; c + kVecWidth * kDotSplit <= d; c += kVecWidth * kDotSplit) {
+    for (int k = 0; k < kDotSplit; ++k) {
+      Vec x[NR];
+      for (int r = 0; r < NR; ++r) x[r] = vload(rows + r * stride + c + k * kVecWidth);
+      for (int h = 0; h < NH; ++h) {
+        const Vec qv = vload(qs + h * d + c + k * kVecWidth);
+        for (int r = 0; r < NR; ++r) acc[h][r][k] = vfma(qv, x[r], acc[h][r][k]);
+      }
+    }
+  }
   for (; c + kVecWidth <= d; c += kVecWidth) {
     Vec x[NR];
     for (int r = 0; r < NR; ++r) x[r] = vload(rows + r * stride + c);
     for (int h = 0; h < NH; ++h) {
       const Vec qv = vload(qs + h * d + c);
-      for (int r = 0; r < NR; ++r) acc[h][r] = vfma(qv, x[r], acc[h][r]);
+      for (int r = 0; r < NR; ++r) acc[h][r][0] = vfma(qv, x[r], acc[h][r][0]);
     }
   }
   for (int h = 0; h < NH; ++h) {
     for (int r = 0; r < NR; ++r) {
-      float s = vsum(acc[h][r]);
+      float s = vsum(acc[h][r][0]);
+      for (int k = 1; k < kDotSplit; ++k) s += vsum(acc[h][r][k]);
       const float* qh = qs + static_cast<std::size_t>(h) * d;
       const float* row = rows + r * stride;
       for (int t = c; t < d; ++t) s += qh[t] * row[t];
@@ -398,11 +410,16 @@ struct ItemState {
 };
 
 /// Folds a tile of logits ([nh][ldl], n tokens) into the state: rescales on a new maximum and
-/// writes the unnormalised probabilities to p ([nh][ldl]).
+/// writes the unnormalised probabilities to p ([nh][ldl]). A row whose logits are all -inf (every
+/// token masked: outside its window) gets probabilities 0 and leaves its state as it was.
 inline void softmax_tile(ItemState& st, int nh, int d, const float* logits, int ldl, int n, float* p) {
   for (int h = 0; h < nh; ++h) {
     const float* lg = logits + static_cast<std::size_t>(h) * ldl;
     const float mt = max_of_array(lg, n);
+    if (mt == -std::numeric_limits<float>::infinity()) {
+      std::fill_n(p + static_cast<std::size_t>(h) * ldl, n, 0.0f);
+      continue;
+    }
     if (mt > st.m[h]) {
       if (st.l[h] != 0.0f) {
         const float f = ::expf(st.m[h] - mt);
@@ -427,13 +444,14 @@ struct WorkItem {
 
 /// Runs `process(item, state, scratch)` for every work item on `threads` threads and merges the
 /// partial states into out ([batch][num_q_heads][d] of float, fp16 or bf16: merged in float, then
-/// rounded to nearest even once). lengths / kv_heads give each sequence's
-/// length and KV heads; `tile` is the alignment of split points. `Scratch` is default-constructed
-/// once per thread.
+/// rounded to nearest even once). lengths / kv_heads give each sequence's length and KV heads,
+/// starts the first token its query sees (a window's start, else 0) and kept the tokens before it
+/// that stay visible (kept sinks); `tile` is the alignment of split points. `Scratch` is
+/// default-constructed once per thread.
 template <class Scratch, class Out, class Process>
-void run_decode(int batch, const int* lengths, const int* kv_heads, int num_q_heads, int d, int tile,
-                const DecodeOptions& opt, Out* out, Process&& process) {
-  const int threads = std::max(1, decode_threads(opt));
+void run_decode(int batch, const int* lengths, const int* starts, int kept, const int* kv_heads, int num_q_heads,
+                int d, int tile, const DecodeOptions& opt, Out* out, Process&& process) {
+  const int threads = skv::detail::resolve_threads(opt.num_threads, "decode_attention");
   long base_items = 0;
   for (int b = 0; b < batch; ++b) base_items += kv_heads[b];
   int split = opt.split_tokens;
@@ -442,7 +460,7 @@ void run_decode(int batch, const int* lengths, const int* kv_heads, int num_q_he
     const long target = threads > 1 ? 4L * threads : 1;
     if (base_items < target) {
       int max_len = 0;
-      for (int b = 0; b < batch; ++b) max_len = std::max(max_len, lengths[b]);
+      for (int b = 0; b < batch; ++b) max_len = std::max(max_len, lengths[b] - starts[b]);
       const long want = (target + base_items - 1) / base_items;
       split = std::max(512, static_cast<int>((max_len + want - 1) / want));
     }
@@ -454,8 +472,10 @@ void run_decode(int batch, const int* lengths, const int* kv_heads, int num_q_he
   for (int b = 0; b < batch; ++b) {
     seq_item[b] = items.size();
     const int group = num_q_heads / kv_heads[b];
+    const int sinks = std::min(kept, starts[b]);  // visible tokens before the window
     for (int h = 0; h < kv_heads[b]; ++h) {
-      int begin = 0;
+      if (sinks > 0) items.push_back(WorkItem{b, h, h * group, 0, sinks});
+      int begin = starts[b];
       do {
         const int end = lengths[b] - begin > split ? begin + split : lengths[b];
         items.push_back(WorkItem{b, h, h * group, begin, end});

@@ -42,10 +42,7 @@
 #include <skv/config.hpp>
 #include <skv/error.hpp>
 #include <skv/quant/rotation.hpp>
-
-#if defined(SKV_HAS_OPENMP)
-#include <omp.h>
-#endif
+#include <skv/threads.hpp>
 
 namespace skv {
 namespace cpu {
@@ -63,13 +60,20 @@ constexpr float kPrefillTolerance = 2e-5f;
 
 /// Run-time knobs of the CPU prefill paths (quantized and dense baselines).
 struct PrefillOptions {
-  /// Threads: 0 means every OpenMP thread, 1 the calling thread (always 1 without OpenMP).
+  /// Threads: 0 means every OpenMP thread, 1 the calling thread, at most skv::kMaxThreads
+  /// (skv/threads.hpp; always 1 without OpenMP).
   int num_threads = 0;
   /// KV tokens per work item when a query block's range is split across threads; 0 chooses
   /// automatically (a split only when there are fewer than 4 items per thread).
   int split_tokens = 0;
   /// Rows (query tokens x GQA heads of one KV head) per work item; 0 chooses automatically.
   int query_rows = 0;
+  /// Sliding window: query i (position p_i) attends to positions p_i - window + 1 .. p_i (Hugging
+  /// Face's convention); 0 attends causally to every token.
+  int window = 0;
+  /// With a window, sink tokens (Options: Sinks<N>) stay visible to every query (StreamingLLM)
+  /// instead of leaving the window like any other token (Gemma, Mistral).
+  bool keep_sinks = false;
 };
 
 namespace detail {
@@ -78,19 +82,11 @@ namespace detail {
 /// over many dot products, few enough that the rows' softmax state stays in L2.
 constexpr int kPrefillRows = 256;
 
-inline int prefill_threads(const PrefillOptions& opt) {
-#if defined(SKV_HAS_OPENMP)
-  return opt.num_threads > 0 ? opt.num_threads : omp_get_max_threads();
-#else
-  (void)opt;
-  return 1;
-#endif
-}
-
-/// Validates one sequence's prefill arguments (q holds num_q_tokens * num_q_heads rows).
-template <int D, class View>
-void check_prefill_args(const View& view, int length, int capacity, const float* q, int num_q_tokens, int num_q_heads,
-                        const float* out, float scale, const char* what) {
+/// Validates one sequence's prefill arguments (q holds num_q_tokens * num_q_heads rows); KeyQ is
+/// the key quantizer (void for dense keys), which bounds the scaled query.
+template <int D, class KeyQ, class View, class T>
+void check_prefill_args(const View& view, int length, int capacity, const T* q, int num_q_tokens, int num_q_heads,
+                        const T* out, float scale, const char* what) {
   using skv::detail::require;
   const std::string w(what);
   require(num_q_tokens >= 0, w + ": num_q_tokens must not be negative (" + std::to_string(num_q_tokens) + ")");
@@ -108,25 +104,31 @@ void check_prefill_args(const View& view, int length, int capacity, const float*
   const std::size_t n = static_cast<std::size_t>(num_q_tokens) * num_q_heads * D;
   float qmax = 0.0f;
   for (std::size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(q[i]))
+    const float qi = to_float(q[i]);
+    if (!std::isfinite(qi))
       throw Error(w + ": q has a NaN or Inf at token " + std::to_string(i / (static_cast<std::size_t>(num_q_heads) * D)) +
                   ", head " + std::to_string(i / D % num_q_heads) + ", dim " + std::to_string(i % D));
-    qmax = std::max(qmax, std::fabs(q[i]));
+    qmax = std::max(qmax, std::fabs(qi));
   }
   // the same bound as decode: the scale is folded into the query in float (reference.hpp)
-  require(static_cast<double>(qmax) * std::fabs(static_cast<double>(scale)) <= kMaxScaledQuery<D>,
+  require(static_cast<double>(qmax) * std::fabs(static_cast<double>(scale)) <= kMaxScaledQuery<D, KeyQ>,
           w + ": softmax scale " + skv::detail::number(scale) + " times max |q| " + skv::detail::number(qmax) +
-              " exceeds " + skv::detail::number(kMaxScaledQuery<D>) + ": the logits could overflow float");
+              " exceeds " + skv::detail::number(kMaxScaledQuery<D, KeyQ>) + ": the logits could overflow float");
 }
 
-template <class Layout>
-void check_prefill_view(const SequenceView<Layout>& view, const float* q, int num_q_tokens, int num_q_heads,
-                        const float* out, float scale, const char* what) {
-  check_prefill_args<Layout::kHeadDim>(view, view.length, view.capacity(), q, num_q_tokens, num_q_heads, out, scale, what);
+/// Validates one sequence's prefill over `view`; the chunk's first query sees tokens from
+/// window_start(its position, window) on.
+template <class Layout, class T>
+void check_prefill_view(const SequenceView<Layout>& view, const T* q, int num_q_tokens, int num_q_heads, const T* out,
+                        float scale, int window, const char* what) {
+  check_prefill_args<Layout::kHeadDim, typename Layout::KeyQuantizer>(view, view.length, view.capacity(), q,
+                                                                      num_q_tokens, num_q_heads, out, scale, what);
+  check_window(window, what);
   skv::detail::require(view.length == 0 || view.residual != nullptr, std::string(what) + ": the sequence view has a null pointer");
   skv::detail::require(view.quantized_length() == 0 || view.pages != nullptr,
                        std::string(what) + ": the sequence view has a null pointer");
-  skv::detail::check_read_pages(view, what);  // an entry outside the pool is an error, not a crash
+  // an entry outside the pool, or a page handed back, is an error, not a crash
+  skv::detail::check_read_pages(view, window_start(view.length - num_q_tokens, window), what);
 }
 
 /// One unit of prefill work: query tokens [q_begin, q_end) of sequence `seq` (rows: those tokens x
@@ -141,41 +143,62 @@ struct PrefillItem {
 };
 
 /// Per-item geometry: which rows see which tokens. Query i of the sequence sits at position
-/// first_pos + i; row r is query q_end - 1 - r / group, head r % group.
+/// first_pos + i; row r is query q_end - 1 - r / group, head r % group. Row r sees token t when
+/// t <= position(r) and, with a window, t > position(r) - window or t < kept (kept sinks).
 struct CausalRows {
   int first_pos;
   int q_begin;
   int q_end;
   int group;
+  int window = 0;  ///< 0: no lower bound
+  int kept = 0;    ///< tokens below it are never outside a window (keep_sinks)
 
   int rows() const { return (q_end - q_begin) * group; }
   int position(int r) const { return first_pos + q_end - 1 - r / group; }
-  /// Rows that see token t0 (a prefix of the rows: later queries see more).
+  /// Rows that see token t0 by causality (a prefix of the rows: later queries see more); the
+  /// earliest rows among them may still have t0 outside their window.
   int rows_seeing(int t0) const {
     const int lo = std::max(q_begin, t0 - first_pos);
     return lo >= q_end ? 0 : (q_end - lo) * group;
   }
+  /// First token row r sees that may leave its window (tokens before it are hidden, kept sinks aside).
+  int window_start(int r) const { return cpu::detail::window_start(position(r), window); }
   /// Whether some row among the first `rows` does not see all of tokens [t0, t0 + n).
-  bool needs_mask(int t0, int n, int rows) const { return rows > 0 && position(rows - 1) < t0 + n - 1; }
-  /// Sets logits [r * ldl + k] of tokens t0 + k past row r's position to -inf (exp gives 0, or
+  bool needs_mask(int t0, int n, int rows) const {
+    if (rows <= 0) return false;
+    if (position(rows - 1) < t0 + n - 1) return true;  // causal: past the earliest row's position
+    const int lo = std::max(t0, kept);                   // tokens that can leave a window
+    return window > 0 && lo < t0 + n && lo < window_start(0);
+  }
+  /// Sets logits [r * ldl + k] of tokens t0 + k that row r does not see to -inf (exp gives 0, or
   /// below 2e-38 with the polynomial's clamp, which no softmax sum can notice).
   void mask(float* logits, int ldl, int t0, int n, int rows) const {
-    for (int r = rows - 1; r >= 0; --r) {
+    constexpr float kHidden = -std::numeric_limits<float>::infinity();
+    for (int r = rows - 1; r >= 0; --r) {  // causal: the last rows (earliest queries) see least
       const int first_hidden = position(r) - t0 + 1;
       if (first_hidden >= n) break;  // earlier rows see more
       float* lg = logits + static_cast<std::size_t>(r) * ldl;
-      for (int k = std::max(first_hidden, 0); k < n; ++k) lg[k] = -std::numeric_limits<float>::infinity();
+      for (int k = std::max(first_hidden, 0); k < n; ++k) lg[k] = kHidden;
+    }
+    if (window <= 0) return;
+    const int lo = std::max(t0, kept);
+    for (int r = 0; r < rows; ++r) {  // window: the first rows (latest queries) start latest
+      const int hi = std::min(window_start(r), t0 + n);
+      if (hi <= lo) break;
+      std::fill(logits + static_cast<std::size_t>(r) * ldl + (lo - t0), logits + static_cast<std::size_t>(r) * ldl + (hi - t0),
+                kHidden);
     }
   }
 };
 
 /// Runs process(item, rows, state, scratch) for every item on the threads and merges the partial
-/// states into out ([total query rows][num_q_heads][d], sequence b from row q_offsets[b]).
-/// `tile` aligns split points.
-template <class Scratch, class Process>
+/// states into out ([total query rows][num_q_heads][d] of float, fp16 or bf16: merged in float,
+/// rounded once; sequence b from row q_offsets[b]). `tile` aligns split points; `kept` is the
+/// number of sink tokens that a window keeps visible (opt.keep_sinks).
+template <class Scratch, class Out, class Process>
 void run_prefill(int batch, const int* lengths, const int* kv_heads, const int* q_counts, const int* q_offsets,
-                 int num_q_heads, int d, int tile, const PrefillOptions& opt, float* out, Process&& process) {
-  const int threads = std::max(1, prefill_threads(opt));
+                 int num_q_heads, int d, int tile, int kept, const PrefillOptions& opt, Out* out, Process&& process) {
+  const int threads = skv::detail::resolve_threads(opt.num_threads, "prefill_attention");
   // query blocks: rows = tokens x group, at most query_rows (at least one token)
   const int want_rows = opt.query_rows > 0 ? opt.query_rows : kPrefillRows;
   std::vector<int> block_tokens(static_cast<std::size_t>(batch));
@@ -183,10 +206,11 @@ void run_prefill(int batch, const int* lengths, const int* kv_heads, const int* 
   int max_len = 0;
   for (int b = 0; b < batch; ++b) {
     const int group = num_q_heads / kv_heads[b];
-    block_tokens[b] = std::max(1, want_rows / group);
+    block_tokens[b] = std::max(1, std::min(want_rows / group, q_counts[b]));  // no overflow below, at any query_rows
     if (q_counts[b] > 0) {
       base_items += static_cast<long>(kv_heads[b]) * ((q_counts[b] + block_tokens[b] - 1) / block_tokens[b]);
-      max_len = std::max(max_len, lengths[b]);
+      const long span = opt.window > 0 ? static_cast<long>(opt.window) + block_tokens[b] : lengths[b];
+      max_len = std::max(max_len, static_cast<int>(std::min<long>(span, lengths[b])));
     }
   }
   if (base_items == 0) return;
@@ -211,8 +235,12 @@ void run_prefill(int batch, const int* lengths, const int* kv_heads, const int* 
       for (int qe = nq; qe > 0; qe -= block_tokens[b]) {
         const int qb = std::max(0, qe - block_tokens[b]);
         const int kv_end = lengths[b] - nq + qe;  // the last query's position + 1
+        // the block's first query sees the earliest tokens: its window's start, and kept sinks
+        const int kv_begin = window_start(lengths[b] - nq + qb, opt.window);
+        const int sinks = std::min(kept, kv_begin);
         group_first.push_back(items.size());
-        int begin = 0;
+        if (sinks > 0) items.push_back(PrefillItem{b, h, qb, qe, 0, sinks});
+        int begin = kv_begin;
         do {
           const int end = kv_end - begin > split ? begin + split : kv_end;
           items.push_back(PrefillItem{b, h, qb, qe, begin, end});
@@ -236,13 +264,14 @@ void run_prefill(int batch, const int* lengths, const int* kv_heads, const int* 
 #endif
   {
     Scratch scratch;
+    std::vector<float> merge_row(std::is_same<Out, float>::value ? 0 : static_cast<std::size_t>(d));
 #if defined(SKV_HAS_OPENMP)
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (long i = 0; i < n_items; ++i) {
       const PrefillItem& it = items[static_cast<std::size_t>(i)];
       const int group = num_q_heads / kv_heads[it.seq];
-      const CausalRows cr{lengths[it.seq] - q_counts[it.seq], it.q_begin, it.q_end, group};
+      const CausalRows cr{lengths[it.seq] - q_counts[it.seq], it.q_begin, it.q_end, group, opt.window, kept};
       const int rows = cr.rows();
       float* base = partial.data() + static_cast<std::size_t>(i) * per_item;
       ItemState st{base, base + rows, base + 2 * rows};
@@ -255,6 +284,7 @@ void run_prefill(int batch, const int* lengths, const int* kv_heads, const int* 
 #pragma omp for schedule(dynamic, 4)
 #endif
     for (long g = 0; g < n_groups; ++g) {
+      std::vector<float>& row = merge_row;
       const std::size_t i0 = group_first[static_cast<std::size_t>(g)], i1 = group_first[static_cast<std::size_t>(g) + 1];
       const PrefillItem& first = items[i0];
       const int b = first.seq;
@@ -263,7 +293,8 @@ void run_prefill(int batch, const int* lengths, const int* kv_heads, const int* 
       for (int r = 0; r < rows; ++r) {
         const int token = first.q_end - 1 - r / group;
         const int head = first.kv_head * group + r % group;
-        float* o = out + ((static_cast<std::size_t>(q_offsets[b]) + token) * num_q_heads + head) * d;
+        Out* dst = out + ((static_cast<std::size_t>(q_offsets[b]) + token) * num_q_heads + head) * d;
+        float* o = row.empty() ? reinterpret_cast<float*>(dst) : row.data();
         float m = -std::numeric_limits<float>::infinity();
         for (std::size_t k = i0; k < i1; ++k) {
           const float* s = partial.data() + k * per_item;
@@ -284,6 +315,7 @@ void run_prefill(int batch, const int* lengths, const int* kv_heads, const int* 
           }
         }
         if (l > 0.0f) scale_array(o, d, 1.0f / l);
+        if (!row.empty()) simd::from_f32_row(o, d, dst);
       }
     }
   }
@@ -339,18 +371,20 @@ SKV_FORCEINLINE void transpose16_epi32(const std::int32_t* in, std::size_t ldi, 
   }
 }
 
-/// Key logits with tokens in lanes: logits[r][16v + l] = inv[r] * sum_p qp[r][p] . kt[p][16v + l]
-/// - bias[r] for NR rows and NV vectors of 16 tokens; the dot (int16 pairs) is exact in int32. kt
-/// holds the tile's centred codes transposed to [channel pair][token] (row length LDK); qp the rows'
-/// 16-bit scaled queries as [row][channel pair] (row length PAIRS). No horizontal sums: each
-/// vpdpwssd adds one channel pair for 16 tokens. The strides are template parameters so that every
-/// operand address is a base plus a constant.
+/// Key logits with tokens in lanes: logits[r][16v + l] = inv[r] * sum_p (qp[r][p] + qlo[r][p] / 2^15)
+/// . kt[p][16v + l] - bias[r] for NR rows and NV vectors of 16 tokens; each dot (int16 pairs) is
+/// exact in int32. kt holds the tile's centred codes transposed to [channel pair][token] (row length
+/// LDK); qp the rows' 16-bit scaled queries and qlo what their rounding left, in units of 2^-15, both
+/// as [row][channel pair] (row length PAIRS). No horizontal sums: each vpdpwssd adds one channel pair
+/// for 16 tokens. The strides are template parameters so that every operand address is a base plus
+/// a constant.
 template <int NR, int NV, int PAIRS, int LDK, int LDL>
 SKV_FORCEINLINE void key_logits_i16(const std::int32_t* SKV_RESTRICT kt, const std::int32_t* SKV_RESTRICT qp,
-                                    const float* inv, const float* bias, float* SKV_RESTRICT logits) {
-  __m512i acc[NR][NV];
+                                    const std::int32_t* SKV_RESTRICT qlo, const float* inv, const float* bias,
+                                    float* SKV_RESTRICT logits) {
+  __m512i acc[NR][NV], low[NR][NV];
   for (int r = 0; r < NR; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
+    for (int v = 0; v < NV; ++v) acc[r][v] = low[r][v] = _mm512_setzero_si512();
   for (int p = 0; p < PAIRS; ++p) {
     __m512i x[NV];
     for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_si512(kt + p * LDK + 16 * v);
@@ -359,32 +393,45 @@ SKV_FORCEINLINE void key_logits_i16(const std::int32_t* SKV_RESTRICT kt, const s
       // multipliers, would otherwise limit the loop)
       if (NV == 1) {
         dpwssd_bcast(acc[r][0], x[0], qp + r * PAIRS + p);
+        dpwssd_bcast(low[r][0], x[0], qlo + r * PAIRS + p);
       } else {
         const __m512i qv = _mm512_set1_epi32(qp[r * PAIRS + p]);
-        for (int v = 0; v < NV; ++v) dpwssd_acc(acc[r][v], x[v], qv);
+        const __m512i lv = _mm512_set1_epi32(qlo[r * PAIRS + p]);
+        for (int v = 0; v < NV; ++v) {
+          dpwssd_acc(acc[r][v], x[v], qv);
+          dpwssd_acc(low[r][v], x[v], lv);
+        }
       }
     }
   }
+  const __m512 vlo = _mm512_set1_ps(1.0f / 32768.0f);
   for (int r = 0; r < NR; ++r) {
     const __m512 vs = _mm512_set1_ps(inv[r]), vb = _mm512_set1_ps(bias[r]);
-    for (int v = 0; v < NV; ++v)
-      _mm512_storeu_ps(logits + r * LDL + 16 * v, _mm512_fmsub_ps(_mm512_cvtepi32_ps(acc[r][v]), vs, vb));
+    for (int v = 0; v < NV; ++v) {
+      const __m512 dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low[r][v]), vlo, _mm512_cvtepi32_ps(acc[r][v]));
+      _mm512_storeu_ps(logits + r * LDL + 16 * v, _mm512_fmsub_ps(dot, vs, vb));
+    }
   }
 }
 
-/// key_logits_i16 for `rows` rows; logits is [rows][LDL].
+/// key_logits_i16 for `rows` rows; logits is [rows][LDL]. Rows go in blocks that keep both
+/// accumulator sets of a block in the 32 vector registers.
 template <int NV, int PAIRS, int LDK, int LDL>
-inline void key_logits_rows(const std::int32_t* kt, const std::int32_t* qp, int rows, const float* inv,
-                            const float* bias, float* logits) {
+inline void key_logits_rows(const std::int32_t* kt, const std::int32_t* qp, const std::int32_t* qlo, int rows,
+                            const float* inv, const float* bias, float* logits) {
+  constexpr int kRows = NV == 1 ? 8 : NV == 2 ? 6 : 2;
   int r = 0;
-  for (; r + 8 <= rows; r += 8)
-    key_logits_i16<8, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS, inv + r, bias + r,
-                                           logits + static_cast<std::size_t>(r) * LDL);
-  for (; r + 4 <= rows; r += 4)
-    key_logits_i16<4, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS, inv + r, bias + r,
+  for (; r + kRows <= rows; r += kRows)
+    key_logits_i16<kRows, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS,
+                                               qlo + static_cast<std::size_t>(r) * PAIRS, inv + r, bias + r,
+                                               logits + static_cast<std::size_t>(r) * LDL);
+  for (; r + 2 <= rows; r += 2)
+    key_logits_i16<2, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS,
+                                           qlo + static_cast<std::size_t>(r) * PAIRS, inv + r, bias + r,
                                            logits + static_cast<std::size_t>(r) * LDL);
   for (; r < rows; ++r)
-    key_logits_i16<1, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS, inv + r, bias + r,
+    key_logits_i16<1, NV, PAIRS, LDK, LDL>(kt, qp + static_cast<std::size_t>(r) * PAIRS,
+                                           qlo + static_cast<std::size_t>(r) * PAIRS, inv + r, bias + r,
                                            logits + static_cast<std::size_t>(r) * LDL);
 }
 
@@ -482,7 +529,7 @@ struct IntPrefill {
                                    std::is_same<typename VQ::Scale, fp16>::value;
 
   struct Scratch {
-    std::vector<std::int16_t> qi, wi, zv;
+    std::vector<std::int16_t> qi, qlo, wi, zv;
     std::vector<std::int32_t> kt, vp, vint;
     std::vector<std::uint16_t> codes;
     std::vector<float> qs, ks, kz, vs, vz, meta, w;
@@ -496,6 +543,7 @@ struct IntPrefill {
       nr = rows;
       const std::size_t r = static_cast<std::size_t>(rows);
       qi.assign(r * kD, 0);
+      qlo.assign(r * kD, 0);
       wi.assign(r * kJ * kT, 0);
       zv.assign(static_cast<std::size_t>(kJ) * kT, 0);
       kt.assign(static_cast<std::size_t>(kPairs) * kKG, 0);
@@ -612,14 +660,24 @@ struct IntPrefill {
       }
       const float m = _mm512_reduce_max_ps(vm);
       const __m512 vstep = _mm512_set1_ps(m > 0.0f ? 32767.0f / m : 0.0f);
+      // qi = round(x), x = q' 2^-e * step, and the rest x - qi (|.| <= 1/2, exact in float) in units
+      // of 2^-15: |qlo| <= 2^14, so the low dot obeys the same int32 bound as the high one
       std::int16_t* qi = sc.qi.data() + static_cast<std::size_t>(r) * kD;
-      for (int k = 0; k < kV; k += 2)
-        _mm512_storeu_si512(qi + 16 * k, _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v[k], vstep)),
-                                                            _mm512_cvtps_epi32(_mm512_mul_ps(v[k + 1], vstep))));
+      std::int16_t* ql = sc.qlo.data() + static_cast<std::size_t>(r) * kD;
+      const __m512 vlo = _mm512_set1_ps(32768.0f);
+      for (int k = 0; k < kV; k += 2) {
+        const __m512 x0 = _mm512_mul_ps(v[k], vstep), x1 = _mm512_mul_ps(v[k + 1], vstep);
+        const __m512i i0 = _mm512_cvtps_epi32(x0), i1 = _mm512_cvtps_epi32(x1);
+        _mm512_storeu_si512(qi + 16 * k, _mm512_packs_epi32(i0, i1));
+        _mm512_storeu_si512(ql + 16 * k,
+                            _mm512_packs_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x0, _mm512_cvtepi32_ps(i0)), vlo)),
+                                               _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(x1, _mm512_cvtepi32_ps(i1)), vlo))));
+      }
       sc.qinv_f[r] = m > 0.0f ? m / 32767.0f : 0.0f;
       sc.qbias_f[r] = _mm512_reduce_add_ps(fb);
     }
-    key_logits_rows<kKG / 16, kPairs, kKG, kT>(sc.kt.data(), reinterpret_cast<const std::int32_t*>(sc.qi.data()), rows,
+    key_logits_rows<kKG / 16, kPairs, kKG, kT>(sc.kt.data(), reinterpret_cast<const std::int32_t*>(sc.qi.data()),
+                                               reinterpret_cast<const std::int32_t*>(sc.qlo.data()), rows,
                                                sc.qinv_f.data(), sc.qbias_f.data(), logits + (g0 - slot0));
   }
 
@@ -853,8 +911,9 @@ struct FastPrefill {
     acc_rows(st.acc, rows, kD, sc.p.data(), kTile, 1, kD, sc.vbuf.data(), kD, n);
   }
 
-  /// One work item; q is the sequence's [num_q_tokens][num_q_heads][kD].
-  static void process(const SequenceView<Layout>& view, const float* q, int num_q_heads, float scale,
+  /// One work item; q is the sequence's [num_q_tokens][num_q_heads][kD] (float, fp16 or bf16).
+  template <class T>
+  static void process(const SequenceView<Layout>& view, const T* q, int num_q_heads, float scale,
                       const PrefillItem& it, const CausalRows& cr, ItemState& st, Scratch& sc) {
     constexpr int kSinks = Layout::kSinkTokens;
     const int rows = cr.rows();
@@ -862,9 +921,10 @@ struct FastPrefill {
     for (int r = 0; r < rows; ++r) {
       const int token = it.q_end - 1 - r / cr.group;
       const int head = it.kv_head * cr.group + r % cr.group;
-      const float* src = q + (static_cast<std::size_t>(token) * num_q_heads + head) * kD;
+      const T* src = q + (static_cast<std::size_t>(token) * num_q_heads + head) * kD;
       float* dst = sc.q0.data() + static_cast<std::size_t>(r) * kD;
-      for (int c = 0; c < kD; ++c) dst[c] = src[c] * scale;
+      simd::to_f32_row(src, kD, dst);  // widened exactly
+      for (int c = 0; c < kD; ++c) dst[c] *= scale;
       if constexpr (Layout::kRotateKeys) HadamardRotation<kD, Layout::kRotationSeed>::apply(dst);
     }
     const int h = it.kv_head, begin = it.begin, end = it.end;
@@ -982,32 +1042,40 @@ inline std::vector<int> prefill_counts(int batch, const int* q_indptr, const cha
 // ---- the reference ----------------------------------------------------------------------------------
 
 /// Reference prefill attention in double (the oracle): q and out are [num_q_tokens][num_q_heads][D];
-/// query i attends to tokens [0, length - num_q_tokens + i]. Each KV head is dequantized once through
-/// the shared decode function (SequenceView::key / value), then plain loops.
+/// query i (position p = length - num_q_tokens + i) attends to tokens [0, p], or with window > 0 to
+/// (p - window, p] (and the sinks with keep_sinks). Each KV head is dequantized once through the
+/// shared decode function (SequenceView::key / value), then plain loops.
 template <class Layout>
 void prefill_attention_reference(const SequenceView<Layout>& view, const float* q, int num_q_tokens, int num_q_heads,
-                                 float* out, float scale) {
+                                 float* out, float scale, int window = 0, bool keep_sinks = false) {
   constexpr int D = Layout::kHeadDim;
-  detail::check_prefill_view(view, q, num_q_tokens, num_q_heads, out, scale, "prefill_attention_reference");
+  detail::check_prefill_view(view, q, num_q_tokens, num_q_heads, out, scale, window, "prefill_attention_reference");
   if (num_q_tokens == 0) return;
   const int length = view.length;
   const int group = num_q_heads / view.num_kv_heads;
+  const int kept = keep_sinks ? Layout::kSinkTokens : 0;
+  const int first = detail::window_start(length - num_q_tokens, window);  // the earliest token read
   const std::vector<float> qr = to_key_basis<Layout>(q, static_cast<std::size_t>(num_q_tokens) * num_q_heads);
   std::vector<double> k(static_cast<std::size_t>(length) * D), v(k.size()), logit(static_cast<std::size_t>(length));
   std::vector<double> acc(D);
+  const auto seen = [&](int t, int pos) { return t >= detail::window_start(pos, window) || t < kept; };
   for (int kv = 0; kv < view.num_kv_heads; ++kv) {
-    for (int t = 0; t < length; ++t)
+    for (int t = 0; t < length; ++t) {
+      if (t < first && t >= kept) continue;  // never seen (its page may be gone)
       for (int c = 0; c < D; ++c) {
         k[static_cast<std::size_t>(t) * D + c] = view.key(t, kv, c);
         v[static_cast<std::size_t>(t) * D + c] = view.value(t, kv, c);
       }
+    }
     for (int i = 0; i < num_q_tokens; ++i) {
-      const int visible = length - num_q_tokens + i + 1;
+      const int pos = length - num_q_tokens + i;
+      const int visible = pos + 1;
       for (int g = 0; g < group; ++g) {
         const int head = kv * group + g;
         const float* qv = qr.data() + (static_cast<std::size_t>(i) * num_q_heads + head) * D;
         double m = -HUGE_VAL;
         for (int t = 0; t < visible; ++t) {
+          if (!seen(t, pos)) continue;
           double dot = 0.0;
           for (int c = 0; c < D; ++c) dot += static_cast<double>(qv[c]) * k[static_cast<std::size_t>(t) * D + c];
           logit[t] = dot * scale;
@@ -1016,6 +1084,7 @@ void prefill_attention_reference(const SequenceView<Layout>& view, const float* 
         double l = 0.0;
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int t = 0; t < visible; ++t) {
+          if (!seen(t, pos)) continue;
           const double p = std::exp(logit[t] - m);
           l += p;
           for (int c = 0; c < D; ++c) acc[c] += p * v[static_cast<std::size_t>(t) * D + c];
@@ -1027,21 +1096,20 @@ void prefill_attention_reference(const SequenceView<Layout>& view, const float* 
   }
 }
 
+/// The reference for a whole cache, with the cache's window (0 for a cache without one).
 template <class KeyQ, class ValueQ, int D, int P, int R, class O>
 void prefill_attention_reference(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_tokens,
-                                 int num_q_heads, float* out, float scale) {
-  prefill_attention_reference(cache.view(), q, num_q_tokens, num_q_heads, out, scale);
+                                 int num_q_heads, float* out, float scale, bool keep_sinks = false) {
+  prefill_attention_reference(cache.view(), q, num_q_tokens, num_q_heads, out, scale, cache.window(), keep_sinks);
 }
 
 // ---- the fast path ----------------------------------------------------------------------------------
 
-/// Prefill attention for a batch of sequences with different lengths and query counts, the way an
-/// engine batches prefill chunks and decode steps together. Sequence b owns query rows
-/// [q_indptr[b], q_indptr[b + 1]) of q and out ([q_indptr[batch]][num_q_heads][D]); those are its
-/// last q_indptr[b + 1] - q_indptr[b] tokens (0 is allowed: the sequence is skipped).
-template <class Layout>
-void prefill_attention_batch(const SequenceView<Layout>* views, int batch, const int* q_indptr, const float* q,
-                             int num_q_heads, float* out, float scale, const PrefillOptions& opt = PrefillOptions{}) {
+namespace detail {
+
+template <class Layout, class T>
+void prefill_batch(const SequenceView<Layout>* views, int batch, const int* q_indptr, const T* q, int num_q_heads,
+                   T* out, float scale, const PrefillOptions& opt) {
   constexpr int kD = Layout::kHeadDim;
   skv::detail::require(batch >= 0, "prefill_attention_batch: batch must not be negative");
   if (batch == 0) return;
@@ -1050,36 +1118,68 @@ void prefill_attention_batch(const SequenceView<Layout>* views, int batch, const
   std::vector<int> lengths(static_cast<std::size_t>(batch)), heads(static_cast<std::size_t>(batch));
   const std::size_t row = static_cast<std::size_t>(num_q_heads) * kD;
   for (int b = 0; b < batch; ++b) {
-    detail::check_prefill_view(views[b], q ? q + q_indptr[b] * row : nullptr, counts[b], num_q_heads,
-                               out ? out + q_indptr[b] * row : nullptr, scale, "prefill_attention_batch");
+    check_prefill_view(views[b], q ? q + q_indptr[b] * row : nullptr, counts[b], num_q_heads,
+                       out ? out + q_indptr[b] * row : nullptr, scale, opt.window, "prefill_attention_batch");
     lengths[b] = views[b].length;
     heads[b] = views[b].num_kv_heads;
   }
-  using P = detail::FastPrefill<Layout>;
-  detail::run_prefill<typename P::Scratch>(
-      batch, lengths.data(), heads.data(), counts.data(), q_indptr, num_q_heads, kD, P::kTile, opt, out,
-      [&](const detail::PrefillItem& it, const detail::CausalRows& cr, detail::ItemState& st,
-          typename P::Scratch& sc) {
+  using P = FastPrefill<Layout>;
+  run_prefill<typename P::Scratch>(
+      batch, lengths.data(), heads.data(), counts.data(), q_indptr, num_q_heads, kD, P::kTile,
+      opt.keep_sinks ? Layout::kSinkTokens : 0, opt, out,
+      [&](const PrefillItem& it, const CausalRows& cr, ItemState& st, typename P::Scratch& sc) {
         P::process(views[it.seq], q + q_indptr[it.seq] * row, num_q_heads, scale, it, cr, st, sc);
       });
 }
 
-/// Prefill attention for one sequence: q and out are [num_q_tokens][num_q_heads][HeadDim], the
-/// queries of the last num_q_tokens appended tokens; query i attends to tokens
-/// [0, length - num_q_tokens + i]. One query token runs decode_attention.
-template <class Layout>
-void prefill_attention(const SequenceView<Layout>& view, const float* q, int num_q_tokens, int num_q_heads, float* out,
-                       float scale, const PrefillOptions& opt = PrefillOptions{}) {
+template <class Layout, class T>
+void prefill_one(const SequenceView<Layout>& view, const T* q, int num_q_tokens, int num_q_heads, T* out, float scale,
+                 const PrefillOptions& opt) {
   if (num_q_tokens == 1) {
-    detail::check_prefill_view(view, q, num_q_tokens, num_q_heads, out, scale, "prefill_attention");
+    check_prefill_view(view, q, num_q_tokens, num_q_heads, out, scale, opt.window, "prefill_attention");
     DecodeOptions d;
     d.num_threads = opt.num_threads;
     d.split_tokens = opt.split_tokens;
+    d.window = opt.window;
+    d.keep_sinks = opt.keep_sinks;
     decode_attention_fast(view, q, num_q_heads, out, scale, d);
     return;
   }
   const int q_indptr[2] = {0, num_q_tokens};
-  prefill_attention_batch(&view, 1, q_indptr, q, num_q_heads, out, scale, opt);
+  prefill_batch(&view, 1, q_indptr, q, num_q_heads, out, scale, opt);
+}
+
+}  // namespace detail
+
+/// Prefill attention for a batch of sequences with different lengths and query counts, the way an
+/// engine batches prefill chunks and decode steps together. Sequence b owns query rows
+/// [q_indptr[b], q_indptr[b + 1]) of q and out ([q_indptr[batch]][num_q_heads][D]); those are its
+/// last q_indptr[b + 1] - q_indptr[b] tokens (0 is allowed: the sequence is skipped). q and out are
+/// float, or both fp16 or both bf16 (widened exactly; each output rounded once to nearest even).
+template <class Layout>
+void prefill_attention_batch(const SequenceView<Layout>* views, int batch, const int* q_indptr, const float* q,
+                             int num_q_heads, float* out, float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  detail::prefill_batch(views, batch, q_indptr, q, num_q_heads, out, scale, opt);
+}
+template <class Layout, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
+void prefill_attention_batch(const SequenceView<Layout>* views, int batch, const int* q_indptr, const T* q,
+                             int num_q_heads, T* out, float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  detail::prefill_batch(views, batch, q_indptr, q, num_q_heads, out, scale, opt);
+}
+
+/// Prefill attention for one sequence: q and out are [num_q_tokens][num_q_heads][HeadDim], the
+/// queries of the last num_q_tokens appended tokens; query i (position p = length - num_q_tokens + i)
+/// attends to tokens [0, p], or to (p - window, p] with PrefillOptions::window. One query token
+/// runs decode_attention. q and out are float, or both fp16 or both bf16.
+template <class Layout>
+void prefill_attention(const SequenceView<Layout>& view, const float* q, int num_q_tokens, int num_q_heads, float* out,
+                       float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  detail::prefill_one(view, q, num_q_tokens, num_q_heads, out, scale, opt);
+}
+template <class Layout, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
+void prefill_attention(const SequenceView<Layout>& view, const T* q, int num_q_tokens, int num_q_heads, T* out,
+                       float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  detail::prefill_one(view, q, num_q_tokens, num_q_heads, out, scale, opt);
 }
 
 template <class Layout>
@@ -1088,16 +1188,23 @@ void prefill_attention(const SequenceView<Layout>& view, const float* q, int num
   prefill_attention(view, q, num_q_tokens, num_q_heads, out, default_scale<Layout>());
 }
 
+/// On an owning cache: a window cache attends with its window unless opt asks for a narrower one.
 template <class KeyQ, class ValueQ, int D, int P, int R, class O>
 void prefill_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_tokens,
                        int num_q_heads, float* out, float scale, const PrefillOptions& opt = PrefillOptions{}) {
-  prefill_attention(cache.view(), q, num_q_tokens, num_q_heads, out, scale, opt);
+  prefill_attention(cache.view(), q, num_q_tokens, num_q_heads, out, scale, skv::detail::with_cache_window(cache, opt));
+}
+template <class KeyQ, class ValueQ, int D, int P, int R, class O, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
+void prefill_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const T* q, int num_q_tokens,
+                       int num_q_heads, T* out, float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  prefill_attention(cache.view(), q, num_q_tokens, num_q_heads, out, scale, skv::detail::with_cache_window(cache, opt));
 }
 
 template <class KeyQ, class ValueQ, int D, int P, int R, class O>
 void prefill_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_tokens,
                        int num_q_heads, float* out) {
-  prefill_attention(cache.view(), q, num_q_tokens, num_q_heads, out);
+  prefill_attention(cache, q, num_q_tokens, num_q_heads, out,
+                    default_scale<typename BasicKVCache<KeyQ, ValueQ, D, P, R, O>::Layout>());
 }
 
 // ---- dense baselines ----------------------------------------------------------------------------------
@@ -1114,7 +1221,7 @@ void prefill_attention_batch(const DenseView<T, D>* views, int batch, const int*
   std::vector<int> lengths(static_cast<std::size_t>(batch)), heads(static_cast<std::size_t>(batch));
   const std::size_t row = static_cast<std::size_t>(num_q_heads) * D;
   for (int b = 0; b < batch; ++b) {
-    detail::check_prefill_args<D>(views[b], views[b].length, views[b].capacity, q ? q + q_indptr[b] * row : nullptr,
+    detail::check_prefill_args<D, void>(views[b], views[b].length, views[b].capacity, q ? q + q_indptr[b] * row : nullptr,
                                counts[b], num_q_heads, out ? out + q_indptr[b] * row : nullptr, scale,
                                "prefill_attention_batch");
     lengths[b] = views[b].length;
@@ -1122,7 +1229,7 @@ void prefill_attention_batch(const DenseView<T, D>* views, int batch, const int*
   }
   using P = detail::DensePrefill<T, D>;
   detail::run_prefill<typename P::Scratch>(
-      batch, lengths.data(), heads.data(), counts.data(), q_indptr, num_q_heads, D, P::kTile, opt, out,
+      batch, lengths.data(), heads.data(), counts.data(), q_indptr, num_q_heads, D, P::kTile, 0, opt, out,
       [&](const detail::PrefillItem& it, const detail::CausalRows& cr, detail::ItemState& st,
           typename P::Scratch& sc) {
         P::process(views[it.seq], q + q_indptr[it.seq] * row, num_q_heads, scale, it, cr, st, sc);

@@ -40,32 +40,35 @@ void decode_attention(const SequenceView<Layout>& view, const T* q, int num_q_he
   decode_attention(view, q, num_q_heads, out, default_scale<Layout>());
 }
 
+/// On an owning cache: a window cache (BasicKVCache(heads, max_tokens, window)) attends with its
+/// window unless opt asks for a narrower one.
 template <class KeyQ, class ValueQ, int D, int P, int R, class O>
 void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads, float* out,
                       float scale, const DecodeOptions& opt = DecodeOptions{}) {
-  decode_attention(cache.view(), q, num_q_heads, out, scale, opt);
+  decode_attention(cache.view(), q, num_q_heads, out, scale, skv::detail::with_cache_window(cache, opt));
 }
 template <class KeyQ, class ValueQ, int D, int P, int R, class O, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
 void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const T* q, int num_q_heads, T* out,
                       float scale, const DecodeOptions& opt = DecodeOptions{}) {
-  decode_attention(cache.view(), q, num_q_heads, out, scale, opt);
+  decode_attention(cache.view(), q, num_q_heads, out, scale, skv::detail::with_cache_window(cache, opt));
 }
 
 template <class KeyQ, class ValueQ, int D, int P, int R, class O>
 void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads,
                       float* out) {
-  decode_attention(cache.view(), q, num_q_heads, out);
+  decode_attention(cache, q, num_q_heads, out, default_scale<typename BasicKVCache<KeyQ, ValueQ, D, P, R, O>::Layout>());
 }
 template <class KeyQ, class ValueQ, int D, int P, int R, class O, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
 void decode_attention(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const T* q, int num_q_heads, T* out) {
-  decode_attention(cache.view(), q, num_q_heads, out);
+  decode_attention(cache, q, num_q_heads, out, default_scale<typename BasicKVCache<KeyQ, ValueQ, D, P, R, O>::Layout>());
 }
 
-/// The reference path for a whole cache (the view overload lives in attention/reference.hpp).
+/// The reference path for a whole cache (the view overload lives in attention/reference.hpp), with
+/// the cache's window.
 template <class KeyQ, class ValueQ, int D, int P, int R, class O>
 void decode_attention_reference(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads,
-                                float* out, float scale) {
-  decode_attention_reference(cache.view(), q, num_q_heads, out, scale);
+                                float* out, float scale, bool keep_sinks = false) {
+  decode_attention_reference(cache.view(), q, num_q_heads, out, scale, cache.window(), keep_sinks);
 }
 
 // Many sequences in one call: decode_attention_batch(views, batch, q, num_q_heads, out, scale, opt)

@@ -5,6 +5,12 @@
 // (CacheLayout::residual_floats(num_kv_heads) floats: the residual ring and the sink tokens). The
 // view only points at them, so it can be passed by value into a kernel. Reading is host and device;
 // appending is skv::append (append.hpp).
+//
+// Sliding windows: a sequence whose attention only reaches back a window of tokens may hand the
+// pages before the window back to its pool. `first_page` says how many: block_table[0] then maps
+// logical page first_page, and attention that would read an earlier page is an skv::Error. An engine
+// that keeps a whole table and frees entries in place leaves first_page at 0 and attends with a
+// window, which never reads the freed entries (docs/integration.md, "Sliding windows").
 #pragma once
 
 #include <algorithm>
@@ -33,12 +39,21 @@ struct SequenceView {
   int num_pages = 0;                         ///< pages in the pool (every table entry must be below)
   int max_pages = 0;                         ///< entries in block_table
   int num_kv_heads = 0;
-  int length = 0;  ///< tokens appended so far
+  int length = 0;      ///< tokens appended so far
+  int first_page = 0;  ///< logical page of block_table[0]; the pages before it were handed back
 
-  /// Tokens the view can hold: the sinks plus its pages, at most INT_MAX (a length is an int).
+  /// Tokens the view can hold, at most INT_MAX (a length is an int): the sinks, the tokens of the
+  /// handed-back and the listed pages, and the tokens that wait in the ring until their block fills
+  /// a page slot (Residual + kBlockTokens - 1).
   SKV_HOST_DEVICE int capacity() const {
-    const long long c = L::kSinkTokens + static_cast<long long>(max_pages) * L::kPageSize;
+    const long long c = L::kSinkTokens + (static_cast<long long>(first_page) + max_pages) * L::kPageSize +
+                        L::kResidualCapacity - 1;
     return c < INT_MAX ? static_cast<int>(c) : INT_MAX;
+  }
+  /// First token whose page (or full-precision slot) the view still holds.
+  SKV_HOST_DEVICE int first_held_token() const {
+    const long long t = L::kSinkTokens + static_cast<long long>(first_page) * L::kPageSize;
+    return first_page == 0 ? 0 : (t < INT_MAX ? static_cast<int>(t) : INT_MAX);
   }
   SKV_HOST_DEVICE int sink_length() const { return L::sink_length(length); }
   SKV_HOST_DEVICE int quantized_length() const { return L::quantized_length(length); }
@@ -46,7 +61,7 @@ struct SequenceView {
 
   /// First byte of head `h`'s block in the page that holds quantized index `j` (token kSinkTokens + j).
   SKV_HOST_DEVICE std::uint8_t* head_block(int j, int h) const {
-    const std::int32_t page = block_table[j / L::kPageSize];
+    const std::int32_t page = block_table[j / L::kPageSize - first_page];
     return pages + static_cast<std::size_t>(page) * L::page_bytes(num_kv_heads) + static_cast<std::size_t>(h) * L::kHeadBytes;
   }
   /// Key / value blocks of the page holding quantized index `j`; index them with j % kPageSize.
@@ -84,34 +99,42 @@ struct SequenceView {
 
 namespace detail {
 
-/// Checks the block-table entries of logical pages [first, last] (host): each must name a page of
-/// the pool. O(last - first).
+/// Checks the block-table entries of logical pages [first, last] (host): each must still be held
+/// (not before first_page) and name a page of the pool. O(last - first).
 template <class Layout>
 void check_block_table(const SequenceView<Layout>& view, int first, int last, const char* what) {
   if (last < first) return;
   require(view.block_table != nullptr, std::string(what) + ": the sequence view has no block table");
-  require(first >= 0 && last < view.max_pages, std::string(what) + ": logical page " + std::to_string(last) +
-                                                   " is past the " + std::to_string(view.max_pages) +
-                                                   " entries of the block table");
+  require(first >= view.first_page,
+          std::string(what) + ": logical page " + std::to_string(first) + " (tokens from " +
+              std::to_string(Layout::kSinkTokens + static_cast<long long>(first) * Layout::kPageSize) +
+              ") was handed back; the view holds pages from " + std::to_string(view.first_page) +
+              " on (attend with a window that starts after them)");
+  require(last - view.first_page < view.max_pages,
+          std::string(what) + ": logical page " + std::to_string(last) + " is past the " +
+              std::to_string(view.max_pages) + " entries of the block table" +
+              (view.first_page ? " (from page " + std::to_string(view.first_page) + ")" : std::string()));
   for (int p = first; p <= last; ++p) {
-    const std::int32_t page = view.block_table[p];
-    require(page >= 0 && page < view.num_pages, std::string(what) + ": block table entry " + std::to_string(p) + " = " +
-                                                    std::to_string(page) + " is outside the pool of " +
-                                                    std::to_string(view.num_pages) + " pages");
+    const std::int32_t page = view.block_table[p - view.first_page];
+    require(page >= 0 && page < view.num_pages, std::string(what) + ": block table entry " +
+                                                    std::to_string(p - view.first_page) + " = " + std::to_string(page) +
+                                                    " is outside the pool of " + std::to_string(view.num_pages) +
+                                                    " pages");
   }
 }
 
-/// Checks that entries [first_new, last] of the block table differ from every other entry in
-/// [0, last]: a repeated page would let a later block overwrite an earlier one. Append calls it for
-/// the pages it starts, so each page is compared once with the pages before it (O(pages) per new
-/// page; a sort when a call starts many pages).
+/// Checks that entries [first_new, last] (logical pages) of the block table differ from every
+/// other held entry up to `last`: a repeated page would let a later block overwrite an earlier one.
+/// Append calls it for the pages it starts, so each page is compared once with the pages before it
+/// (O(pages) per new page; a sort when a call starts many pages).
 template <class Layout>
 void check_distinct_pages(const SequenceView<Layout>& view, int first_new, int last, const char* what) {
-  if (last < first_new || last == 0) return;
+  const int lo = first_new - view.first_page, hi = last - view.first_page;  // table indices
+  if (hi < lo || hi == 0) return;
   const std::int32_t* t = view.block_table;
   int a = -1, b = -1;
-  if (last - first_new < 16) {
-    for (int p = first_new; p <= last && a < 0; ++p)
+  if (hi - lo < 16) {
+    for (int p = lo; p <= hi && a < 0; ++p)
       for (int r = 0; r < p; ++r)
         if (t[r] == t[p]) {
           a = r;
@@ -119,11 +142,11 @@ void check_distinct_pages(const SequenceView<Layout>& view, int first_new, int l
           break;
         }
   } else {
-    std::vector<std::int32_t> sorted(t, t + last + 1);
+    std::vector<std::int32_t> sorted(t, t + hi + 1);
     std::sort(sorted.begin(), sorted.end());
     const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
     if (dup != sorted.end()) {
-      for (int p = 0; p <= last && b < 0; ++p)
+      for (int p = 0; p <= hi && b < 0; ++p)
         if (t[p] == *dup) (a < 0 ? a : b) = p;
     }
   }
@@ -132,11 +155,13 @@ void check_distinct_pages(const SequenceView<Layout>& view, int first_new, int l
               " both name pool page " + std::to_string(t[a]) + " (the pages of a sequence must differ)");
 }
 
-/// The pages a reader of `view` touches: entries [0, pages holding quantized tokens) must be in the pool.
+/// The pages a reader of `view` touches when it attends to tokens from `first_token` on: the pages
+/// holding quantized tokens from there must be held and in the pool.
 template <class Layout>
-void check_read_pages(const SequenceView<Layout>& view, const char* what) {
+void check_read_pages(const SequenceView<Layout>& view, int first_token, const char* what) {
   const int q = view.quantized_length();
-  if (q > 0) check_block_table(view, 0, (q - 1) / Layout::kPageSize, what);
+  const int j0 = first_token > Layout::kSinkTokens ? first_token - Layout::kSinkTokens : 0;
+  if (j0 < q) check_block_table(view, j0 / Layout::kPageSize, (q - 1) / Layout::kPageSize, what);
 }
 
 }  // namespace detail
