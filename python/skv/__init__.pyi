@@ -1,5 +1,5 @@
 """Type stubs for skv (the classes and functions live in the compiled skv._skv)."""
-from typing import Any, List, Optional, Sequence, TypedDict
+from typing import Any, List, Optional, Sequence, Tuple, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -30,13 +30,23 @@ class KVCache:
         rotate_keys: Optional[bool] = None,
         sinks: Optional[int] = None,
         clip: Optional[bool] = None,
+        window: int = 0,
+        max_chunk: int = 0,
+        rollback: int = 0,
+        keep_sinks: bool = False,
     ) -> None: ...
     def append(self, k: Any, v: Any) -> None:
-        """k, v: [n, num_kv_heads, head_dim] float32 or float16 arrays (numpy, DLPack, buffer)."""
-    def decode(self, q: Any, scale: Optional[float] = None, num_threads: int = 0) -> npt.NDArray[np.float32]:
-        """q [num_q_heads, head_dim] float32 -> [num_q_heads, head_dim] float32."""
-    def attention(self, q: Any, scale: Optional[float] = None, num_threads: int = 0) -> npt.NDArray[np.float32]:
-        """q [n, num_q_heads, head_dim] float32 (the last n tokens' queries, causal) -> same shape."""
+        """k, v: [n, num_kv_heads, head_dim] float32, float16 or bfloat16 arrays (numpy, torch, DLPack)."""
+    def truncate(self, n: int) -> None:
+        """Forgets the tokens after the first n."""
+    def decode(self, q: Any, scale: Optional[float] = None, num_threads: int = 0, out: Any = None) -> Any:
+        """q [num_q_heads, head_dim] -> the same shape and dtype (a torch tensor for torch queries)."""
+    def attention(self, q: Any, scale: Optional[float] = None, num_threads: int = 0, out: Any = None) -> Any:
+        """q [n, num_q_heads, head_dim] (the last n tokens' queries, causal) -> the same shape and dtype."""
+    def copy(self) -> "KVCache": ...
+    def __copy__(self) -> "KVCache": ...
+    def dequantize(self) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """(keys, values) float32 [len, num_kv_heads, head_dim] as attention sees them."""
     def clear(self) -> None: ...
     def page_bytes(self) -> npt.NDArray[np.uint8]: ...
     def full_precision(self) -> npt.NDArray[np.float32]: ...
@@ -73,10 +83,18 @@ class KVCache:
     def residual_size(self) -> int: ...
     @property
     def default_scale(self) -> float: ...
+    @property
+    def window(self) -> int: ...
+    @property
+    def max_chunk(self) -> int: ...
+    @property
+    def rollback(self) -> int: ...
+    @property
+    def keep_sinks(self) -> bool: ...
 
 def decode_batch(
-    caches: Sequence[KVCache], q: Any, scale: Optional[float] = None, num_threads: int = 0
-) -> npt.NDArray[np.float32]:
-    """q [batch, num_q_heads, head_dim] float32 -> [batch, num_q_heads, head_dim] float32."""
+    caches: Sequence[KVCache], q: Any, scale: Optional[float] = None, num_threads: int = 0, out: Any = None
+) -> Any:
+    """q [batch, num_q_heads, head_dim] -> the same shape and dtype."""
 
 def compiled() -> List[CompiledConfig]: ...

@@ -31,7 +31,16 @@ struct Config {
   std::string name() const;
 };
 
-enum class Dtype { kFloat32, kFloat16 };
+enum class Dtype { kFloat32, kFloat16, kBFloat16 };
+
+/// What a cache keeps besides its tokens, as Python sets it (skv::Retention, plus the sink rule a
+/// window applies at attention time).
+struct Keep {
+  int window = 0;
+  int max_chunk = 0;
+  int rollback = 0;
+  bool keep_sinks = false;
+};
 
 /// What Python can do with a cache. Inputs are validated by the caller (module.cpp) for shape,
 /// dtype and contiguity; the C++ cache checks values (NaN / Inf, capacity) all-or-nothing.
@@ -46,7 +55,10 @@ class AnyCache {
 
   /// k, v: [n][num_kv_heads][head_dim] of `dtype`.
   virtual void append(const void* k, const void* v, int n, Dtype dtype) = 0;
-  /// q, out: [num_q_heads][head_dim] float.
+  /// Forgets the tokens after the first n (skv::BasicKVCache::truncate).
+  virtual void truncate(int n) = 0;
+  /// q, out: [num_q_heads][head_dim] float. An empty cache is an error here (a query attends at least
+  /// to its own token), as in attention().
   virtual void decode(const float* q, int num_q_heads, float* out, float scale, int num_threads) const = 0;
   /// Attention for the last num_q_tokens appended tokens, each causal up to its own position
   /// (prefill chunks, speculative verification): q, out [num_q_tokens][num_q_heads][head_dim] float.
@@ -57,9 +69,15 @@ class AnyCache {
                             float scale, int num_threads) const = 0;
   virtual bool same_type(const AnyCache& other) const = 0;
   virtual void clear() = 0;
+  /// An independent copy (beam search duplicates a sequence).
+  virtual std::unique_ptr<AnyCache> clone() const = 0;
+  /// Every token as attention sees it, in the keys' own basis (rotation undone): keys and values
+  /// [size()][num_kv_heads][head_dim] float. For the fallback that hands whole tensors to a framework.
+  virtual void dequantize(float* keys, float* values) const = 0;
 
   virtual int size() const = 0;
   virtual int capacity() const = 0;
+  virtual const Keep& keep() const = 0;
   virtual int num_kv_heads() const = 0;
   virtual int sink_size() const = 0;
   virtual int quantized_size() const = 0;
@@ -85,7 +103,7 @@ struct Family {
   int options;  ///< an OptionSet
   std::vector<std::pair<int, int>> pairs;
   /// Throws skv::Error (naming the compiled pairs) when the pair is not compiled.
-  std::unique_ptr<AnyCache> (*make)(int key_bits, int value_bits, int num_kv_heads, int max_tokens);
+  std::unique_ptr<AnyCache> (*make)(int key_bits, int value_bits, int num_kv_heads, int max_tokens, const Keep& keep);
 };
 
 /// Every family compiled into the extension, in registration order.

@@ -19,6 +19,8 @@
 #include <nanobind/stl/vector.h>
 
 #include <skv/error.hpp>
+#include <skv/numeric/half.hpp>
+#include <skv/numeric/simd.hpp>
 
 #include "any_cache.hpp"
 
@@ -50,6 +52,7 @@ constexpr int kCompiledSinks = 4;
 
 using Array = nb::ndarray<nb::ro>;
 using OutArray = nb::ndarray<nb::numpy, float>;
+using Writable = nb::ndarray<>;
 
 std::string join(const std::vector<std::int64_t>& v) {
   std::string s;
@@ -57,13 +60,11 @@ std::string join(const std::vector<std::int64_t>& v) {
   return s;
 }
 
-std::string shape_of(const Array& a) {
-  std::vector<std::int64_t> s;
-  for (std::size_t i = 0; i < a.ndim(); ++i) s.push_back(static_cast<std::int64_t>(a.shape(i)));
-  return "[" + join(s) + "]";
-}
-
-bool is_c_contiguous(const Array& a) {
+/// C order; an array with a zero extent holds no element and is contiguous whatever its strides.
+template <class A>
+bool is_c_contiguous(const A& a) {
+  for (std::size_t i = 0; i < a.ndim(); ++i)
+    if (a.shape(i) == 0) return true;
   std::int64_t expected = 1;
   for (std::size_t i = a.ndim(); i-- > 0;) {
     if (a.shape(i) != 1 && a.stride(i) != expected) return false;
@@ -72,14 +73,27 @@ bool is_c_contiguous(const Array& a) {
   return true;
 }
 
-bool is_float32(const Array& a) { return a.dtype() == nb::dtype<float>(); }
-bool is_float16(const Array& a) {
-  return a.dtype() == nb::dlpack::dtype{static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float), 16, 1};
+constexpr std::uint8_t kFloatCode = static_cast<std::uint8_t>(nb::dlpack::dtype_code::Float);
+constexpr std::uint8_t kBfloatCode = static_cast<std::uint8_t>(nb::dlpack::dtype_code::Bfloat);
+
+/// The element type of an array skv takes (float32, float16, bfloat16), or none.
+template <class A>
+std::optional<Dtype> dtype_of(const A& a) {
+  const nb::dlpack::dtype t = a.dtype();
+  if (t.lanes != 1) return std::nullopt;
+  if (t.code == kFloatCode && t.bits == 32) return Dtype::kFloat32;
+  if (t.code == kFloatCode && t.bits == 16) return Dtype::kFloat16;
+  if (t.code == kBfloatCode && t.bits == 16) return Dtype::kBFloat16;
+  return std::nullopt;
 }
 
-/// Checks everything but the values; `shape` entries of -1 match any extent.
-void check_array(const Array& a, const char* name, const std::vector<std::int64_t>& shape, bool allow_f16,
-                 const char* layout) {
+const char* dtype_name(Dtype d) {
+  return d == Dtype::kFloat32 ? "float32" : d == Dtype::kFloat16 ? "float16" : "bfloat16";
+}
+
+/// Checks everything but the values; `shape` entries of -1 match any extent. Returns the dtype.
+template <class A>
+Dtype check_array(const A& a, const char* name, const std::vector<std::int64_t>& shape, const char* layout) {
   const auto fail = [&](const std::string& what) { throw skv::Error(std::string(name) + " " + what); };
   if (a.device_type() != nb::device::cpu::value) fail("must be a CPU array");
   bool shape_ok = a.ndim() == shape.size();
@@ -88,23 +102,108 @@ void check_array(const Array& a, const char* name, const std::vector<std::int64_
   if (!shape_ok) {
     std::string want;
     for (std::size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
-    fail("must have shape " + std::string(layout) + " = [" + want + "], got " + shape_of(a));
+    std::vector<std::int64_t> got;
+    for (std::size_t i = 0; i < a.ndim(); ++i) got.push_back(static_cast<std::int64_t>(a.shape(i)));
+    fail("must have shape " + std::string(layout) + " = [" + want + "], got [" + join(got) + "]");
   }
-  if (!(is_float32(a) || (allow_f16 && is_float16(a))))
-    fail(allow_f16 ? "must be float32 or float16" : "must be float32");
+  const std::optional<Dtype> d = dtype_of(a);
+  if (!d) fail("must be float32, float16 or bfloat16");
   if (!is_c_contiguous(a)) fail("must be C-contiguous (numpy.ascontiguousarray makes a contiguous copy)");
+  return *d;
 }
 
-OutArray new_output(std::size_t d0, std::size_t d1, std::size_t d2 = 0) {
-  const std::size_t count = d0 * d1 * (d2 ? d2 : 1);
-  float* data = new float[count ? count : 1]();
-  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
-  if (d2) {
-    const std::size_t shape[3] = {d0, d1, d2};
-    return OutArray(data, 3, shape, owner);
+/// Whether a Python object is a torch tensor (without importing torch).
+bool is_torch(nb::handle h) {
+  for (nb::handle t : nb::borrow<nb::tuple>(h.type().attr("__mro__")))
+    if (nb::cast<std::string>(t.attr("__module__")) == "torch" && nb::cast<std::string>(t.attr("__name__")) == "Tensor")
+      return true;
+  return false;
+}
+
+/// Queries as float: float32 is read in place; float16 / bfloat16 are widened exactly into `buffer`.
+const float* as_float(const Array& q, Dtype d, std::size_t count, std::vector<float>& buffer) {
+  if (d == Dtype::kFloat32) return static_cast<const float*>(q.data());
+  buffer.resize(count);
+  if (d == Dtype::kFloat16)
+    skv::simd::to_f32_row(static_cast<const skv::fp16*>(q.data()), count, buffer.data());
+  else
+    skv::simd::to_f32_row(static_cast<const skv::bf16*>(q.data()), count, buffer.data());
+  return buffer.data();
+}
+
+/// Where attention writes, and how its float result gets into `out` (rounded once to nearest even
+/// for float16 / bfloat16 outputs).
+struct Output {
+  nb::object result;  // what Python gets back
+  void* data = nullptr;
+  Dtype dtype = Dtype::kFloat32;
+  std::vector<float> buffer;
+
+  float* floats(std::size_t count) {
+    if (dtype == Dtype::kFloat32) return static_cast<float*>(data);
+    buffer.resize(count);
+    return buffer.data();
   }
-  const std::size_t shape[2] = {d0, d1};
-  return OutArray(data, 2, shape, owner);
+  void finish(std::size_t count) {
+    if (dtype == Dtype::kFloat16) skv::simd::from_f32_row(buffer.data(), count, static_cast<skv::fp16*>(data));
+    if (dtype == Dtype::kBFloat16) skv::simd::from_f32_row(buffer.data(), count, static_cast<skv::bf16*>(data));
+  }
+};
+
+/// The output of an attention call with queries `q` (Python object `q_obj`, dtype `d`): `out` when
+/// given (checked: writable, CPU, C-contiguous, q's shape and dtype), else a new array of q's dtype,
+/// a torch tensor for torch queries and a numpy array otherwise (numpy has no bfloat16: a bfloat16
+/// query that is not a torch tensor needs out=).
+Output make_output(nb::handle q_obj, const Array& q, Dtype d, const std::optional<nb::object>& out) {
+  std::vector<std::size_t> shape;
+  for (std::size_t i = 0; i < q.ndim(); ++i) shape.push_back(q.shape(i));
+  Output o;
+  o.dtype = d;
+  if (out && !out->is_none()) {
+    Writable w;
+    if (!nb::try_cast(*out, w))
+      throw skv::Error("out must be a writable array (numpy, torch, or anything with __dlpack__)");
+    std::vector<std::int64_t> want(shape.begin(), shape.end());
+    if (check_array(w, "out", want, "q's shape") != d)
+      throw skv::Error(std::string("out must have q's dtype (") + dtype_name(d) + ")");
+    o.result = *out;
+    o.data = w.data();
+    return o;
+  }
+  if (is_torch(q_obj)) {
+    nb::object torch = nb::module_::import_("torch");
+    nb::list dims;
+    for (std::size_t e : shape) dims.append(e);
+    o.result = torch.attr("empty")(nb::tuple(dims), "dtype"_a = q_obj.attr("dtype"));
+    o.data = nb::cast<Writable>(o.result).data();
+    return o;
+  }
+  if (d == Dtype::kBFloat16)
+    throw skv::Error("bfloat16 queries that are not torch tensors need out= (numpy has no bfloat16)");
+  std::size_t count = 1;
+  for (std::size_t e : shape) count *= e;
+  if (d == Dtype::kFloat16) {
+    auto* data = new skv::fp16[count ? count : 1]();
+    nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<skv::fp16*>(p); });
+    o.result = nb::cast(nb::ndarray<nb::numpy>(data, shape.size(), shape.data(), owner, nullptr,
+                                               nb::dlpack::dtype{kFloatCode, 16, 1}));
+    o.data = data;
+    return o;
+  }
+  auto* data = new float[count ? count : 1]();
+  nb::capsule owner(data, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  o.result = nb::cast(OutArray(data, shape.size(), shape.data(), owner));
+  o.data = data;
+  return o;
+}
+
+/// An array argument as skv reads it (numpy, torch, anything with __dlpack__ or the buffer protocol).
+Array as_array(nb::handle h, const char* name) {
+  Array a;
+  if (!nb::try_cast(h, a))
+    throw skv::Error(std::string(name) + " must be an array of float32, float16 or bfloat16 (numpy, torch, or anything "
+                     "with __dlpack__ or the buffer protocol)");
+  return a;
 }
 
 std::string family_summary() {
@@ -134,7 +233,8 @@ const Family& find_family(int head_dim, int residual, int options) {
 class KVCache {
  public:
   KVCache(int key_bits, int value_bits, int head_dim, int num_kv_heads, int max_tokens, std::optional<int> residual,
-          std::optional<bool> rotate_keys, std::optional<int> sinks, std::optional<bool> clip) {
+          std::optional<bool> rotate_keys, std::optional<int> sinks, std::optional<bool> clip, int window,
+          int max_chunk, int rollback, bool keep_sinks) {
     const int r = residual.value_or(kDefaultResidual);
     // Given none of the options: the default set, where it is compiled (the rotation needs a power-of-
     // two head_dim). Given some: the others are off, so rotate_keys=False alone means the plain cache.
@@ -151,55 +251,93 @@ class KVCache {
                        "with sinks=4, and rotate_keys=True with sinks=4 and clip=True; got rotate_keys=" +
                        std::string(rot ? "True" : "False") + ", sinks=" + std::to_string(s) +
                        ", clip=" + std::string(c ? "True" : "False") + "; see skv.compiled()");
-    cache_ = find_family(head_dim, r, set).make(key_bits, value_bits, num_kv_heads, max_tokens);
+    cache_ = find_family(head_dim, r, set)
+                 .make(key_bits, value_bits, num_kv_heads, max_tokens, Keep{window, max_chunk, rollback, keep_sinks});
   }
+
+  explicit KVCache(std::unique_ptr<AnyCache> cache) : cache_(std::move(cache)) {}
 
   const AnyCache& get() const { return *cache_; }
 
-  void append(const Array& k, const Array& v) {
+  KVCache copy() const { return KVCache(cache_->clone()); }
+
+  /// (keys, values), each float32 [len, num_kv_heads, head_dim]: every token as attention sees it.
+  nb::tuple dequantize() const {
+    const std::size_t n = static_cast<std::size_t>(cache_->size()), h = static_cast<std::size_t>(cache_->num_kv_heads()),
+                      d = static_cast<std::size_t>(cache_->config().head_dim);
+    auto* k = new float[n * h * d + 1];
+    auto* v = new float[n * h * d + 1];
+    nb::capsule ko(k, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+    nb::capsule vo(v, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+    {
+      nb::gil_scoped_release release;
+      cache_->dequantize(k, v);
+    }
+    const std::size_t shape[3] = {n, h, d};
+    return nb::make_tuple(OutArray(k, 3, shape, ko), OutArray(v, 3, shape, vo));
+  }
+
+  void append(nb::handle k_obj, nb::handle v_obj) {
+    const Array k = as_array(k_obj, "k"), v = as_array(v_obj, "v");
     const std::int64_t h = cache_->num_kv_heads(), d = cache_->config().head_dim;
-    check_array(k, "k", {-1, h, d}, true, "[n, num_kv_heads, head_dim]");
-    check_array(v, "v", {-1, h, d}, true, "[n, num_kv_heads, head_dim]");
+    const Dtype dk = check_array(k, "k", {-1, h, d}, "[n, num_kv_heads, head_dim]");
+    const Dtype dv = check_array(v, "v", {-1, h, d}, "[n, num_kv_heads, head_dim]");
     if (k.shape(0) != v.shape(0))
       throw skv::Error("k and v must hold the same number of tokens (" + std::to_string(k.shape(0)) + " and " +
                        std::to_string(v.shape(0)) + ")");
-    if (is_float16(k) != is_float16(v)) throw skv::Error("k and v must have the same dtype");
+    if (dk != dv) throw skv::Error("k and v must have the same dtype");
     if (k.shape(0) > static_cast<std::size_t>(INT32_MAX)) throw skv::Error("too many tokens in one append");
     const int n = static_cast<int>(k.shape(0));
-    const Dtype dtype = is_float16(k) ? Dtype::kFloat16 : Dtype::kFloat32;
     nb::gil_scoped_release release;
-    cache_->append(k.data(), v.data(), n, dtype);
+    cache_->append(k.data(), v.data(), n, dk);
   }
 
-  OutArray decode(const Array& q, std::optional<float> scale, int num_threads) const {
-    const int nq = check_query(q, 2);
+  void truncate(std::int64_t n) {
+    if (n < 0 || n > INT32_MAX) throw skv::Error("truncate: n must be between 0 and len(cache), got " + std::to_string(n));
+    nb::gil_scoped_release release;
+    cache_->truncate(static_cast<int>(n));
+  }
+
+  nb::object decode(nb::handle q_obj, std::optional<float> scale, int num_threads, std::optional<nb::object> out) const {
+    const Array q = as_array(q_obj, "q");
+    const Dtype d = check_query(q, 2);
+    const int nq = static_cast<int>(q.shape(0));
     const float s = scale.value_or(cache_->default_scale());
-    OutArray out = new_output(static_cast<std::size_t>(nq), static_cast<std::size_t>(cache_->config().head_dim));
+    Output o = make_output(q_obj, q, d, out);
+    const std::size_t count = static_cast<std::size_t>(nq) * cache_->config().head_dim;
     {
       nb::gil_scoped_release release;
-      cache_->decode(static_cast<const float*>(q.data()), nq, out.data(), s, num_threads);
+      std::vector<float> qf;
+      cache_->decode(as_float(q, d, count, qf), nq, o.floats(count), s, num_threads);
+      o.finish(count);
     }
-    return out;
+    return o.result;
   }
 
-  OutArray attention(const Array& q, std::optional<float> scale, int num_threads) const {
-    const int nq = check_query(q, 3, "[num_q_tokens, num_q_heads, head_dim]");
+  nb::object attention(nb::handle q_obj, std::optional<float> scale, int num_threads,
+                       std::optional<nb::object> out) const {
+    const Array q = as_array(q_obj, "q");
+    const Dtype d = check_query(q, 3, "[num_q_tokens, num_q_heads, head_dim]");
     const std::size_t n = q.shape(0);
-    if (n == 0 || n > static_cast<std::size_t>(cache_->size()))
-      throw skv::Error("attention: q holds " + std::to_string(n) + " query tokens; it needs between 1 and len(cache) = " +
-                       std::to_string(cache_->size()) + " (the queries of the last tokens appended)");
+    if (n > static_cast<std::size_t>(INT32_MAX)) throw skv::Error("attention: too many query tokens");
+    const int nq = static_cast<int>(q.shape(1));
     const float s = scale.value_or(cache_->default_scale());
-    OutArray out = new_output(n, static_cast<std::size_t>(nq), static_cast<std::size_t>(cache_->config().head_dim));
+    Output o = make_output(q_obj, q, d, out);
+    const std::size_t count = n * static_cast<std::size_t>(nq) * cache_->config().head_dim;
     {
       nb::gil_scoped_release release;
-      cache_->attention(static_cast<const float*>(q.data()), static_cast<int>(n), nq, out.data(), s, num_threads);
+      std::vector<float> qf;
+      cache_->attention(as_float(q, d, count, qf), static_cast<int>(n), nq, o.floats(count), s, num_threads);
+      o.finish(count);
     }
-    return out;
+    return o.result;
   }
 
   /// Seconds per decode call measured inside C++ (no Python in the loop), for the overhead benchmark.
-  double time_decode(const Array& q, int iterations, int num_threads) const {
-    const int nq = check_query(q, 2);
+  double time_decode(nb::handle q_obj, int iterations, int num_threads) const {
+    const Array q = as_array(q_obj, "q");
+    if (check_query(q, 2) != Dtype::kFloat32) throw skv::Error("_time_decode takes float32 queries");
+    const int nq = static_cast<int>(q.shape(0));
     std::vector<float> out(static_cast<std::size_t>(nq) * cache_->config().head_dim);
     const float s = cache_->default_scale();
     nb::gil_scoped_release release;
@@ -210,21 +348,21 @@ class KVCache {
     return elapsed.count() / (iterations > 0 ? iterations : 1);
   }
 
-  /// q [num_q_heads, head_dim] (ndim 2) or [batch, num_q_heads, head_dim] (ndim 3): returns num_q_heads.
-  int check_query(const Array& q, std::size_t ndim, const char* layout3 = "[batch, num_q_heads, head_dim]") const {
+  /// q [num_q_heads, head_dim] (ndim 2) or [..., num_q_heads, head_dim] (ndim 3): returns the dtype.
+  Dtype check_query(const Array& q, std::size_t ndim, const char* layout3 = "[batch, num_q_heads, head_dim]") const {
     const std::int64_t d = cache_->config().head_dim;
     const char* layout = ndim == 2 ? "[num_q_heads, head_dim]" : layout3;
-    if (q.ndim() != ndim)
-      throw skv::Error("q must have " + std::to_string(ndim) + " dimensions " + layout + ", got " + shape_of(q));
-    if (ndim == 2)
-      check_array(q, "q", {-1, d}, false, layout);
-    else
-      check_array(q, "q", {-1, -1, d}, false, layout);
+    if (q.ndim() != ndim) {
+      std::vector<std::int64_t> got;
+      for (std::size_t i = 0; i < q.ndim(); ++i) got.push_back(static_cast<std::int64_t>(q.shape(i)));
+      throw skv::Error("q must have " + std::to_string(ndim) + " dimensions " + layout + ", got [" + join(got) + "]");
+    }
+    const Dtype dt = ndim == 2 ? check_array(q, "q", {-1, d}, layout) : check_array(q, "q", {-1, -1, d}, layout);
     const std::int64_t nq = static_cast<std::int64_t>(q.shape(ndim - 2));
     if (nq <= 0 || nq % cache_->num_kv_heads() != 0 || nq > INT32_MAX)
       throw skv::Error("q's num_q_heads (" + std::to_string(nq) + ") must be a positive multiple of num_kv_heads (" +
                        std::to_string(cache_->num_kv_heads()) + ")");
-    return static_cast<int>(nq);
+    return dt;
   }
 
   void clear() {
@@ -236,8 +374,10 @@ class KVCache {
   nb::ndarray<nb::numpy, float> full_precision() const { return to_numpy(cache_->full_precision()); }
 
   std::string repr() const {
+    const Keep& k = cache_->keep();
     return "skv.KVCache(" + cache_->config().name() + ", num_kv_heads " + std::to_string(cache_->num_kv_heads()) +
-           ", " + std::to_string(cache_->size()) + " of " + std::to_string(cache_->capacity()) + " tokens)";
+           (k.window ? ", window " + std::to_string(k.window) : std::string()) + ", " + std::to_string(cache_->size()) +
+           " of " + std::to_string(cache_->capacity()) + " tokens)";
   }
 
  private:
@@ -252,32 +392,41 @@ class KVCache {
   std::unique_ptr<AnyCache> cache_;
 };
 
-OutArray decode_batch(const std::vector<const KVCache*>& caches, const Array& q, std::optional<float> scale,
-                      int num_threads) {
+nb::object decode_batch(const std::vector<const KVCache*>& caches, nb::handle q_obj, std::optional<float> scale,
+                        int num_threads, std::optional<nb::object> out) {
   if (caches.empty()) throw skv::Error("decode_batch needs at least one cache");
   for (const KVCache* c : caches)
     if (c == nullptr) throw skv::Error("decode_batch: caches must not contain None");
   const KVCache& first = *caches[0];
-  for (std::size_t b = 1; b < caches.size(); ++b)
-    if (!first.get().same_type(caches[b]->get()) || caches[b]->get().num_kv_heads() != first.get().num_kv_heads())
-      throw skv::Error("decode_batch: every cache must have the same configuration and num_kv_heads (cache 0 is " +
-                       first.get().config().name() + " with " + std::to_string(first.get().num_kv_heads()) +
-                       " KV heads, cache " + std::to_string(b) + " is " + caches[b]->get().config().name() + " with " +
-                       std::to_string(caches[b]->get().num_kv_heads()) + ")");
-  const int nq = first.check_query(q, 3);
+  const Keep& keep = first.get().keep();
+  for (std::size_t b = 1; b < caches.size(); ++b) {
+    const AnyCache& c = caches[b]->get();
+    if (!first.get().same_type(c) || c.num_kv_heads() != first.get().num_kv_heads() ||
+        c.keep().window != keep.window || c.keep().keep_sinks != keep.keep_sinks)
+      throw skv::Error("decode_batch: every cache must have the same configuration, num_kv_heads, window and "
+                       "keep_sinks (cache 0 is " + first.get().config().name() + " with " +
+                       std::to_string(first.get().num_kv_heads()) + " KV heads, window " + std::to_string(keep.window) +
+                       ", cache " + std::to_string(b) + " is " + c.config().name() + " with " +
+                       std::to_string(c.num_kv_heads()) + " KV heads, window " + std::to_string(c.keep().window) + ")");
+  }
+  const Array q = as_array(q_obj, "q");
+  const Dtype d = first.check_query(q, 3);
   if (q.shape(0) != caches.size())
     throw skv::Error("q has " + std::to_string(q.shape(0)) + " rows for " + std::to_string(caches.size()) + " caches");
+  const int nq = static_cast<int>(q.shape(1));
   const float s = scale.value_or(first.get().default_scale());
-  const std::size_t d = static_cast<std::size_t>(first.get().config().head_dim);
-  OutArray out = new_output(caches.size(), static_cast<std::size_t>(nq), d);
+  Output o = make_output(q_obj, q, d, out);
+  const std::size_t count = caches.size() * static_cast<std::size_t>(nq) * first.get().config().head_dim;
   std::vector<const AnyCache*> any;
   for (const KVCache* c : caches) any.push_back(&c->get());
   {
     nb::gil_scoped_release release;
-    first.get().decode_batch(any.data(), static_cast<int>(any.size()), static_cast<const float*>(q.data()), nq,
-                             out.data(), s, num_threads);
+    std::vector<float> qf;
+    first.get().decode_batch(any.data(), static_cast<int>(any.size()), as_float(q, d, count, qf), nq, o.floats(count), s,
+                             num_threads);
+    o.finish(count);
   }
-  return out;
+  return o.result;
 }
 
 nb::list compiled() {
@@ -330,23 +479,41 @@ are off. residual=0, rotate_keys=False gives the plain cache of the C++ short fo
 
 Only compiled configurations exist (skv.compiled()); any other raises ValueError naming the set.)doc")
       .def(nb::init<int, int, int, int, int, std::optional<int>, std::optional<bool>, std::optional<int>,
-                    std::optional<bool>>(),
+                    std::optional<bool>, int, int, int, bool>(),
            "key_bits"_a, "value_bits"_a, "head_dim"_a = 128, "num_kv_heads"_a, "max_tokens"_a,
            "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "sinks"_a = nb::none(), "clip"_a = nb::none(),
+           "window"_a = 0, "max_chunk"_a = 0, "rollback"_a = 0, "keep_sinks"_a = false,
            "Allocates every page for max_tokens tokens up front. Defaults: residual=128 and, when none of\n"
-           "rotate_keys, sinks and clip is given, rotate_keys=True, sinks=4, clip=False (off at head_dim 96).")
+           "rotate_keys, sinks and clip is given, rotate_keys=True, sinks=4, clip=False (off at head_dim 96).\n"
+           "window=W > 0: a sliding-window cache; query i sees tokens i-W < j <= i (with keep_sinks=True the\n"
+           "sink tokens too) and memory is bounded by the window, whatever max_tokens is (a stream of any\n"
+           "length); attention() serves chunks of up to max_chunk queries (0: 64). rollback=N keeps float\n"
+           "copies of N more tokens so that truncate() can always take back N tokens.")
       .def("append", &KVCache::append, "k"_a, "v"_a,
-           "Appends tokens: k and v are [n, num_kv_heads, head_dim], float32 or float16, C-contiguous, read in\n"
-           "place. All or nothing: NaN/Inf, a wrong shape or dtype, or too many tokens raise ValueError and\n"
-           "leave the cache unchanged.")
-      .def("decode", &KVCache::decode, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0,
-           "Attention of one query token over every cached token: q [num_q_heads, head_dim] float32\n"
-           "(num_q_heads a multiple of num_kv_heads) -> float32 [num_q_heads, head_dim]. scale defaults to\n"
-           "1/sqrt(head_dim); num_threads 0 uses every OpenMP thread.")
-      .def("attention", &KVCache::attention, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0,
+           "Appends tokens: k and v are [n, num_kv_heads, head_dim], float32, float16 or bfloat16 (one dtype),\n"
+           "C-contiguous, read in place (numpy, torch, DLPack). A rejected call (NaN/Inf, a wrong shape or dtype,\n"
+           "too many tokens) raises ValueError and leaves every stored token unchanged; page slots past the\n"
+           "quantized length, which hold no token, may have been written (page_bytes() shows them).")
+      .def("truncate", &KVCache::truncate, "n"_a,
+           "Forgets the tokens after the first n (rejected draft tokens): afterwards the cache holds what\n"
+           "appending its first n tokens gives. Raises ValueError, changing nothing, when a block that\n"
+           "completed after token n can no longer be taken back (see rollback).")
+      .def("decode", &KVCache::decode, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0, "out"_a = nb::none(),
+           "Attention of one query token (position len(cache) - 1) over the cache: q [num_q_heads, head_dim]\n"
+           "float32, float16 or bfloat16 (num_q_heads a multiple of num_kv_heads) -> [num_q_heads, head_dim] of\n"
+           "q's dtype, into out= when given, else a new torch tensor for torch queries or a numpy array.\n"
+           "scale defaults to 1/sqrt(head_dim); num_threads 0 uses every OpenMP thread. An empty cache raises\n"
+           "ValueError (the query's own token must be appended first), as attention() does.")
+      .def("attention", &KVCache::attention, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0, "out"_a = nb::none(),
            "Causal attention for the last n appended tokens (a prefill chunk, drafted tokens):\n"
-           "q [n, num_q_heads, head_dim] float32 -> float32 [n, num_q_heads, head_dim]; query i attends to\n"
-           "tokens 0 .. len(cache) - n + i. With n == 1 it equals decode(q[0]).")
+           "q [n, num_q_heads, head_dim] float32, float16 or bfloat16 -> the same shape and dtype (out= as in\n"
+           "decode); query i attends to tokens 0 .. len(cache) - n + i (the last `window` of them in a window\n"
+           "cache). With n == 1 it equals decode(q[0]).")
+      .def("copy", &KVCache::copy, "An independent copy of the cache (its pages, ring and length).")
+      .def("__copy__", &KVCache::copy)
+      .def("dequantize", &KVCache::dequantize,
+           "(keys, values), float32 [len, num_kv_heads, head_dim]: every token as attention sees it (keys in\n"
+           "their own basis). O(len) per call: for inspection and for frameworks that need whole tensors.")
       .def("clear", &KVCache::clear, "Forgets every token (the memory stays allocated).")
       .def("page_bytes", &KVCache::page_bytes, "The bytes of the pages in use (uint8), as the C++ cache stores them.")
       .def("full_precision", &KVCache::full_precision,
@@ -377,11 +544,21 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
       .def_prop_ro("residual_size", [](const KVCache& c) { return c.get().residual_size(); },
                    "Tokens still in the float32 residual window.")
       .def_prop_ro("default_scale", [](const KVCache& c) { return c.get().default_scale(); },
-                   "The softmax scale used when none is given: 1/sqrt(head_dim).");
+                   "The softmax scale used when none is given: 1/sqrt(head_dim).")
+      .def_prop_ro("window", [](const KVCache& c) { return c.get().keep().window; },
+                   "The sliding window in tokens (0: attention reads every token).")
+      .def_prop_ro("max_chunk", [](const KVCache& c) { return c.get().keep().max_chunk; },
+                   "Query tokens per attention() call that a window cache serves.")
+      .def_prop_ro("rollback", [](const KVCache& c) { return c.get().keep().rollback; },
+                   "Tokens truncate() can always take back beyond those the ring holds.")
+      .def_prop_ro("keep_sinks", [](const KVCache& c) { return c.get().keep().keep_sinks; },
+                   "Whether the sink tokens stay visible outside the window.");
 
   m.def("decode_batch", &skv_python::decode_batch, "caches"_a, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0,
+        "out"_a = nb::none(),
         "Decodes many caches of one configuration in one call (one thread pool over all of them):\n"
-        "q [batch, num_q_heads, head_dim] float32 -> float32 [batch, num_q_heads, head_dim].");
+        "q [batch, num_q_heads, head_dim] float32, float16 or bfloat16 -> the same shape and dtype (out= as\n"
+        "in KVCache.decode).");
   m.def("compiled", &skv_python::compiled,
         "The compiled configurations: a list of dicts with key_bits, value_bits, head_dim, residual,\n"
         "rotate_keys, sinks and clip.");
