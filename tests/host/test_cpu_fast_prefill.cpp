@@ -222,12 +222,12 @@ TEST(Prefill, HugeQueryRowsDoNotOverflow) {
   C cache(1, 100);
   const auto k = random_floats(128 * 100, 81), v = random_floats(128 * 100, 82);
   cache.append(k.data(), v.data(), 100);
-  const auto q = random_floats(20 * 4 * 128, 83);
+  const auto q = random_floats(20 * 128, 83);  // one query head per KV head: rows = tokens
   std::vector<float> a(q.size(), 1e30f), b(q.size());
   skv::cpu::PrefillOptions opt;
   opt.query_rows = std::numeric_limits<int>::max();
-  skv::cpu::prefill_attention(cache, q.data(), 20, 4, a.data(), 0.1f, opt);
-  skv::cpu::prefill_attention(cache, q.data(), 20, 4, b.data(), 0.1f);
+  skv::cpu::prefill_attention(cache, q.data(), 20, 1, a.data(), 0.1f, opt);
+  skv::cpu::prefill_attention(cache, q.data(), 20, 1, b.data(), 0.1f);
   for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << i;
 }
 
