@@ -8,6 +8,7 @@
 // rows take fp16 / bf16 queries and outputs. Append rows: one completed block (32 tokens, float,
 // fp16 or bf16 input; plain, ClipValues, or ClipKeys + ClipValues) against memcpy of the same input
 // bytes, and a 32k-token append (a prefill) on 1 thread and every core against memcpy of its input.
+// window/ rows: decode with a sliding window of 4096 tokens at the end of a 65536-token stream.
 #include <skv/attention/baseline.hpp>
 #include <skv/attention/cpu_fast.hpp>
 #include <skv/attention/decode.hpp>
@@ -20,6 +21,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -211,6 +213,35 @@ void bench_reference(benchmark::State& state, int ctx) {
   state.counters["ctx"] = ctx;
 }
 
+// ---- a sliding window: decode over the last 4096 tokens of a 65536-token stream ---------------------
+
+/// A window cache of 4096 tokens (skv::Retention) fed a stream of `stream` tokens, decoded with its
+/// window: the same work as decode over a 4096-token cache (decode/k4v2/ctx:4096), with memory
+/// bounded by the window. Counters: the bytes the cache holds and those an unbounded cache of the
+/// stream would hold.
+void bench_window(benchmark::State& state, int stream, int threads) {
+  constexpr int kWindow = 4096;
+  using Cache = skv::KVCache<4, 2>;
+  static std::unique_ptr<Cache> cache;
+  if (!cache || cache->size() != stream) {
+    cache.reset(new Cache(kKvHeads, std::numeric_limits<int>::max(), skv::Retention{kWindow}));
+    for (int t = 0; t < stream; t += kTemplateTokens)
+      cache->append(template_keys().data(), template_values().data(), kTemplateTokens);
+  }
+  std::vector<float> out(static_cast<std::size_t>(kQHeads) * kHeadDim);
+  skv::cpu::DecodeOptions opt;
+  opt.num_threads = threads;
+  for (auto _ : state) {
+    skv::cpu::decode_attention(*cache, queries(1).data(), kQHeads, out.data(), 0.0883883f, opt);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["tokens_per_s"] = benchmark::Counter(kWindow, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["held_MiB"] = static_cast<double>(cache->memory_bytes()) / (1 << 20);
+  state.counters["unbounded_MiB"] = Cache::bytes_per_token() * kKvHeads * stream / (1 << 20);
+  state.counters["threads"] = threads;
+}
+
 // ---- append: one completed block (32 tokens x 8 heads) per iteration --------------------------------
 
 constexpr int kBlock = 32;
@@ -384,6 +415,19 @@ int main(int argc, char** argv) {
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime()
         ->MinTime(0.2);
+  }
+
+  // a sliding window of 4096 tokens after a 64k-token stream, next to decode/k4v2/ctx:4096 (issue
+  // target: within 10% of it)
+  {
+    std::vector<int> thread_counts{1};
+    if (all_cores() > 1) thread_counts.push_back(all_cores());
+    for (int threads : thread_counts)
+      benchmark::RegisterBenchmark(("window/k4v2/w:4096/stream:65536/threads:" + std::to_string(threads)).c_str(),
+                                   [=](benchmark::State& s) { bench_window(s, 65536, threads); })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime()
+          ->MinTime(0.2);
   }
 
   // the cost of the accuracy options at 32k context: rotated queries, fp32 sinks (issue target:

@@ -108,6 +108,7 @@ def run_row(row, prompt, new, plan, threads, skv_threads):
     attn = "skv" if row.startswith("skv") else "sdpa"
     tok, model = load_model(dtype, attn)
     ids = prompt_ids(tok, prompt)
+    capacity = prompt + new + 8  # skv reserves pages for this (the OS maps them only when written)
 
     def make():
         if row.startswith("dynamic"):
@@ -117,9 +118,9 @@ def run_row(row, prompt, new, plan, threads, skv_threads):
         if row.startswith("hqq"):
             return QuantizedCache(backend="hqq", config=model.config, nbits=int(row[-1]))
         if row == "skv-plan":
-            return skv.hf.SkvCache(model.config, plan=plan, num_threads=skv_threads)
+            return skv.hf.SkvCache(model.config, plan=plan, num_threads=skv_threads, max_tokens=capacity)
         kb, vb = int(row[5]), int(row[7])
-        return skv.hf.SkvCache(model.config, key_bits=kb, value_bits=vb, num_threads=skv_threads)
+        return skv.hf.SkvCache(model.config, key_bits=kb, value_bits=vb, num_threads=skv_threads, max_tokens=capacity)
 
     # time inside skv's calls (binding + kernels) and inside skv.hf (update + attention function)
     spent = {"skv": 0.0, "hf": 0.0}
@@ -232,9 +233,7 @@ def main():
     p.add_argument("--rows", default=",".join(ROWS[:-1]), help="comma-separated rows (" + ", ".join(ROWS) + ")")
     p.add_argument("--plan", default=None, help="the JSON of `skv plan --json` for the skv-plan row")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch's threads")
-    p.add_argument("--skv-threads", type=int, default=1,
-                   help="skv's threads per call (default 1: a decode step of one layer is too short to share, "
-                        "and torch's OpenMP threads are still spinning when it runs)")
+    p.add_argument("--skv-threads", type=int, default=0, help="skv's threads per call (default 0: every OpenMP thread)")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="read this JSON instead of running")
     p.add_argument("--png", default=None)

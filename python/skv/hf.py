@@ -184,29 +184,34 @@ class SkvLayer(CacheLayerMixin):
 
     # ---- the rest of the Cache API ------------------------------------------------------------------
     def reset(self):
-        for c in self.rows:
-            c.clear()
+        """Forgets everything, the batch size too: the next update starts the caches afresh."""
+        self.rows = []
         self.cumulative_length = 0
+        self.is_initialized = False
 
-    def crop(self, tokens_to_remove: int):
-        """Forgets the last -tokens_to_remove positions (transformers passes a count <= 0), which must
-        be real tokens of every row, as in assisted decoding."""
+    def check_crop(self, tokens_to_remove: int):
+        """Raises ValueError, changing nothing, where crop(tokens_to_remove) cannot be done."""
         if tokens_to_remove > 0:
             raise ValueError("skv.hf: crop takes the negative number of positions to remove, as DynamicLayer does")
         n = -tokens_to_remove
-        if n == 0 or not self.is_initialized:
-            return
-        for b, c in enumerate(self.rows):
+        for b, c in enumerate(self.rows if n else []):
             if len(c) < n:
                 raise ValueError(f"skv.hf: layer {self.layer_idx}: crop of {n} positions, but sequence {b} holds "
                                  f"{len(c)} tokens")
-        olds = [len(c) for c in self.rows]
-        try:
-            for c in self.rows:
-                c.truncate(len(c) - n)
-        except ValueError as e:
-            raise ValueError(f"skv.hf: layer {self.layer_idx}: {e} (SkvCache(rollback=...) keeps more)") from None
-        assert all(len(c) == o - n for c, o in zip(self.rows, olds))
+            if not c.can_truncate(len(c) - n):
+                raise ValueError(f"skv.hf: layer {self.layer_idx}: sequence {b} cannot take back {n} positions: "
+                                 f"their float copies are gone (SkvCache(rollback=...) keeps more)")
+
+    def crop(self, tokens_to_remove: int):
+        """Forgets the last -tokens_to_remove positions (transformers passes a count <= 0), which must
+        be real tokens of every row, as in assisted decoding. Every row is checked first: a refused
+        crop changes none."""
+        self.check_crop(tokens_to_remove)
+        n = -tokens_to_remove
+        if n == 0 or not self.is_initialized:
+            return
+        for c in self.rows:
+            c.truncate(len(c) - n)
         self.cumulative_length -= n
 
     def batch_select_indices(self, indices):
@@ -276,6 +281,13 @@ class SkvCache(Cache):
             window = kw.get("sliding_window") if layer_types[i] == "sliding_attention" else None
             layers.append(SkvLayer(kb, vb, options, max_tokens, window, self.fallback, i, num_threads))
         super().__init__(layers=layers)
+
+    def crop(self, tokens_to_remove: int):
+        """Forgets the last -tokens_to_remove positions of every layer; checks every layer first, so
+        that a refused crop changes none."""
+        for layer in self.layers:
+            layer.check_crop(tokens_to_remove)
+        super().crop(tokens_to_remove)
 
     @property
     def memory_bytes(self) -> int:

@@ -57,6 +57,7 @@ class AnyCache {
   virtual void append(const void* k, const void* v, int n, Dtype dtype) = 0;
   /// Forgets the tokens after the first n (skv::BasicKVCache::truncate).
   virtual void truncate(int n) = 0;
+  virtual bool can_truncate(int n) const = 0;
   /// q, out: [num_q_heads][head_dim] float. An empty cache is an error here (a query attends at least
   /// to its own token), as in attention().
   virtual void decode(const float* q, int num_q_heads, float* out, float scale, int num_threads) const = 0;

@@ -298,6 +298,10 @@ class KVCache {
     cache_->truncate(static_cast<int>(n));
   }
 
+  bool can_truncate(std::int64_t n) const {
+    return n >= 0 && n <= INT32_MAX && cache_->can_truncate(static_cast<int>(n));
+  }
+
   nb::object decode(nb::handle q_obj, std::optional<float> scale, int num_threads, std::optional<nb::object> out) const {
     const Array q = as_array(q_obj, "q");
     const Dtype d = check_query(q, 2);
@@ -498,6 +502,8 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
            "Forgets the tokens after the first n (rejected draft tokens): afterwards the cache holds what\n"
            "appending its first n tokens gives. Raises ValueError, changing nothing, when a block that\n"
            "completed after token n can no longer be taken back (see rollback).")
+      .def("can_truncate", &KVCache::can_truncate, "n"_a,
+           "Whether truncate(n) would succeed; a batch checks every sequence before it truncates any.")
       .def("decode", &KVCache::decode, "q"_a, "scale"_a = nb::none(), "num_threads"_a = 0, "out"_a = nb::none(),
            "Attention of one query token (position len(cache) - 1) over the cache: q [num_q_heads, head_dim]\n"
            "float32, float16 or bfloat16 (num_q_heads a multiple of num_kv_heads) -> [num_q_heads, head_dim] of\n"

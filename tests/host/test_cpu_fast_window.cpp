@@ -391,6 +391,19 @@ TEST(Truncate, RollbackEqualsACacheThatNeverSawTheRejectedTokens) {
     for (int t = 0; t < 400; t += 9) stepped.append(k.data() + t * row, v.data() + t * row, std::min(9, 400 - t));
     ASSERT_NO_THROW(stepped.truncate(400 - r)) << r;
   }
+  for (int n = -1; n <= 401; ++n) {  // can_truncate() answers what truncate() does, and changes nothing
+    C copy = cache;
+    bool threw = false;
+    try {
+      copy.truncate(n);
+    } catch (const skv::Error&) {
+      threw = true;
+    }
+    ASSERT_EQ(cache.can_truncate(n), !threw) << n;
+    ASSERT_EQ(copy.size(), threw ? 400 : n) << n;
+  }
+  EXPECT_FALSE(cache.can_truncate(250));
+  EXPECT_TRUE(cache.can_truncate(336) && cache.can_truncate(400));
   EXPECT_EQ(cache.size(), 400);
   EXPECT_EQ(decode_of(cache, q.data(), 8, {}), before);
   ASSERT_LT(L::quantized_length(385), L::quantized_length(400));

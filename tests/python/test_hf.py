@@ -277,3 +277,37 @@ def test_memory_is_counted_as_held():
     exact = 4 * 2 * 2 * 301 * 64 * 4  # layers x K,V x kv heads x tokens x dim x float32
     assert 0 < held < exact and held == sum(c.memory_bytes for l in cache.layers for c in l.rows)
     assert np.isfinite(held)
+
+
+def test_reset_takes_a_new_batch_size():
+    model = make("llama")
+    cache = skv.hf.SkvCache(model.config)
+    greedy(model, prompt(20, 15), cache, n=3)
+    cache.reset()
+    assert cache.get_seq_length() == 0
+    ids = torch.cat([prompt(20, 16), prompt(20, 17)])
+    out = greedy(model, ids, cache, n=3)
+    assert out.shape == (2, 23) and len(cache.layers[0].rows) == 2
+
+
+def test_a_refused_crop_changes_no_sequence_of_the_batch():
+    model = make("llama")
+    lens = [60, 100]  # left-padded: the rows' rings stand at different tokens
+    ids = torch.zeros(2, 100, dtype=torch.long)
+    mask = torch.zeros(2, 100, dtype=torch.long)
+    for i, n in enumerate(lens):
+        ids[i, -n:], mask[i, -n:] = prompt(n, 30 + i)[0], 1
+    cache = skv.hf.SkvCache(model.config, residual=0, rollback=0)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, cache=cache, use_cache=True)
+    rows = cache.layers[0].rows
+    # a depth the first row can take back and the second cannot: the crop must fail before the first
+    n = next(n for n in range(1, 60) if rows[0].can_truncate(60 - n) and not rows[1].can_truncate(100 - n))
+    before = [[(c.copy(), len(c)) for c in layer.rows] for layer in cache.layers]
+    with pytest.raises(ValueError, match="cannot take back"):
+        cache.crop(-n)
+    assert cache.get_seq_length() == 100
+    q = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    for layer, saved in zip(cache.layers, before):
+        for c, (copy, length) in zip(layer.rows, saved):
+            assert len(c) == length and np.array_equal(c.decode(q), copy.decode(q))

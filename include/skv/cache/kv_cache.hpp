@@ -171,20 +171,9 @@ class BasicKVCache {
   /// deeper than that) or, in a window cache, when the pages of the window at n were handed back.
   /// Afterwards the cache holds exactly what appending its first n tokens gives.
   void truncate(int n) {
-    detail::require(n >= 0 && n <= length_, "truncate to " + std::to_string(n) + " tokens: the cache holds " +
-                                                std::to_string(length_));
-    // tokens [from, n) are in the ring at length n: each must be in the ring now or in the history
+    const std::string why = truncate_error(n);
+    detail::require(why.empty(), why);
     const int from = std::min(n, Layout::residual_begin(n));
-    detail::require(from >= history_from_ || from < Layout::kSinkTokens,
-                    "cannot truncate to " + std::to_string(n) + " tokens: tokens from " + std::to_string(from) +
-                        " were quantized, and their float copies start at token " + std::to_string(history_from_) +
-                        " (the ring holds Residual + 32 tokens, Retention::rollback more)");
-    if (first_page_ > 0) {  // the next query (position n) reads from n - window + 1 on
-      const long long j = static_cast<long long>(n) - keep_.window + 1 - Layout::kSinkTokens;
-      detail::require(j >= static_cast<long long>(first_page_) * PageSize,
-                      "cannot truncate to " + std::to_string(n) + " tokens: the window cache has handed back the "
-                      "pages of tokens before " + std::to_string(Layout::kSinkTokens + first_page_ * PageSize));
-    }
     const View v = view();
     for (int t = std::max(from, Layout::kSinkTokens); t < std::min(n, ring_from_); ++t)
       for (int h = 0; h < num_kv_heads_; ++h) {  // back from the history into the ring
@@ -196,6 +185,10 @@ class BasicKVCache {
     history_from_ = std::min(history_from_, ring_from_);
     length_ = n;
   }
+
+  /// Whether truncate(n) would succeed: a batch of caches (one per sequence) checks every row
+  /// before it truncates any, so that a refused rollback changes none of them.
+  bool can_truncate(int n) const { return truncate_error(n).empty(); }
 
   int size() const { return length_; }
   int capacity() const { return max_tokens_; }
@@ -314,6 +307,25 @@ class BasicKVCache {
     if (count <= 0) return;
     std::rotate(table_.begin(), table_.begin() + count, table_.begin() + num_pages_);
     first_page_ += count;
+  }
+
+  /// Why truncate(n) cannot be done, or "" when it can.
+  std::string truncate_error(int n) const {
+    if (n < 0 || n > length_)
+      return "truncate to " + std::to_string(n) + " tokens: the cache holds " + std::to_string(length_);
+    // tokens [from, n) are in the ring at length n: each must be in the ring now or in the history
+    const int from = std::min(n, Layout::residual_begin(n));
+    if (from < history_from_ && from >= Layout::kSinkTokens)
+      return "cannot truncate to " + std::to_string(n) + " tokens: tokens from " + std::to_string(from) +
+             " were quantized, and their float copies start at token " + std::to_string(history_from_) +
+             " (the ring holds Residual + 32 tokens, Retention::rollback more)";
+    if (first_page_ > 0) {  // the next query (position n) reads from n - window + 1 on
+      const long long j = static_cast<long long>(n) - keep_.window + 1 - Layout::kSinkTokens;
+      if (j < static_cast<long long>(first_page_) * PageSize)
+        return "cannot truncate to " + std::to_string(n) + " tokens: the window cache has handed back the "
+               "pages of tokens before " + std::to_string(Layout::kSinkTokens + first_page_ * PageSize);
+    }
+    return {};
   }
 
   /// One skv::append whose pages are all held. Keeps the float copies truncate() needs: the ring
