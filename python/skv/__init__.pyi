@@ -37,6 +37,8 @@ class KVCache:
     ) -> None: ...
     def append(self, k: Any, v: Any) -> None:
         """k, v: [n, num_kv_heads, head_dim] float32, float16 or bfloat16 arrays (numpy, torch, DLPack)."""
+    def can_truncate(self, n: int) -> bool:
+        """Whether truncate(n) would succeed."""
     def truncate(self, n: int) -> None:
         """Forgets the tokens after the first n."""
     def decode(self, q: Any, scale: Optional[float] = None, num_threads: int = 0, out: Any = None) -> Any:
