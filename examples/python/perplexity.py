@@ -35,7 +35,7 @@ matrix products are batched (which changes float rounding at the 1e-7 level, the
 configuration).
 
 --hf runs the same loop through Hugging Face transformers instead of numpy: the model is read by
-transformers from the same GGUF file (pip install .[hf] gguf), every configuration is an
+transformers from the same GGUF file (pip install .[hf] gguf accelerate), every configuration is an
 skv.hf.SkvCache with attn_implementation="skv" (fp32: transformers' DynamicCache), and the model is
 fed one token per forward (or --chunk tokens), which is generation itself. Its perplexities agree
 with the numpy loop's within 1e-3 relative (docs/accuracy.md).
@@ -255,12 +255,13 @@ def run_loop(model, ids, rope, make_cache, chunk=1):
 def hf_model(gguf):
     """SmolLM2 through transformers, from the GGUF file, with attn_implementation="skv"."""
     try:
+        import accelerate  # noqa: F401  (transformers reads GGUF files only with gguf and accelerate)
         import torch
         from transformers import AutoModelForCausalLM
 
         import skv.hf  # noqa: F401  (registers "skv")
     except ImportError as e:
-        sys.exit(f"{PROG}: --hf: {e}; pip install .[hf] gguf")
+        sys.exit(f"{PROG}: --hf: {e}; pip install .[hf] gguf accelerate")
     return AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf),
                                                 attn_implementation="skv", dtype=torch.float32).eval()
 
