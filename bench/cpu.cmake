@@ -1,7 +1,8 @@
 # CPU benchmarks (skv_bench_cpu) and the SIMD builds of the CPU fast-path tests.
 #
 # Both are built for the instruction sets the build machine can run (cmake/skv_cpu_simd.cmake);
-# skv_host_tests_scalar (tests/host) covers the portable scalar path.
+# tests/host covers the portable scalar path. Rows keep their own minimum times unless the command
+# line gives --benchmark_min_time (bench/common.hpp).
 include(${PROJECT_SOURCE_DIR}/cmake/skv_cpu_simd.cmake)
 message(STATUS "skv: CPU benchmark / SIMD test flags: ${SKV_CPU_SIMD_FLAGS}")
 

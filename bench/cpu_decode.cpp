@@ -18,6 +18,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include "common.hpp"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -368,7 +370,7 @@ void register_decode(const std::string& cfg) {
         benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bench_decode<W>(s, cfg, ctx, batch, threads); })
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime()
-            ->MinTime(0.2);
+            ->Apply(skv_bench::default_min_time<200>);
       }
     }
   }
@@ -376,7 +378,11 @@ void register_decode(const std::string& cfg) {
 
 }  // namespace
 
+void register_prefill_benchmarks();  // cpu_prefill.cpp
+
 int main(int argc, char** argv) {
+  skv_bench::read_command_line(argc, argv);
+  register_prefill_benchmarks();
   register_decode<DenseWorkload<skv::fp16>>("fp16");
   register_decode<DenseWorkload<float>>("fp32");
   register_decode<QuantWorkload<skv::KVCache<2, 2>>>("k2v2");
@@ -398,7 +404,7 @@ int main(int argc, char** argv) {
       })
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime()
-          ->MinTime(0.2);
+          ->Apply(skv_bench::default_min_time<200>);
     }
   }
 
@@ -407,14 +413,14 @@ int main(int argc, char** argv) {
     benchmark::RegisterBenchmark(("reference/k4v2/ctx:" + std::to_string(ctx)).c_str(),
                                  [=](benchmark::State& s) { bench_reference<skv::KVCache<4, 2>>(s, ctx); })
         ->Unit(benchmark::kMillisecond)
-        ->MinTime(0.5);
+        ->Apply(skv_bench::default_min_time<500>);
     benchmark::RegisterBenchmark(("decode/k4v2/ctx:" + std::to_string(ctx) + "/batch:1/threads:1").c_str(),
                                  [=](benchmark::State& s) {
                                    bench_decode<QuantWorkload<skv::KVCache<4, 2>>>(s, "k4v2", ctx, 1, 1);
                                  })
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime()
-        ->MinTime(0.2);
+        ->Apply(skv_bench::default_min_time<200>);
   }
 
   // a sliding window of 4096 tokens after a 64k-token stream, next to decode/k4v2/ctx:4096 (issue
@@ -427,7 +433,7 @@ int main(int argc, char** argv) {
                                    [=](benchmark::State& s) { bench_window(s, 65536, threads); })
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime()
-          ->MinTime(0.2);
+          ->Apply(skv_bench::default_min_time<200>);
   }
 
   // the cost of the accuracy options at 32k context: rotated queries, fp32 sinks (issue target:
@@ -440,28 +446,28 @@ int main(int argc, char** argv) {
                                    [=](benchmark::State& s) { bench_decode<W>(s, "options/" + cfg, 32768, batch, 1); })
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime()
-          ->MinTime(0.5);
+          ->Apply(skv_bench::default_min_time<500>);
     };
     reg("k4v2", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2>>>{});
     reg("k4v2+rot", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2, 128, skv::RotateKeys>>>{});
     reg("k4v2+rot+sink4", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>>>{});
   }
 
-  benchmark::RegisterBenchmark("memcpy/block_input", bench_memcpy)->MinTime(0.2);
-  benchmark::RegisterBenchmark("append/k4v2+rot/block", bench_append<skv::KVCache<4, 2, 128, skv::RotateKeys>>)->MinTime(0.2);
+  benchmark::RegisterBenchmark("memcpy/block_input", bench_memcpy)->Apply(skv_bench::default_min_time<200>);
+  benchmark::RegisterBenchmark("append/k4v2+rot/block", bench_append<skv::KVCache<4, 2, 128, skv::RotateKeys>>)->Apply(skv_bench::default_min_time<200>);
   benchmark::RegisterBenchmark("append/k4v2+clip/block",
                                bench_append<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>)
-      ->MinTime(0.2);
+      ->Apply(skv_bench::default_min_time<200>);
   benchmark::RegisterBenchmark("append/k4v2+clipvalues/block",
                                bench_append<skv::KVCache<4, 2, 128, skv::ClipValues>>)
-      ->MinTime(0.2);
-  benchmark::RegisterBenchmark("append/k4v2/block/fp16", bench_append<skv::KVCache<4, 2>, skv::fp16>)->MinTime(0.2);
-  benchmark::RegisterBenchmark("append/k4v2/block/bf16", bench_append<skv::KVCache<4, 2>, skv::bf16>)->MinTime(0.2);
-  benchmark::RegisterBenchmark("append/k2v2/block", bench_append<skv::KVCache<2, 2>>)->MinTime(0.2);
-  benchmark::RegisterBenchmark("append/k4v2/block", bench_append<skv::KVCache<4, 2>>)->MinTime(0.2);
-  benchmark::RegisterBenchmark("append/k4v4/block", bench_append<skv::KVCache<4, 4>>)->MinTime(0.2);
-  benchmark::RegisterBenchmark("append/k8v4/block", bench_append<skv::KVCache<8, 4>>)->MinTime(0.2);
-  benchmark::RegisterBenchmark("memcpy/prefill:32768", bench_long_memcpy)->Unit(benchmark::kMillisecond)->MinTime(0.5);
+      ->Apply(skv_bench::default_min_time<200>);
+  benchmark::RegisterBenchmark("append/k4v2/block/fp16", bench_append<skv::KVCache<4, 2>, skv::fp16>)->Apply(skv_bench::default_min_time<200>);
+  benchmark::RegisterBenchmark("append/k4v2/block/bf16", bench_append<skv::KVCache<4, 2>, skv::bf16>)->Apply(skv_bench::default_min_time<200>);
+  benchmark::RegisterBenchmark("append/k2v2/block", bench_append<skv::KVCache<2, 2>>)->Apply(skv_bench::default_min_time<200>);
+  benchmark::RegisterBenchmark("append/k4v2/block", bench_append<skv::KVCache<4, 2>>)->Apply(skv_bench::default_min_time<200>);
+  benchmark::RegisterBenchmark("append/k4v4/block", bench_append<skv::KVCache<4, 4>>)->Apply(skv_bench::default_min_time<200>);
+  benchmark::RegisterBenchmark("append/k8v4/block", bench_append<skv::KVCache<8, 4>>)->Apply(skv_bench::default_min_time<200>);
+  benchmark::RegisterBenchmark("memcpy/prefill:32768", bench_long_memcpy)->Unit(benchmark::kMillisecond)->Apply(skv_bench::default_min_time<500>);
   {
     std::vector<int> thread_counts{1};
     if (all_cores() > 1) thread_counts.push_back(all_cores());
@@ -471,7 +477,7 @@ int main(int argc, char** argv) {
                                    [=](benchmark::State& s) { bench_long_append<skv::KVCache<4, 2>>(s, threads); })
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime()
-          ->MinTime(0.5);
+          ->Apply(skv_bench::default_min_time<500>);
       benchmark::RegisterBenchmark(
           ("append/k4v2+clip" + tail).c_str(),
           [=](benchmark::State& s) {
@@ -479,11 +485,11 @@ int main(int argc, char** argv) {
           })
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime()
-          ->MinTime(0.5);
+          ->Apply(skv_bench::default_min_time<500>);
     }
   }
-  benchmark::RegisterBenchmark("quantize_block/k4v2/fast", bench_quantize_block<skv::KVCache<4, 2>, true>)->MinTime(0.2);
-  benchmark::RegisterBenchmark("quantize_block/k4v2/scalar", bench_quantize_block<skv::KVCache<4, 2>, false>)->MinTime(0.2);
+  benchmark::RegisterBenchmark("quantize_block/k4v2/fast", bench_quantize_block<skv::KVCache<4, 2>, true>)->Apply(skv_bench::default_min_time<200>);
+  benchmark::RegisterBenchmark("quantize_block/k4v2/scalar", bench_quantize_block<skv::KVCache<4, 2>, false>)->Apply(skv_bench::default_min_time<200>);
 
   benchmark::AddCustomContext("simd", skv::simd::simd_name());
   benchmark::AddCustomContext("threads_all", std::to_string(all_cores()));

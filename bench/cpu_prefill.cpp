@@ -9,13 +9,15 @@
 // tokens); chunk 1 is the decode path, for the speculative-verification ratio. Names:
 // prefill/<cfg>/prefix:<p>/chunk:<c>/threads:<t>. Counters: TFLOP_per_s (effective: 4 * head_dim
 // flops per query head and visible token, for QK^T and PV) and tokens_per_s (query tokens per second).
-// The registrations run from a static initializer; main() is in cpu_decode.cpp.
+// main() in cpu_decode.cpp calls register_prefill_benchmarks().
 #include <skv/attention/baseline.hpp>
 #include <skv/attention/cpu_fast.hpp>
 #include <skv/attention/cpu_prefill.hpp>
 #include <skv/skv.hpp>
 
 #include <benchmark/benchmark.h>
+
+#include "common.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -256,21 +258,19 @@ void register_prefill(const std::string& cfg, std::initializer_list<int> chunks)
                                    [=](benchmark::State& s) { bench_prefill<W>(s, cfg, prefix, chunk, threads); })
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime()
-          ->MinTime(0.3);
+          ->Apply(skv_bench::default_min_time<300>);
     }
   }
 }
 
-bool register_all() {
+}  // namespace
+
+void register_prefill_benchmarks() {
   register_prefill<DenseWorkload<skv::fp16>>("fp16", {1, 16, 128, 512});
   register_prefill<DequantWorkload<skv::KVCache<4, 2>>>("k4v2-dequant", {16, 128, 512});
   register_prefill<QuantWorkload<skv::KVCache<4, 2>>>("k4v2", {1, 16, 128, 512});
   register_prefill<QuantWorkload<skv::KVCache<2, 2>>>("k2v2", {16, 128, 512});
   register_prefill<QuantWorkload<skv::KVCache<4, 4>>>("k4v4", {16, 128, 512});
   register_prefill<QuantWorkload<skv::KVCache<8, 4>>>("k8v4", {16, 128, 512});
-  return true;
 }
 
-const bool kRegistered = register_all();
-
-}  // namespace
