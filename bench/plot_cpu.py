@@ -82,7 +82,7 @@ def table(ctx_info, runs, res):
 
     block_mem = next((b for n, b in by_name.items() if n.startswith("memcpy/block_input")), None)
     long_mem = next((b for n, b in by_name.items() if n.startswith("memcpy/prefill:")), None)
-    plain = next((b for n, b in by_name.items() if n.startswith("append/k4v2/block/min_time")), None)
+    plain = next((b for n, b in by_name.items() if n.split("/min_time")[0] == "append/k4v2/block"), None)
     for name, b in by_name.items():
         short = name.split("/min_time")[0]
         if "/prefill:" in name and name.startswith("append/") and long_mem:
