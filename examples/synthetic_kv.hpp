@@ -6,7 +6,7 @@
 //   RoPE at the token's position (base 10000, rotate-half pairing as in Llama). Outliers sit on
 //   low-frequency pairs, where real models put them, so they stay consistent across positions.
 // - Values are zero-mean near-Gaussian with a smaller spread (std 0.5): their energy is ~25x below
-//   the keys', the ratio measured on Llama-class models (ANCHORS.md: 24-44x).
+//   the keys', the ratio measured on Llama-class models (24-44x).
 // - Queries share the keys' outlier and mean directions (as real queries do: that is why those
 //   channels matter) and are RoPE'd at the current position. Their norm is then set so the logits
 //   across tokens have a chosen standard deviation: 3-5 gives the peaked attention of real heads,

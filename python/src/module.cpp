@@ -1,4 +1,4 @@
-// skv._skv: the Python extension. A thin edge over the C++ cache types (DESIGN.md section 7):
+// skv._skv: the Python extension. A thin edge over the C++ cache types (docs/python.md):
 // arrays come in through DLPack / the buffer protocol without copies, are checked for shape, dtype,
 // device and contiguity before any work, the GIL is released around the work, and skv::Error
 // becomes ValueError with the same message.

@@ -1,7 +1,7 @@
 // skv/attention/cpu_fast.hpp: the fast CPU decode attention over a quantized cache (host only).
 //
 // Tiles of up to 64 tokens that never cross a page or a Channel-axis group are processed for all
-// query heads of a KV head at once (docs/cpu.md, DESIGN.md section 4):
+// query heads of a KV head at once (docs/cpu.md, "The work"):
 //   keys, Axis::Channel   scaled query: q'[h][c] = q[h][c] * softmax_scale * s[c] and the bias
 //                         sum_c q'[h][c] * z[c] once per tile, then one FMA per code per head
 //   keys, Axis::Token     codes dequantized once per token (shared by the GQA heads), then a dot

@@ -1,4 +1,4 @@
-// skv/cache/layout.hpp: where every byte of a quantized cache lives (docs/design.md, "Layout").
+// skv/cache/layout.hpp: where every byte of a quantized cache lives (docs/design.md, "Bytes").
 //
 // A page holds PageSize tokens of every KV head: [head 0][head 1]...; one head's block is
 //   [key codes][key scales][key zeros][value codes][value scales][value zeros]

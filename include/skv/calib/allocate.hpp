@@ -5,7 +5,7 @@
 // `size_u` elements and `meta_u` bits of metadata per element (32 / G for fp16 scale + zero). Minimize
 // sum D_u(b_u) subject to sum size_u (b_u + meta_u) <= budget * sum size_u. Lagrange: the continuous
 // optimum is b_u = clip(log_beta_u(w_u alpha_u ln beta_u / lambda), b_min, b_max), the "water level"
-// lambda found by bisection (docs/design.md section 4). Integer widths from the allowed set then start at
+// lambda found by bisection (docs/theory.md, "The allocation rule"). Integer widths from the allowed set then start at
 // the largest allowed width below each b_u and are raised one allowed step at a time, always where
 // the distortion saved per bit spent is largest, while the budget allows; a final exchange pass
 // (one unit down a step, another up) removes what the greedy order left on the table.

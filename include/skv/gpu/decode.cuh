@@ -6,7 +6,7 @@
 // so every cached byte is read once. Tokens go in tiles of 128, 32 per warp; per tile:
 //   1. each warp takes 32 tokens (one key group: Channel-axis key groups span >= 32 tokens):
 //      scaled query q'[h][c] = q[h][c] * s[c] and bias[h] = sum_c q'[h][c] * z[c] for its group,
-//      then one logit per thread from raw key codes (DESIGN.md §4, scaled query); it also stages the
+//      then one logit per thread from raw key codes (the scaled query, docs/cpu.md "The work"); it also stages the
 //      value codes and the per-token value scales / zeros of its 32 tokens in shared memory;
 //   2. one warp per query head: online-softmax update (max, rescale, probabilities, sum; CUB
 //      WarpReduce);

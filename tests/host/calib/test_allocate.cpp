@@ -129,7 +129,7 @@ TEST(Rounding, UsesMeasuredDistortionWhereGiven) {
 
 TEST(TwoUnits, GapIsLogBetaOfTheAlphaRatioRounded) {
   // Minimizing alpha_K beta^-b_K + alpha_V beta^-b_V with b_K + b_V fixed gives
-  // b_K - b_V = log_beta(alpha_K / alpha_V) (docs/design.md section 4); with integer widths the gap is that,
+  // b_K - b_V = log_beta(alpha_K / alpha_V) (docs/theory.md, "The allocation rule"); with integer widths the gap is that,
   // rounded, whenever the total's parity allows it.
   for (double beta : {4.0, 5.3}) {
     for (double ratio : {1.0, 3.0, 7.0, 13.0, 24.0, 44.0, 200.0, 0.2}) {
