@@ -41,21 +41,8 @@ constexpr int kKvHeads = 8;
 constexpr int kQHeads = 32;
 constexpr int kTemplateTokens = 4096;
 
-int all_cores() {
-#if defined(SKV_HAS_OPENMP)
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-std::vector<float> random_floats(std::size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  std::vector<float> x(n);
-  for (auto& v : x) v = g(rng);
-  return x;
-}
+using skv_bench::all_cores;
+using skv_bench::random_floats;
 
 const std::vector<float>& template_keys() {
   static const auto k = random_floats(static_cast<std::size_t>(kTemplateTokens) * kKvHeads * kHeadDim, 1);
@@ -362,9 +349,7 @@ template <class W>
 void register_decode(const std::string& cfg) {
   for (int ctx : {4096, 8192, 32768, 131072}) {
     for (int batch : {1, 8}) {
-      std::vector<int> thread_counts{1};
-      if (all_cores() > 1) thread_counts.push_back(all_cores());
-      for (int threads : thread_counts) {
+      for (int threads : skv_bench::thread_rows()) {
         const std::string name = "decode/" + cfg + "/ctx:" + std::to_string(ctx) + "/batch:" + std::to_string(batch) +
                                  "/threads:" + std::to_string(threads);
         benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& s) { bench_decode<W>(s, cfg, ctx, batch, threads); })
@@ -425,16 +410,12 @@ int main(int argc, char** argv) {
 
   // a sliding window of 4096 tokens after a 64k-token stream, next to decode/k4v2/ctx:4096 (issue
   // target: within 10% of it)
-  {
-    std::vector<int> thread_counts{1};
-    if (all_cores() > 1) thread_counts.push_back(all_cores());
-    for (int threads : thread_counts)
-      benchmark::RegisterBenchmark(("window/k4v2/w:4096/stream:65536/threads:" + std::to_string(threads)).c_str(),
-                                   [=](benchmark::State& s) { bench_window(s, 65536, threads); })
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime()
-          ->Apply(skv_bench::default_min_time<200>);
-  }
+  for (int threads : skv_bench::thread_rows())
+    benchmark::RegisterBenchmark(("window/k4v2/w:4096/stream:65536/threads:" + std::to_string(threads)).c_str(),
+                                 [=](benchmark::State& s) { bench_window(s, 65536, threads); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Apply(skv_bench::default_min_time<200>);
 
   // the cost of the accuracy options at 32k context: rotated queries, fp32 sinks (issue target:
   // rotation within 5% of plain decode time); one thread, plain k4v2 registered next to them
@@ -468,25 +449,21 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("append/k4v4/block", bench_append<skv::KVCache<4, 4>>)->Apply(skv_bench::default_min_time<200>);
   benchmark::RegisterBenchmark("append/k8v4/block", bench_append<skv::KVCache<8, 4>>)->Apply(skv_bench::default_min_time<200>);
   benchmark::RegisterBenchmark("memcpy/prefill:32768", bench_long_memcpy)->Unit(benchmark::kMillisecond)->Apply(skv_bench::default_min_time<500>);
-  {
-    std::vector<int> thread_counts{1};
-    if (all_cores() > 1) thread_counts.push_back(all_cores());
-    for (int threads : thread_counts) {
-      const std::string tail = "/prefill:32768/threads:" + std::to_string(threads);
-      benchmark::RegisterBenchmark(("append/k4v2" + tail).c_str(),
-                                   [=](benchmark::State& s) { bench_long_append<skv::KVCache<4, 2>>(s, threads); })
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime()
-          ->Apply(skv_bench::default_min_time<500>);
-      benchmark::RegisterBenchmark(
-          ("append/k4v2+clip" + tail).c_str(),
-          [=](benchmark::State& s) {
-            bench_long_append<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>(s, threads);
-          })
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime()
-          ->Apply(skv_bench::default_min_time<500>);
-    }
+  for (int threads : skv_bench::thread_rows()) {
+    const std::string tail = "/prefill:32768/threads:" + std::to_string(threads);
+    benchmark::RegisterBenchmark(("append/k4v2" + tail).c_str(),
+                                 [=](benchmark::State& s) { bench_long_append<skv::KVCache<4, 2>>(s, threads); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Apply(skv_bench::default_min_time<500>);
+    benchmark::RegisterBenchmark(
+        ("append/k4v2+clip" + tail).c_str(),
+        [=](benchmark::State& s) {
+          bench_long_append<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>(s, threads);
+        })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Apply(skv_bench::default_min_time<500>);
   }
   benchmark::RegisterBenchmark("quantize_block/k4v2/fast", bench_quantize_block<skv::KVCache<4, 2>, true>)->Apply(skv_bench::default_min_time<200>);
   benchmark::RegisterBenchmark("quantize_block/k4v2/scalar", bench_quantize_block<skv::KVCache<4, 2>, false>)->Apply(skv_bench::default_min_time<200>);

@@ -39,21 +39,8 @@ constexpr int kQHeads = 32;
 constexpr int kTemplateTokens = 4096;
 constexpr float kScale = 0.0883883f;
 
-int all_cores() {
-#if defined(SKV_HAS_OPENMP)
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-std::vector<float> random_floats(std::size_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  std::vector<float> x(n);
-  for (auto& v : x) v = g(rng);
-  return x;
-}
+using skv_bench::all_cores;
+using skv_bench::random_floats;
 
 const std::vector<float>& template_keys() {
   static const auto k = random_floats(static_cast<std::size_t>(kTemplateTokens) * kKvHeads * kHeadDim, 11);
