@@ -199,8 +199,11 @@ class SkvLayer(CacheLayerMixin):
                 raise ValueError(f"skv.hf: layer {self.layer_idx}: crop of {n} positions, but sequence {b} holds "
                                  f"{len(c)} tokens")
             if not c.can_truncate(len(c) - n):
-                raise ValueError(f"skv.hf: layer {self.layer_idx}: sequence {b} cannot take back {n} positions: "
-                                 f"their float copies are gone (SkvCache(rollback=...) keeps more)")
+                try:
+                    c.truncate(len(c) - n)  # refused, changing nothing: raises with skv's reason
+                except ValueError as e:
+                    raise ValueError(f"skv.hf: layer {self.layer_idx}: sequence {b} cannot take back {n} positions: "
+                                     f"{e} (SkvCache(rollback=...) keeps more)") from None
 
     def crop(self, tokens_to_remove: int):
         """Forgets the last -tokens_to_remove positions (transformers passes a count <= 0), which must
