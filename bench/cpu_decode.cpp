@@ -10,7 +10,6 @@
 // bytes, and a 32k-token append (a prefill) on 1 thread and every core against memcpy of its input.
 // window/ rows: decode with a sliding window of 4096 tokens at the end of a 65536-token stream.
 #include <skv/attention/baseline.hpp>
-#include <skv/attention/cpu_fast.hpp>
 #include <skv/attention/decode.hpp>
 #include <skv/cache/quantize_block_fast.hpp>
 #include <skv/dispatch.hpp>

@@ -11,8 +11,7 @@
 // flops per query head and visible token, for QK^T and PV) and tokens_per_s (query tokens per second).
 // main() in cpu_decode.cpp calls register_prefill_benchmarks().
 #include <skv/attention/baseline.hpp>
-#include <skv/attention/cpu_fast.hpp>
-#include <skv/attention/cpu_prefill.hpp>
+#include <skv/attention/prefill.hpp>
 #include <skv/skv.hpp>
 
 #include <benchmark/benchmark.h>
@@ -135,7 +134,7 @@ struct DenseWorkload : Workload {
 template <class Cache>
 struct DequantWorkload : Workload {
   using L = typename Cache::Layout;
-  using F = skv::cpu::detail::FastDecode<L>;
+  using F = skv::cpu::detail::Tiles<L>;
   using KQ = typename L::KeyQuantizer;
   using VQ = typename L::ValueQuantizer;
   static_assert(KQ::kAxis == skv::Axis::Channel && VQ::kAxis == skv::Axis::Token, "the default axes");

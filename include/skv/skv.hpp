@@ -15,8 +15,7 @@
 #include <skv/cache/append.hpp>
 #include <skv/cache/kv_cache.hpp>
 #include <skv/attention/softmax.hpp>
+#include <skv/attention/options.hpp>
 #include <skv/attention/reference.hpp>
-#include <skv/attention/cpu_fast.hpp>
-#include <skv/attention/baseline.hpp>
 #include <skv/attention/decode.hpp>
-#include <skv/attention/cpu_prefill.hpp>
+#include <skv/attention/prefill.hpp>

@@ -1,20 +1,23 @@
-// skv/attention/baseline.hpp: fp16 and fp32 KV caches and their CPU decode attention (host only).
+// skv/attention/baseline.hpp: fp32 and fp16 KV caches and their CPU decode and prefill attention
+// (host only): the baselines the quantized cache is measured against (bench/), never part of
+// skv/skv.hpp.
 //
-// The baselines the quantized fast path is measured against (bench/cpu_decode.cpp): the same
-// driver, tiles, blocked dot / accumulate kernels, exp, threads and sequence splitting as
-// cpu_fast.hpp, reading unquantized rows (fp32 directly, fp16 widened per tile with F16C / AVX-512).
+// They run on the quantized path's driver (attention/detail/schedule.hpp) and kernels
+// (attention/detail/kernels.hpp): the same tiles, exp, threads and splitting, reading unquantized
+// rows (fp32 directly, fp16 widened per tile with F16C / AVX-512), so that a benchmark's ratio
+// measures the cache format and not two different implementations.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
-#include <cstdint>
-#include <cstring>
 #include <string>
 #include <vector>
 
-#include <skv/attention/cpu_kernels.hpp>
-#include <skv/attention/cpu_simd.hpp>
-#include <skv/attention/reference.hpp>
-#include <skv/config.hpp>
+#include <skv/attention/detail/checks.hpp>
+#include <skv/attention/detail/kernels.hpp>
+#include <skv/attention/detail/schedule.hpp>
+#include <skv/attention/detail/simd.hpp>
+#include <skv/attention/options.hpp>
 #include <skv/error.hpp>
 #include <skv/numeric/half.hpp>
 
@@ -119,6 +122,54 @@ struct DenseDecode {
   }
 };
 
+/// The dense (fp32 / fp16) prefill: the same driver, tiles and kernels without quantization.
+template <class T, int D>
+struct DensePrefill {
+  static constexpr int kTile = 64;
+  struct Scratch {
+    std::vector<float> kbuf, vbuf, logits, p, q0;
+    int nh = 0;
+    void ensure(int rows) {
+      if (rows <= nh) return;
+      nh = rows;
+      kbuf.assign(static_cast<std::size_t>(kTile) * D, 0.0f);
+      vbuf.assign(static_cast<std::size_t>(kTile) * D, 0.0f);
+      logits.assign(static_cast<std::size_t>(rows) * kTile, 0.0f);
+      p.assign(static_cast<std::size_t>(rows) * kTile, 0.0f);
+      q0.assign(static_cast<std::size_t>(rows) * D, 0.0f);
+    }
+  };
+
+  static const float* rows_of(const float* x, int, float*) { return x; }
+  static const float* rows_of(const fp16* x, int n, float* buf) {
+    simd::to_f32_row(x, n * D, buf);
+    return buf;
+  }
+
+  static void process(const DenseView<T, D>& view, const float* q, int num_q_heads, float scale, const WorkItem& it,
+                      const CausalRows& cr, ItemState& st, Scratch& sc) {
+    const int all_rows = cr.rows();
+    sc.ensure(all_rows);
+    for (int r = 0; r < all_rows; ++r) {
+      const int token = it.q_end - 1 - r / cr.group;
+      const int head = it.kv_head * cr.group + r % cr.group;
+      const float* src = q + (static_cast<std::size_t>(token) * num_q_heads + head) * D;
+      for (int c = 0; c < D; ++c) sc.q0[static_cast<std::size_t>(r) * D + c] = src[c] * scale;
+    }
+    for (int t = it.begin; t < it.end; t += kTile) {
+      const int n = std::min(kTile, it.end - t);
+      const int rows = cr.rows_seeing(t);
+      if (rows == 0) break;
+      const float* k = rows_of(view.key_row(t, it.kv_head), n, sc.kbuf.data());
+      dot_rows(sc.q0.data(), rows, D, k, D, n, nullptr, sc.logits.data(), kTile);
+      if (cr.needs_mask(t, n, rows)) cr.mask(sc.logits.data(), kTile, t, n, rows);
+      softmax_tile(st, rows, D, sc.logits.data(), kTile, n, sc.p.data());
+      const float* v = rows_of(view.value_row(t, it.kv_head), n, sc.vbuf.data());
+      acc_rows(st.acc, rows, D, sc.p.data(), kTile, 1, D, v, D, n);
+    }
+  }
+};
+
 }  // namespace detail
 
 /// Decode attention over dense caches for a batch: q and out are [batch][num_q_heads][HeadDim].
@@ -127,25 +178,25 @@ void decode_attention_batch(const DenseView<T, D>* views, int batch, const float
                             float scale, const DecodeOptions& opt = DecodeOptions{}) {
   skv::detail::require(batch >= 0 && (batch == 0 || (views && q && out)), "decode_attention_batch: bad arguments");
   detail::check_window(opt.window, "decode_attention");
-  std::vector<int> lengths(static_cast<std::size_t>(batch)), starts(lengths.size()), heads(lengths.size());
-  for (int b = 0; b < batch; ++b) {
-    skv::detail::require(views[b].num_kv_heads > 0 && num_q_heads > 0 && num_q_heads % views[b].num_kv_heads == 0,
-                         "decode_attention: num_q_heads must be a positive multiple of the KV heads");
-    skv::detail::require(views[b].length >= 0 && views[b].length <= views[b].capacity,
-                         "decode_attention: view length exceeds its capacity");
-    lengths[b] = views[b].length;
-    starts[b] = detail::window_start(lengths[b] - 1, opt.window);
-    heads[b] = views[b].num_kv_heads;
-  }
   if (batch == 0) return;
   const std::size_t stride = static_cast<std::size_t>(num_q_heads) * D;
+  std::vector<detail::SequenceWork> seqs(static_cast<std::size_t>(batch));
+  for (int b = 0; b < batch; ++b) {
+    detail::check_queries<D, void>(views[b].num_kv_heads, views[b].length, views[b].capacity, q + b * stride, 1,
+                                   num_q_heads, out + b * stride, scale, "decode_attention");
+    seqs[b] = detail::SequenceWork{views[b].length, views[b].num_kv_heads, 1, b};
+  }
   using F = detail::DenseDecode<T, D>;
-  detail::run_decode<typename F::Scratch>(
-      batch, lengths.data(), starts.data(), 0, heads.data(), num_q_heads, D, F::kTile, opt, out,
-      [&](const detail::WorkItem& it, detail::ItemState& st, typename F::Scratch& sc) {
-        const int nh = num_q_heads / heads[it.seq];
-        F::process(views[it.seq], q + it.seq * stride + static_cast<std::size_t>(it.q_head) * D, scale, it.kv_head,
-                   it.begin, it.end, nh, st, sc);
+  detail::Schedule s;
+  s.num_threads = opt.num_threads;
+  s.split_tokens = opt.split_tokens;
+  s.window = opt.window;
+  s.tile = F::kTile;
+  detail::run_attention<typename F::Scratch, true>(
+      seqs, num_q_heads, D, s, "decode_attention", out,
+      [&](const detail::WorkItem& it, const detail::CausalRows& cr, detail::ItemState& st, typename F::Scratch& sc) {
+        F::process(views[it.seq], q + it.seq * stride + static_cast<std::size_t>(it.kv_head) * cr.group * D, scale,
+                   it.kv_head, it.begin, it.end, cr.group, st, sc);
       });
 }
 
@@ -154,6 +205,44 @@ template <class T, int D>
 void decode_attention(const DenseView<T, D>& view, const float* q, int num_q_heads, float* out, float scale,
                       const DecodeOptions& opt = DecodeOptions{}) {
   decode_attention_batch(&view, 1, q, num_q_heads, out, scale, opt);
+}
+
+/// Prefill attention over dense (fp32 / fp16) caches for a batch, with the same driver, tiles and
+/// kernels as the quantized path: the baseline of bench/cpu_prefill.cpp.
+template <class T, int D>
+void prefill_attention_batch(const DenseView<T, D>* views, int batch, const int* q_indptr, const float* q,
+                             int num_q_heads, float* out, float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  skv::detail::require(batch >= 0, "prefill_attention_batch: batch must not be negative");
+  if (batch == 0) return;
+  skv::detail::require(views != nullptr, "prefill_attention_batch: views must not be null");
+  const std::vector<int> counts = detail::prefill_counts(batch, q_indptr, "prefill_attention_batch");
+  std::vector<detail::SequenceWork> seqs(static_cast<std::size_t>(batch));
+  const std::size_t row = static_cast<std::size_t>(num_q_heads) * D;
+  for (int b = 0; b < batch; ++b) {
+    detail::check_prefill_queries<D, void>(views[b].num_kv_heads, views[b].length, views[b].capacity,
+                                           q ? q + q_indptr[b] * row : nullptr, counts[b], num_q_heads,
+                                           out ? out + q_indptr[b] * row : nullptr, scale, "prefill_attention_batch");
+    seqs[b] = detail::SequenceWork{views[b].length, views[b].num_kv_heads, counts[b], q_indptr[b]};
+  }
+  using P = detail::DensePrefill<T, D>;
+  detail::Schedule s;
+  s.num_threads = opt.num_threads;
+  s.split_tokens = opt.split_tokens;
+  s.query_rows = opt.query_rows;
+  s.window = opt.window;
+  s.tile = P::kTile;
+  detail::run_attention<typename P::Scratch, false>(
+      seqs, num_q_heads, D, s, "prefill_attention", out,
+      [&](const detail::WorkItem& it, const detail::CausalRows& cr, detail::ItemState& st, typename P::Scratch& sc) {
+        P::process(views[it.seq], q + q_indptr[it.seq] * row, num_q_heads, scale, it, cr, st, sc);
+      });
+}
+
+template <class T, int D>
+void prefill_attention(const DenseView<T, D>& view, const float* q, int num_q_tokens, int num_q_heads, float* out,
+                       float scale, const PrefillOptions& opt = PrefillOptions{}) {
+  const int q_indptr[2] = {0, num_q_tokens};
+  prefill_attention_batch(&view, 1, q_indptr, q, num_q_heads, out, scale, opt);
 }
 
 }  // namespace cpu

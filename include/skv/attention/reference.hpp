@@ -1,4 +1,5 @@
-// skv/attention/reference.hpp: the reference decode attention over a quantized cache (host).
+// skv/attention/reference.hpp: the reference decode and prefill attention over a quantized cache
+// (host).
 //
 // The oracle the fast CPU path and the CUDA kernels are tested against: plain loops, double
 // accumulation, and the one shared dequantization function (SequenceView::key / value ->
@@ -16,7 +17,9 @@
 #include <type_traits>
 #include <vector>
 
+#include <skv/attention/detail/checks.hpp>
 #include <skv/attention/softmax.hpp>
+#include <skv/cache/kv_cache.hpp>
 #include <skv/cache/view.hpp>
 #include <skv/error.hpp>
 #include <skv/numeric/half.hpp>
@@ -26,58 +29,6 @@ namespace skv {
 namespace cpu {
 
 namespace detail {
-
-/// Largest |q[c] * scale| the fast paths accept: they fold the scale into the query in float, and
-/// with keys of magnitude at most MaxKey a logit then stays below FLT_MAX / 2. Dequantized keys stay
-/// within twice the largest accepted input (Quantizer::kMaxInput): 65504 with fp16 key scales.
-template <int HeadDim, class KeyQ = void>
-constexpr double kMaxScaledQuery = 1.7e38 / (2.0 * static_cast<double>(KeyQ::kMaxInput) * HeadDim);
-/// Dense keys (the baselines): fp16 range.
-template <int HeadDim>
-constexpr double kMaxScaledQuery<HeadDim, void> = 1.7e38 / (65504.0 * HeadDim);
-
-/// First token a query at position `pos` sees with a window of `window` tokens (0: the whole cache);
-/// sinks kept by keep_sinks aside.
-inline int window_start(int pos, int window) { return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0; }
-
-/// Checks a window argument (`what` names the caller).
-inline void check_window(int window, const char* what) {
-  skv::detail::require(window >= 0, std::string(what) + ": the window must not be negative (" +
-                                        std::to_string(window) + "; 0 attends to every token)");
-}
-
-/// Validates one decode call over `view`, which reads tokens from first_token on (a window's start).
-template <class Layout, class T>
-void check_attention_args(const SequenceView<Layout>& view, const T* q, int num_q_heads, const T* out, float scale,
-                          int first_token = 0) {
-  static_assert(std::is_same<T, float>::value || std::is_same<T, fp16>::value || std::is_same<T, bf16>::value,
-                "skv decode: queries and outputs must be float, skv::fp16 or skv::bf16");
-  using skv::detail::require;
-  require(q != nullptr && out != nullptr, "decode_attention: q and out must not be null");
-  require(view.num_kv_heads > 0, "decode_attention: the cache has no KV heads");
-  require(num_q_heads > 0 && num_q_heads % view.num_kv_heads == 0,
-          "decode_attention: num_q_heads (" + std::to_string(num_q_heads) + ") must be a positive multiple of the " +
-              std::to_string(view.num_kv_heads) + " KV heads");
-  require(std::isfinite(scale), "decode_attention: the softmax scale must be finite");
-  require(view.length >= 0 && view.length <= view.capacity(), "decode_attention: view length exceeds its capacity");
-  require(view.length == 0 || view.residual != nullptr, "decode_attention: the sequence view has a null pointer");
-  require(view.quantized_length() == 0 || view.pages != nullptr, "decode_attention: the sequence view has a null pointer");
-  skv::detail::check_read_pages(view, first_token, "decode_attention");  // O(pages): an error, not a crash
-  const std::size_t n = static_cast<std::size_t>(num_q_heads) * Layout::kHeadDim;
-  float qmax = 0.0f;
-  for (std::size_t i = 0; i < n; ++i) {
-    const float qi = to_float(q[i]);
-    require(std::isfinite(qi), "decode_attention: q has a NaN or Inf at head " +
-                                     std::to_string(i / Layout::kHeadDim) + ", dim " +
-                                     std::to_string(i % Layout::kHeadDim));
-    qmax = std::max(qmax, std::fabs(qi));
-  }
-  constexpr double kMax = kMaxScaledQuery<Layout::kHeadDim, typename Layout::KeyQuantizer>;
-  require(static_cast<double>(qmax) * std::fabs(static_cast<double>(scale)) <= kMax,
-          "decode_attention: softmax scale " + skv::detail::number(scale) + " times max |q| " +
-              skv::detail::number(qmax) + " exceeds " + skv::detail::number(kMax) +
-              ": the logits could overflow float");
-}
 
 /// Softmax state of query head `qh` over tokens [begin, end), in double; with a window start `from`,
 /// only tokens below `kept` (kept sinks) or from `from` on.
@@ -111,10 +62,9 @@ constexpr float default_scale() {
 template <class Layout>
 void decode_attention_reference(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out,
                                 float scale, int window = 0, bool keep_sinks = false) {
-  detail::check_window(window, "decode_attention_reference");
+  detail::check_decode(view, q, num_q_heads, out, scale, window, "decode_attention_reference");
   const int from = detail::window_start(view.length - 1, window);
   const int kept = keep_sinks ? Layout::kSinkTokens : 0;
-  detail::check_attention_args(view, q, num_q_heads, out, scale, from);
   const std::vector<float> qr = to_key_basis<Layout>(q, static_cast<std::size_t>(num_q_heads));
   const int group = num_q_heads / view.num_kv_heads;
   for (int h = 0; h < num_q_heads; ++h) {
@@ -128,7 +78,7 @@ void decode_attention_reference(const SequenceView<Layout>& view, const float* q
 template <class Layout>
 void decode_attention_chunked(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out,
                               float scale, int chunk_tokens) {
-  detail::check_attention_args(view, q, num_q_heads, out, scale);
+  detail::check_decode(view, q, num_q_heads, out, scale, 0, "decode_attention_chunked");
   skv::detail::require(chunk_tokens > 0, "decode_attention_chunked: chunk_tokens must be positive");
   const std::vector<float> qr = to_key_basis<Layout>(q, static_cast<std::size_t>(num_q_heads));
   const int group = num_q_heads / view.num_kv_heads;
@@ -140,6 +90,75 @@ void decode_attention_chunked(const SequenceView<Layout>& view, const float* q, 
     }
     total.finish(out + static_cast<std::size_t>(h) * Layout::kHeadDim);
   }
+}
+
+/// The decode reference for a whole cache, with the cache's window.
+template <class KeyQ, class ValueQ, int D, int P, int R, class O>
+void decode_attention_reference(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_heads,
+                                float* out, float scale, bool keep_sinks = false) {
+  decode_attention_reference(cache.view(), q, num_q_heads, out, scale, cache.window(), keep_sinks);
+}
+
+/// Reference prefill attention in double (the oracle): q and out are [num_q_tokens][num_q_heads][D];
+/// query i (position p = length - num_q_tokens + i) attends to tokens [0, p], or with window > 0 to
+/// (p - window, p] (and the sinks with keep_sinks). Each KV head is dequantized once through the
+/// shared decode function (SequenceView::key / value), then plain loops.
+template <class Layout>
+void prefill_attention_reference(const SequenceView<Layout>& view, const float* q, int num_q_tokens, int num_q_heads,
+                                 float* out, float scale, int window = 0, bool keep_sinks = false) {
+  constexpr int D = Layout::kHeadDim;
+  detail::check_prefill(view, q, num_q_tokens, num_q_heads, out, scale, window, "prefill_attention_reference");
+  if (num_q_tokens == 0) return;
+  const int length = view.length;
+  const int group = num_q_heads / view.num_kv_heads;
+  const int kept = keep_sinks ? Layout::kSinkTokens : 0;
+  const int first = detail::window_start(length - num_q_tokens, window);  // the earliest token read
+  const std::vector<float> qr = to_key_basis<Layout>(q, static_cast<std::size_t>(num_q_tokens) * num_q_heads);
+  std::vector<double> k(static_cast<std::size_t>(length) * D), v(k.size()), logit(static_cast<std::size_t>(length));
+  std::vector<double> acc(D);
+  const auto seen = [&](int t, int pos) { return t >= detail::window_start(pos, window) || t < kept; };
+  for (int kv = 0; kv < view.num_kv_heads; ++kv) {
+    for (int t = 0; t < length; ++t) {
+      if (t < first && t >= kept) continue;  // never seen (its page may be gone)
+      for (int c = 0; c < D; ++c) {
+        k[static_cast<std::size_t>(t) * D + c] = view.key(t, kv, c);
+        v[static_cast<std::size_t>(t) * D + c] = view.value(t, kv, c);
+      }
+    }
+    for (int i = 0; i < num_q_tokens; ++i) {
+      const int pos = length - num_q_tokens + i;
+      const int visible = pos + 1;
+      for (int g = 0; g < group; ++g) {
+        const int head = kv * group + g;
+        const float* qv = qr.data() + (static_cast<std::size_t>(i) * num_q_heads + head) * D;
+        double m = -HUGE_VAL;
+        for (int t = 0; t < visible; ++t) {
+          if (!seen(t, pos)) continue;
+          double dot = 0.0;
+          for (int c = 0; c < D; ++c) dot += static_cast<double>(qv[c]) * k[static_cast<std::size_t>(t) * D + c];
+          logit[t] = dot * scale;
+          m = std::max(m, logit[t]);
+        }
+        double l = 0.0;
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int t = 0; t < visible; ++t) {
+          if (!seen(t, pos)) continue;
+          const double p = std::exp(logit[t] - m);
+          l += p;
+          for (int c = 0; c < D; ++c) acc[c] += p * v[static_cast<std::size_t>(t) * D + c];
+        }
+        float* o = out + (static_cast<std::size_t>(i) * num_q_heads + head) * D;
+        for (int c = 0; c < D; ++c) o[c] = static_cast<float>(acc[c] / l);
+      }
+    }
+  }
+}
+
+/// The reference for a whole cache, with the cache's window (0 for a cache without one).
+template <class KeyQ, class ValueQ, int D, int P, int R, class O>
+void prefill_attention_reference(const BasicKVCache<KeyQ, ValueQ, D, P, R, O>& cache, const float* q, int num_q_tokens,
+                                 int num_q_heads, float* out, float scale, bool keep_sinks = false) {
+  prefill_attention_reference(cache.view(), q, num_q_tokens, num_q_heads, out, scale, cache.window(), keep_sinks);
 }
 
 }  // namespace cpu

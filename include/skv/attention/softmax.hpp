@@ -46,6 +46,14 @@ SKV_HOST_DEVICE SKV_FORCEINLINE MergeFactors<T> merge_factors(const SoftmaxStats
   return {m, detail::exp_of(a.max - m), detail::exp_of(b.max - m)};
 }
 
+/// Factor that puts a partial state onto a common maximum `max` (at least part.max): the n-way form
+/// of merge_factors, for merging many parts at once (the CPU driver: find the largest maximum of the
+/// non-empty parts, then sum each part times its factor). An empty part gets 0.
+template <class T>
+SKV_HOST_DEVICE SKV_FORCEINLINE T rescale_factor(const SoftmaxStats<T>& part, T max) {
+  return part.empty() ? T(0) : detail::exp_of(part.max - max);
+}
+
 /// Online softmax over a head of D channels: add tokens one at a time, merge partial states,
 /// finish to the normalised output.
 template <class T, int D>

@@ -11,7 +11,7 @@
 // `window` tokens can still read: pages lying wholly before the window are handed back and reused,
 // so a stream of any length holds at most (window + max_chunk - 2) / PageSize + 2 pages
 // (ceil(window / PageSize) + 2 for the default max_chunk of one page). Attention on it uses the
-// window (decode.hpp, cpu_prefill.hpp); a chunk of more than max_chunk queries may find the first
+// window (attention/decode.hpp, attention/prefill.hpp); a chunk of more than max_chunk queries may find the first
 // queries' tokens handed back (an skv::Error), so attend to long prompts in chunks of max_chunk.
 #pragma once
 

@@ -4,7 +4,7 @@
 // definition: the same Quantizer::fit per group, then every code from the stored parameters with
 // the same float operations (x / scale, + 0.5, floor, + zero, clamp), only many lanes at a time.
 // Min / max may differ from the scalar loop in the sign of a zero, which fit() never sees
-// (tests/host/test_cpu_fast.cpp compares the bytes for every width, axis, scheme and scale type).
+// (tests/host/test_decode.cpp compares the bytes for every width, axis, scheme and scale type).
 // Codes are packed eight at a time into Bits bytes by folding a 64-bit word.
 #pragma once
 

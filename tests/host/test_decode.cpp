@@ -2,7 +2,6 @@
 // reference for every bit width, axis, GQA group, length and thread count, the fast block quantizer
 // writes the same bytes as skv::quantize_rows, and the fp16 / fp32 baselines are exact attention.
 #include <skv/attention/baseline.hpp>
-#include <skv/attention/cpu_fast.hpp>
 #include <skv/attention/decode.hpp>
 #include <skv/cache/quantize_block_fast.hpp>
 #include <skv/skv.hpp>
@@ -20,7 +19,7 @@
 #include <thread>
 #include <vector>
 
-namespace test_cpu_fast {
+namespace test_decode {
 
 using skv_test::random_floats;
 
@@ -623,4 +622,4 @@ TEST(CpuFast, Fp16BaselineIsExactAttentionOverFp16Values) {
   check_baseline<skv::fp16>(3, 8, 0, 6);
 }
 
-}  // namespace test_cpu_fast
+}  // namespace test_decode

@@ -1,4 +1,4 @@
-// skv/attention/cpu_simd.hpp: the vector primitives of the CPU fast path (host only, not public API).
+// skv/attention/detail/simd.hpp: the vector primitives of the CPU attention (host only, not public API).
 //
 // The float vector `Vec` (numeric/simd.hpp, brought into this namespace), exp, and unpacking.
 //
@@ -7,7 +7,7 @@
 // 16-bit slot the two bytes its code can span, a per-slot right shift and a mask leave the code
 // (AVX-512BW has a variable 16-bit shift; AVX2 multiplies by 2^(7-shift) and shifts right by 7).
 // Loads are masked, so nothing past a row's last code byte is read. The result equals
-// skv::unpack_code exactly (tests/host/test_cpu_fast.cpp checks every width with ==).
+// skv::unpack_code exactly (tests/host/test_decode.cpp checks every width with ==).
 #pragma once
 
 #include <cmath>

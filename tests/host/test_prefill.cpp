@@ -3,9 +3,8 @@
 // option and axis, GQA 1/4/8, threads, splits and query blocks; one query equals decode; a chunk
 // equals decoding its tokens one by one within a bound derived from the blocks the chunk completed;
 // a reused prefix (shared pages) gives the same result; batches; bad input; the dense baselines.
-// (Named test_cpu_fast_* so that bench/cpu.cmake builds it for every SIMD level that runs here.)
 #include <skv/attention/baseline.hpp>
-#include <skv/attention/cpu_prefill.hpp>
+#include <skv/attention/prefill.hpp>
 #include <skv/attention/decode.hpp>
 #include <skv/skv.hpp>
 

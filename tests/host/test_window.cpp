@@ -3,8 +3,8 @@
 // 5000 tokens, chunks straddling the window's and the groups' edges, GQA 1, 4 and 8, every option,
 // kept or hidden sinks); window caches that hand pages back (memory constant over 100,000 tokens,
 // token by token equal to an unbounded cache decoded with the same window, long appends, rollback);
-// and the errors. (Named test_cpu_fast_* so that bench/cpu.cmake builds it for every SIMD level.)
-#include <skv/attention/cpu_prefill.hpp>
+// and the errors.
+#include <skv/attention/prefill.hpp>
 #include <skv/attention/decode.hpp>
 #include <skv/skv.hpp>
 

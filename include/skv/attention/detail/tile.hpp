@@ -1,25 +1,20 @@
-// skv/attention/cpu_fast.hpp: the fast CPU decode attention over a quantized cache (host only).
+// skv/attention/detail/tile.hpp: the tile kernels of the CPU attention over a quantized cache (host
+// only, not public API): logits, online softmax and values for any number of query rows (decode:
+// the GQA heads of one KV head; prefill: query tokens x heads) over one tile of tokens.
 //
-// Tiles of up to 64 tokens that never cross a page or a Channel-axis group are processed for all
-// query heads of a KV head at once (docs/cpu.md, "The work"):
-//   keys, Axis::Channel   scaled query: q'[h][c] = q[h][c] * softmax_scale * s[c] and the bias
-//                         sum_c q'[h][c] * z[c] once per tile, then one FMA per code per head
-//   keys, Axis::Token     codes dequantized once per token (shared by the GQA heads), then a dot
+// Tiles of up to 64 tokens never cross a page or a Channel-axis group (docs/cpu.md, "The work"):
+//   keys, Axis::Channel   scaled query: q'[r][c] = q[r][c] * softmax_scale * s[c] and the bias
+//                         sum_c q'[r][c] * z[c] once per tile, then one FMA per code per row
+//                         (AVX-512: integer dots on a 16-bit + 8-bit split of q')
+//   keys, Axis::Token     codes dequantized once per token (shared by the rows), then a dot
 //   values, Axis::Token   folded probabilities: w = p * s once per token and group, one FMA per code
-//                         per head, the zero term subtracted once per tile (groups narrower than a
-//                         vector are dequantized once per token instead)
+//                         per row, the zero term subtracted once per tile (groups narrower than a
+//                         vector are dequantized once per token instead; AVX-512: 16-bit weights,
+//                         exact int32 sums)
 //   values, Axis::Channel sum_t p[t] * code[t][c] per tile, then scaled and shifted once per tile
 //   sinks, residual window full-precision rows, same dot / accumulate kernels
-//   rotated keys          the scaled query is rotated once per work item (O(D log D) per head)
-// Codes are unpacked with AVX-512 / AVX2 shuffles (cpu_simd.hpp) into a float tile in L1.
-//
-// Tolerance against decode_attention_reference (double accumulation): float arithmetic in a
-// different order and a polynomial exp; with AVX-512, Channel-axis keys also round the scaled query
-// to a 16-bit high and an 8-bit low part for integer dot products, and Token-axis values round the
-// folded weights to 16 bits. tests/host/test_cpu_fast.cpp asserts
-// |fast - reference| <= kFastTolerance * (1 + max |value|) per output element, also on keys with
-// offset channels and logits spread over tens: 2e-5 for the scalar and AVX2 paths, 1e-4 with
-// AVX-512 integer keys (measured: 6e-5 on offset channels).
+//   rotated keys          the query is rotated once per work item (O(D log D) per row)
+// Codes are unpacked with AVX-512 / AVX2 shuffles (detail/simd.hpp) into a tile in L1.
 #pragma once
 
 #include <algorithm>
@@ -27,38 +22,33 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <type_traits>
 #include <vector>
 
-#include <skv/attention/cpu_kernels.hpp>
-#include <skv/attention/cpu_simd.hpp>
-#include <skv/attention/reference.hpp>
+#include <skv/attention/detail/kernels.hpp>
+#include <skv/attention/detail/simd.hpp>
+#include <skv/attention/detail/x86/avx512_dots.hpp>
 #include <skv/cache/layout.hpp>
 #include <skv/cache/view.hpp>
 #include <skv/config.hpp>
-#include <skv/error.hpp>
 #include <skv/numeric/half.hpp>
 #include <skv/quant/quantizer.hpp>
 #include <skv/quant/rotation.hpp>
 
 namespace skv {
 namespace cpu {
-
-/// Documented accuracy of the fast path relative to the reference (see the top of this file).
-#if defined(SKV_HAS_AVX512)
-constexpr float kFastTolerance = 1e-4f;
-#else
-constexpr float kFastTolerance = 2e-5f;
-#endif
-
 namespace detail {
+
+/// A mask that hides nothing: every row sees every token of the tile (decode).
+struct NoMask {
+  void operator()(float*, int, int, int, int) const {}
+};
 
 constexpr int min_int(int a, int b) { return a < b ? a : b; }
 
-/// The fast decode for one cache configuration.
+/// The tile kernels for one cache configuration.
 template <class Layout>
-struct FastDecode {
+struct Tiles {
   using KQ = typename Layout::KeyQuantizer;
   using VQ = typename Layout::ValueQuantizer;
   static constexpr int kD = Layout::kHeadDim;
@@ -266,7 +256,7 @@ struct FastDecode {
   /// Axis::Token values (group size a multiple of 32) with integer accumulation. Per head and tile,
   /// the folded weights w[t][j] = p[t] * s[t][j] are rounded to 16 bits relative to their maximum,
   /// wi = round(w * 32767 / max w), and sum_t wi[t][j] * code[t][c] is accumulated exactly in int32
-  /// (token pairs per vpdpwssd, cpu_kernels.hpp). The zero points are subtracted exactly
+  /// (token pairs per vpdpwssd, detail/x86/avx512_dots.hpp). The zero points are subtracted exactly
   /// (Z[j] = sum_t wi[t][j] * z[t][j] in int64) and the result scaled back once per tile:
   /// acc[c] += (A[c] - Z[j]) * max w / 32767. The only new error is the rounding of the weights,
   /// |w - wi * max w / 32767| <= max w / 65534 (docs/cpu.md, "Tolerance").
@@ -424,33 +414,27 @@ struct FastDecode {
     }
   }
 
-  /// Quantized indices [j, j + n) of KV head h (within one tile).
-  static void quantized_tile(const SequenceView<Layout>& view, int h, int j, int n, int nh, ItemState& st,
-                             Scratch& sc) {
+
+  /// Logits of rows [0, rows) for quantized indices [j, j + n) (one tile) into sc.logits
+  /// ([rows][kTile]); sc.q0 holds the rows' queries (scaled, rotated).
+  static void key_logits(const SequenceView<Layout>& view, int h, int j, int n, int rows, Scratch& sc) {
     const int slot = j % kPage;
     const auto kb = view.keys(j, h);
-    const auto vb = view.values(j, h);
     float* kbuf = sc.kbuf.data();
-    float* logits = sc.logits.data();
-    float* p = sc.p.data();
-
-    // ---- logits
     if (KQ::kAxis == Axis::Channel) {
       float* s = sc.ms.data();
       float* z = sc.mz.data();
       load_meta<KQ>(kb.scales(), kb.zeros(), (slot / KQ::kGroupSize) * kD, kD, s, z);
 #if defined(SKV_HAS_AVX512)
       if (kIntKeys) {
-        integer_key_logits(kb, slot, n, nh, s, z, sc);
-        softmax_tile(st, nh, kD, logits, kTile, n, p);
-        values_tile(vb, slot, n, nh, st, sc);
+        integer_key_logits(kb, slot, n, rows, s, z, sc);
         return;
       }
 #endif
       unpack_tile<KQ::kBits>(kb, slot, n, kbuf);
-      for (int q = 0; q < nh; ++q) {
-        const float* q0 = sc.q0.data() + static_cast<std::size_t>(q) * kD;
-        float* qs = sc.qs.data() + static_cast<std::size_t>(q) * kD;
+      for (int r = 0; r < rows; ++r) {
+        const float* q0 = sc.q0.data() + static_cast<std::size_t>(r) * kD;
+        float* qs = sc.qs.data() + static_cast<std::size_t>(r) * kD;
         Vec b = vzero();
         int c = 0;
         for (; c + kVecWidth <= kD; c += kVecWidth) {
@@ -463,160 +447,54 @@ struct FastDecode {
           qs[c] = q0[c] * s[c];
           bias += qs[c] * z[c];
         }
-        sc.bias[q] = bias;
+        sc.bias[r] = bias;
       }
-      dot_rows(sc.qs.data(), nh, kD, kbuf, kD, n, sc.bias.data(), logits, kTile);
+      dot_rows(sc.qs.data(), rows, kD, kbuf, kD, n, sc.bias.data(), sc.logits.data(), kTile);
     } else {
       unpack_tile<KQ::kBits>(kb, slot, n, kbuf);
       dequantize_token_rows<KQ>(kb, slot, n, kbuf, sc.ms.data(), sc.mz.data());
-      dot_rows(sc.q0.data(), nh, kD, kbuf, kD, n, nullptr, logits, kTile);
+      dot_rows(sc.q0.data(), rows, kD, kbuf, kD, n, nullptr, sc.logits.data(), kTile);
     }
-    softmax_tile(st, nh, kD, logits, kTile, n, p);
-
-    values_tile(vb, slot, n, nh, st, sc);
   }
 
-  /// Tokens [t, t + n) of KV head h in full precision: sinks (all below kSinkTokens) or ring tokens.
-  static void full_precision_tile(const SequenceView<Layout>& view, int h, int t, int n, int nh, ItemState& st,
-                                  Scratch& sc, bool sinks) {
+  /// Quantized indices [j, j + n) of KV head h (within one tile) for rows [0, rows): logits,
+  /// mask(logits, ldl, first token, n, rows) to hide what some rows do not see, softmax, values.
+  template <class Mask>
+  static void quantized_tile(const SequenceView<Layout>& view, int h, int j, int n, int rows, ItemState& st,
+                             Scratch& sc, const Mask& mask) {
+    key_logits(view, h, j, n, rows, sc);
+    mask(sc.logits.data(), kTile, Layout::kSinkTokens + j, n, rows);
+    softmax_tile(st, rows, kD, sc.logits.data(), kTile, n, sc.p.data());
+    values_tile(view.values(j, h), j % kPage, n, rows, st, sc);
+  }
+
+  /// Tokens [t, t + n) of KV head h in full precision, sinks (all below kSinkTokens) or ring
+  /// tokens, for rows [0, rows), masked like quantized_tile.
+  template <class Mask>
+  static void full_precision_tile(const SequenceView<Layout>& view, int h, int t, int n, int rows, ItemState& st,
+                                  Scratch& sc, bool sinks, const Mask& mask) {
     for (int i = 0; i < n; ++i) {
       const float* k = sinks ? view.sink_key(t + i, h) : view.residual_key(t + i, h);
       const float* v = sinks ? view.sink_value(t + i, h) : view.residual_value(t + i, h);
       std::memcpy(sc.kbuf.data() + static_cast<std::size_t>(i) * kD, k, sizeof(float) * kD);
       std::memcpy(sc.vbuf.data() + static_cast<std::size_t>(i) * kD, v, sizeof(float) * kD);
     }
-    dot_rows(sc.q0.data(), nh, kD, sc.kbuf.data(), kD, n, nullptr, sc.logits.data(), kTile);
-    softmax_tile(st, nh, kD, sc.logits.data(), kTile, n, sc.p.data());
-    acc_rows(st.acc, nh, kD, sc.p.data(), kTile, 1, kD, sc.vbuf.data(), kD, n);
+    dot_rows(sc.q0.data(), rows, kD, sc.kbuf.data(), kD, n, nullptr, sc.logits.data(), kTile);
+    mask(sc.logits.data(), kTile, t, n, rows);
+    softmax_tile(st, rows, kD, sc.logits.data(), kTile, n, sc.p.data());
+    acc_rows(st.acc, rows, kD, sc.p.data(), kTile, 1, kD, sc.vbuf.data(), kD, n);
   }
 
-  /// Asks for `bytes` from p into the cache, one request per 64-byte line.
-  static void prefetch_block(const std::uint8_t* p, std::size_t bytes) {
-#if defined(__GNUC__) || defined(__clang__)
-    for (std::size_t i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 3);
-#else
-    (void)p;
-    (void)bytes;
-#endif
-  }
-
-  /// One work item: q is [nh][kD] (the query heads of KV head `h`), tokens [begin, end) in order:
-  /// sinks, then quantized tokens (quantized index j = token - kSinkTokens), then the ring.
+  /// One query row for the tiles: widened to float (exactly), times the softmax scale, and rotated
+  /// into the keys' basis with rotated keys.
   template <class T>
-  static void process(const SequenceView<Layout>& view, const T* q, float scale, int h, int begin, int end, int nh,
-                      ItemState& st, Scratch& sc) {
-    constexpr int kSinks = Layout::kSinkTokens;
-    sc.ensure(nh);
-    const int q_floats = nh * kD;
-    if constexpr (!std::is_same<T, float>::value) {
-      simd::to_f32_row(q, q_floats, sc.q0.data());  // widened exactly, in the vector loads
-      for (int i = 0; i < q_floats; ++i) sc.q0[i] *= scale;
-    } else {
-      for (int i = 0; i < q_floats; ++i) sc.q0[i] = q[i] * scale;
-    }
-    if constexpr (Layout::kRotateKeys) {  // the query in the rotated keys' basis, while it is in L1 anyway
-      for (int i = 0; i < nh; ++i)
-        HadamardRotation<kD, Layout::kRotationSeed>::apply(sc.q0.data() + static_cast<std::size_t>(i) * kD);
-    }
-    int t = begin;
-    for (const int e = std::min(end, view.sink_length()); t < e;) {
-      const int n = std::min(kTile, e - t);
-      full_precision_tile(view, h, t, n, nh, st, sc, true);
-      t += n;
-    }
-    int j = t - kSinks;
-    const int jend = std::min(end - kSinks, view.quantized_length());
-    if (j < jend) {
-      prefetch_block(view.head_block(j, h), Layout::kHeadBytes);
-      while (j < jend) {
-        const int n = std::min(kTile - j % kTile, jend - j);
-        // a page's block of this head is contiguous; the next page's is elsewhere in the pool, so
-        // fetch it one page ahead (the hardware prefetcher would restart at every page), spread
-        // over the page's tiles so that the requests do not arrive in one burst
-        if (j + kPage < jend) {
-          constexpr std::size_t kPart = (Layout::kHeadBytes / (kPage / kTile) + 63) / 64 * 64;
-          const std::size_t off = static_cast<std::size_t>((j % kPage) / kTile) * kPart;
-          if (off < Layout::kHeadBytes)
-            prefetch_block(view.head_block(j + kPage, h) + off, std::min(kPart, Layout::kHeadBytes - off));
-        }
-        quantized_tile(view, h, j, n, nh, st, sc);
-        j += n;
-      }
-      t = kSinks + jend;
-    }
-    while (t < end) {
-      const int n = std::min(kTile, end - t);
-      full_precision_tile(view, h, t, n, nh, st, sc, false);
-      t += n;
-    }
+  static void load_query(const T* src, float scale, float* dst) {
+    simd::to_f32_row(src, kD, dst);
+    for (int c = 0; c < kD; ++c) dst[c] *= scale;
+    if constexpr (Layout::kRotateKeys) HadamardRotation<kD, Layout::kRotationSeed>::apply(dst);
   }
 };
 
 }  // namespace detail
-
-namespace detail {
-
-/// fp16 and bf16: the reduced-precision query / output types of the decode overloads.
-template <class T>
-constexpr bool kHalfIo = std::is_same<T, fp16>::value || std::is_same<T, bf16>::value;
-
-template <class Layout, class T>
-void decode_batch(const SequenceView<Layout>* views, int batch, const T* q, int num_q_heads, T* out, float scale,
-                  const DecodeOptions& opt) {
-  constexpr int kD = Layout::kHeadDim;
-  skv::detail::require(batch >= 0, "decode_attention_batch: batch must not be negative");
-  if (batch == 0) return;
-  skv::detail::require(views != nullptr, "decode_attention_batch: views must not be null");
-  skv::detail::require(q != nullptr && out != nullptr, "decode_attention: q and out must not be null");
-  check_window(opt.window, "decode_attention");
-  std::vector<int> lengths(static_cast<std::size_t>(batch)), starts(lengths.size()), heads(lengths.size());
-  const std::size_t stride = static_cast<std::size_t>(num_q_heads) * kD;
-  for (int b = 0; b < batch; ++b) {
-    starts[b] = window_start(views[b].length - 1, opt.window);
-    check_attention_args(views[b], q + b * stride, num_q_heads, out + b * stride, scale, starts[b]);
-    lengths[b] = views[b].length;
-    heads[b] = views[b].num_kv_heads;
-  }
-  using F = FastDecode<Layout>;
-  run_decode<typename F::Scratch>(batch, lengths.data(), starts.data(), opt.keep_sinks ? Layout::kSinkTokens : 0,
-                                  heads.data(), num_q_heads, kD, F::kTile, opt, out,
-                                  [&](const WorkItem& it, ItemState& st, typename F::Scratch& sc) {
-                                    const int nh = num_q_heads / heads[it.seq];
-                                    F::process(views[it.seq],
-                                               q + it.seq * stride + static_cast<std::size_t>(it.q_head) * kD, scale,
-                                               it.kv_head, it.begin, it.end, nh, st, sc);
-                                  });
-}
-
-}  // namespace detail
-
-/// Fast decode attention for a batch of sequences: q and out are [batch][num_q_heads][HeadDim];
-/// sequence b reads views[b] (each num_q_heads a multiple of its KV heads; lengths may differ).
-template <class Layout>
-void decode_attention_batch(const SequenceView<Layout>* views, int batch, const float* q, int num_q_heads, float* out,
-                            float scale, const DecodeOptions& opt = DecodeOptions{}) {
-  detail::decode_batch(views, batch, q, num_q_heads, out, scale, opt);
-}
-
-/// The same with fp16 or bf16 queries and outputs: queries are widened exactly and each output is
-/// rounded to nearest even once, so the result is the float path's on the widened query, rounded.
-template <class Layout, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
-void decode_attention_batch(const SequenceView<Layout>* views, int batch, const T* q, int num_q_heads, T* out,
-                            float scale, const DecodeOptions& opt = DecodeOptions{}) {
-  detail::decode_batch(views, batch, q, num_q_heads, out, scale, opt);
-}
-
-/// Fast decode attention for one sequence: q and out are [num_q_heads][HeadDim].
-template <class Layout>
-void decode_attention_fast(const SequenceView<Layout>& view, const float* q, int num_q_heads, float* out, float scale,
-                           const DecodeOptions& opt = DecodeOptions{}) {
-  detail::decode_batch(&view, 1, q, num_q_heads, out, scale, opt);
-}
-template <class Layout, class T, class = std::enable_if_t<detail::kHalfIo<T>>>
-void decode_attention_fast(const SequenceView<Layout>& view, const T* q, int num_q_heads, T* out, float scale,
-                           const DecodeOptions& opt = DecodeOptions{}) {
-  detail::decode_batch(&view, 1, q, num_q_heads, out, scale, opt);
-}
-
 }  // namespace cpu
 }  // namespace skv

@@ -1,0 +1,31 @@
+# The CPU attention tests and the cache tests (whose append runs the fast block quantizer) built
+# with the instruction-set flags of the build machine (cmake/skv_cpu_simd.cmake), and on a machine
+# that runs AVX-512 also for AVX-512 without VNNI / VBMI and for AVX2, so that every kernel this
+# machine can run is tested. skv_host_tests covers the portable path.
+include(${PROJECT_SOURCE_DIR}/cmake/skv_cpu_simd.cmake)
+message(STATUS "skv: CPU benchmark / SIMD test flags: ${SKV_CPU_SIMD_FLAGS}")
+if(NOT SKV_CPU_SIMD_FLAGS)
+  return()
+endif()
+
+set(_skv_simd_tests ${CMAKE_CURRENT_SOURCE_DIR}/test_decode.cpp ${CMAKE_CURRENT_SOURCE_DIR}/test_prefill.cpp
+                    ${CMAKE_CURRENT_SOURCE_DIR}/test_window.cpp ${CMAKE_CURRENT_SOURCE_DIR}/test_cache.cpp)
+set(_skv_simd_warnings ${SKV_WARNINGS} ${SKV_CPU_SIMD_WARNING_FIXES} -Werror)
+
+function(_skv_add_simd_tests target prefix)
+  add_executable(${target} ${_skv_simd_tests})
+  target_link_libraries(${target} PRIVATE skv::skv GTest::gtest GTest::gtest_main)
+  target_compile_options(${target} PRIVATE ${ARGN} ${_skv_simd_warnings})
+  if(OpenMP_CXX_FOUND)
+    target_link_libraries(${target} PRIVATE OpenMP::OpenMP_CXX)
+  endif()
+  gtest_discover_tests(${target} TEST_PREFIX ${prefix}. PROPERTIES LABELS host DISCOVERY_TIMEOUT 60)
+endfunction()
+
+_skv_add_simd_tests(skv_host_tests_simd simd ${SKV_CPU_SIMD_FLAGS})
+if(SKV_CPU_RUNS_AVX512VNNI AND SKV_CPU_SIMD_FLAGS STREQUAL "${_skv_avx512vnni_flags}")
+  _skv_add_simd_tests(skv_host_tests_avx512 avx512 ${_skv_avx512_flags})  # vpmaddwd instead of vpdpwssd
+endif()
+if(SKV_CPU_RUNS_AVX512)
+  _skv_add_simd_tests(skv_host_tests_avx2 avx2 ${_skv_avx2_flags})
+endif()
