@@ -2,6 +2,10 @@
 # with the instruction-set flags of the build machine (cmake/skv_cpu_simd.cmake), and on a machine
 # that runs AVX-512 also for AVX-512 without VNNI / VBMI and for AVX2, so that every kernel this
 # machine can run is tested. skv_host_tests covers the portable path.
+option(SKV_SIMD_TESTS "Build the host tests once more for each instruction set the machine runs" ON)
+if(NOT SKV_SIMD_TESTS)
+  return()
+endif()
 include(${PROJECT_SOURCE_DIR}/cmake/skv_cpu_simd.cmake)
 message(STATUS "skv: CPU benchmark / SIMD test flags: ${SKV_CPU_SIMD_FLAGS}")
 if(NOT SKV_CPU_SIMD_FLAGS)
