@@ -187,13 +187,8 @@ void decode_attention_batch(const DenseView<T, D>* views, int batch, const float
     seqs[b] = detail::SequenceWork{views[b].length, views[b].num_kv_heads, 1, b};
   }
   using F = detail::DenseDecode<T, D>;
-  detail::Schedule s;
-  s.num_threads = opt.num_threads;
-  s.split_tokens = opt.split_tokens;
-  s.window = opt.window;
-  s.tile = F::kTile;
   detail::run_attention<typename F::Scratch, true>(
-      seqs, num_q_heads, D, s, "decode_attention", out,
+      seqs, num_q_heads, D, detail::make_schedule(opt, 0, F::kTile), "decode_attention", out,
       [&](const detail::WorkItem& it, const detail::CausalRows& cr, detail::ItemState& st, typename F::Scratch& sc) {
         F::process(views[it.seq], q + it.seq * stride + static_cast<std::size_t>(it.kv_head) * cr.group * D, scale,
                    it.kv_head, it.begin, it.end, cr.group, st, sc);
@@ -225,14 +220,8 @@ void prefill_attention_batch(const DenseView<T, D>* views, int batch, const int*
     seqs[b] = detail::SequenceWork{views[b].length, views[b].num_kv_heads, counts[b], q_indptr[b]};
   }
   using P = detail::DensePrefill<T, D>;
-  detail::Schedule s;
-  s.num_threads = opt.num_threads;
-  s.split_tokens = opt.split_tokens;
-  s.query_rows = opt.query_rows;
-  s.window = opt.window;
-  s.tile = P::kTile;
   detail::run_attention<typename P::Scratch, false>(
-      seqs, num_q_heads, D, s, "prefill_attention", out,
+      seqs, num_q_heads, D, detail::make_schedule(opt, 0, P::kTile), "prefill_attention", out,
       [&](const detail::WorkItem& it, const detail::CausalRows& cr, detail::ItemState& st, typename P::Scratch& sc) {
         P::process(views[it.seq], q + q_indptr[it.seq] * row, num_q_heads, scale, it, cr, st, sc);
       });

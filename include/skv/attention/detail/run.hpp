@@ -21,29 +21,6 @@ namespace skv {
 namespace cpu {
 namespace detail {
 
-/// The Schedule of a decode call (one query token per sequence).
-inline Schedule decode_schedule(const DecodeOptions& opt, int sinks, int tile) {
-  Schedule s;
-  s.num_threads = opt.num_threads;
-  s.split_tokens = opt.split_tokens;
-  s.window = opt.window;
-  s.kept = opt.keep_sinks ? sinks : 0;
-  s.tile = tile;
-  return s;
-}
-
-/// The Schedule of a prefill call.
-inline Schedule prefill_schedule(const PrefillOptions& opt, int sinks, int tile) {
-  Schedule s;
-  s.num_threads = opt.num_threads;
-  s.split_tokens = opt.split_tokens;
-  s.query_rows = opt.query_rows;
-  s.window = opt.window;
-  s.kept = opt.keep_sinks ? sinks : 0;
-  s.tile = tile;
-  return s;
-}
-
 /// Decode: q and out are [batch][num_q_heads][D]; sequence b reads views[b].
 template <class Layout, class T>
 void decode_batch(const SequenceView<Layout>* views, int batch, const T* q, int num_q_heads, T* out, float scale,
@@ -61,7 +38,7 @@ void decode_batch(const SequenceView<Layout>* views, int batch, const T* q, int 
     seqs[b] = SequenceWork{views[b].length, views[b].num_kv_heads, 1, b};
   }
   run_attention<typename F::Scratch, true>(
-      seqs, num_q_heads, kD, decode_schedule(opt, Layout::kSinkTokens, F::kTile), "decode_attention", out,
+      seqs, num_q_heads, kD, make_schedule(opt, Layout::kSinkTokens, F::kTile), "decode_attention", out,
       [&](const WorkItem& it, const CausalRows& cr, ItemState& st, typename F::Scratch& sc) {
         const SequenceView<Layout>& view = views[it.seq];
         const int nh = cr.group, h = it.kv_head;
@@ -174,7 +151,7 @@ void prefill_batch(const SequenceView<Layout>* views, int batch, const int* q_in
     seqs[b] = SequenceWork{views[b].length, views[b].num_kv_heads, counts[b], q_indptr[b]};
   }
   run_attention<typename P::Scratch, false>(
-      seqs, num_q_heads, kD, prefill_schedule(opt, Layout::kSinkTokens, Tiles<Layout>::kTile), "prefill_attention",
+      seqs, num_q_heads, kD, make_schedule(opt, Layout::kSinkTokens, Tiles<Layout>::kTile), "prefill_attention",
       out, [&](const WorkItem& it, const CausalRows& cr, ItemState& st, typename P::Scratch& sc) {
         P::process(views[it.seq], q + q_indptr[it.seq] * row, num_q_heads, scale, it, cr, st, sc);
       });

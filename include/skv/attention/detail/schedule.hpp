@@ -17,6 +17,7 @@
 
 #include <skv/attention/detail/checks.hpp>
 #include <skv/attention/detail/kernels.hpp>
+#include <skv/attention/options.hpp>
 #include <skv/attention/softmax.hpp>
 #include <skv/config.hpp>
 #include <skv/threads.hpp>
@@ -47,6 +48,22 @@ struct Schedule {
   int kept = 0;          ///< sink tokens that stay visible with a window (keep_sinks)
   int tile = 1;          ///< split points are multiples of it
 };
+
+/// The Schedule of a decode or prefill call: `sinks` is the cache's sink tokens (kept visible with
+/// keep_sinks; 0 for the dense baselines), `tile` the kernels' tile.
+inline int query_rows_of(const DecodeOptions&) { return 0; }  // one query token: one block
+inline int query_rows_of(const PrefillOptions& opt) { return opt.query_rows; }
+template <class Options>
+Schedule make_schedule(const Options& opt, int sinks, int tile) {
+  Schedule s;
+  s.num_threads = opt.num_threads;
+  s.split_tokens = opt.split_tokens;
+  s.query_rows = query_rows_of(opt);
+  s.window = opt.window;
+  s.kept = opt.keep_sinks ? sinks : 0;
+  s.tile = tile;
+  return s;
+}
 
 /// One unit of work: query tokens [q_begin, q_end) of sequence `seq` (rows: those tokens x the GQA
 /// heads of `kv_head`, last token first) over KV tokens [begin, end).
