@@ -12,6 +12,7 @@
 #include <skv/calib/dump.hpp>
 #include <skv/calib/norms.hpp>
 #include <skv/calib/plan.hpp>
+#include <skv/calib/sensitivity.hpp>
 #include <skv/error.hpp>
 #include <skv/io/safetensors.hpp>
 
@@ -188,13 +189,38 @@ int cmd_eval(const std::string& path, const std::string& configs, const std::str
 }
 
 struct PlanArgs {
-  std::string weights, kv, granularity = "layer", bits = "2,3,4,5,6,8";
+  std::string weights, kv, sensitivity, granularity = "layer", bits = "2,3,4,5,6,8";
   double budget = 0;
   bool json_out = false;
   Geometry geometry;
 };
 
+/// skv plan --sensitivity: one candidate per layer from a table measured in the generation loop.
+int cmd_plan_loop(const PlanArgs& a) {
+  const auto table = skv::calib::read_sensitivity(skv::io::detail::read_json_file(a.sensitivity));
+  const skv::calib::LoopPlan plan = skv::calib::plan_from_sensitivity(table, a.budget);
+  if (a.json_out) {
+    std::cout << skv::calib::loop_plan_to_json(plan).dump(2) << "\n";
+    return 0;
+  }
+  std::printf("plan: loop sensitivity of %s, per layer, budget %.4g bits held per element at %d tokens\n",
+              table.model.empty() ? a.sensitivity.c_str() : table.model.c_str(), plan.budget, table.context);
+  std::printf("held bits %.4g; predicted KL %.4g (sum over layers)", plan.held_bits, plan.predicted_kl);
+  if (!plan.uniform.empty())
+    std::printf(" vs %.4g for uniform %s at %.4g held bits (%.3gx lower)\n\n", plan.uniform_kl, plan.uniform.c_str(),
+                plan.uniform_held_bits, plan.predicted_kl > 0 ? plan.uniform_kl / plan.predicted_kl : 0.0);
+  else
+    std::printf("; no uniform candidate fits the budget\n\n");
+  std::vector<std::vector<std::string>> rows;
+  for (const auto& l : plan.layers)
+    rows.push_back({std::to_string(l.layer), l.kind, std::to_string(l.choice.key_bits), std::to_string(l.choice.value_bits),
+                    std::to_string(l.choice.residual), skv_cli::num(l.choice.held_bits), skv_cli::num(l.choice.kl)});
+  skv_cli::print_table({"layer", "kind", "key bits", "value bits", "residual", "held bits", "KL alone"}, rows);
+  return 0;
+}
+
 int cmd_plan(const PlanArgs& a) {
+  if (!a.sensitivity.empty()) return cmd_plan_loop(a);
   const auto g = a.granularity == "head" ? skv::calib::Granularity::Head : skv::calib::Granularity::Layer;
   const std::vector<int> allowed = skv_cli::parse_int_list(a.bits, 1, 8, "--bits");
   skv::calib::PlanProblem problem;
@@ -287,8 +313,13 @@ int main(int argc, char** argv) {
   auto* plan = app.add_subcommand("plan", "allocate key/value bits per layer or head for an average budget");
   auto* w = plan->add_option("--weights", pa.weights, "checkpoint: plan from weight norms (mode weights)");
   auto* k = plan->add_option("--kv", pa.kv, "K/V dump: plan from measured distortion (mode calibrated)");
+  auto* sens = plan->add_option("--sensitivity", pa.sensitivity,
+                                "sensitivity table measured in the generation loop (skv.calibrate): plan bits and "
+                                "residual windows for a budget of bits HELD per element (mode loop)");
   w->excludes(k);
   k->excludes(w);
+  sens->excludes(w);
+  sens->excludes(k);
   plan->add_option("--budget", pa.budget, "average bits per cached element, metadata included (e.g. 3.75 for k4v2)")
       ->required()
       ->check(CLI::Range(0.5, 16.0));
@@ -338,7 +369,8 @@ int main(int argc, char** argv) {
     if (inspect->parsed()) return cmd_inspect(in_path, in_json);
     if (eval->parsed()) return cmd_eval(ev_path, ev_configs, ev_plan, ev_queries, ev_json);
     if (plan->parsed()) {
-      if (pa.weights.empty() == pa.kv.empty()) throw skv::Error("plan needs exactly one of --weights PATH or --kv DUMP");
+      if ((pa.weights.empty() ? 0 : 1) + (pa.kv.empty() ? 0 : 1) + (pa.sensitivity.empty() ? 0 : 1) != 1)
+        throw skv::Error("plan needs exactly one of --weights PATH, --kv DUMP or --sensitivity TABLE");
       return cmd_plan(pa);
     }
     if (gen->parsed()) {

@@ -75,8 +75,9 @@ class SkvLayer(CacheLayerMixin):
 
     def __init__(self, key_bits: int, value_bits: int, options: dict, max_tokens: int,
                  sliding_window: Optional[int] = None, fallback: bool = False, layer_idx: int = 0,
-                 num_threads: int = 0):
+                 num_threads: int = 0, token_by_token: bool = False):
         super().__init__()
+        self.token_by_token = token_by_token
         self.key_bits, self.value_bits, self.options = key_bits, value_bits, options
         self.max_tokens = max_tokens
         self.sliding_window = sliding_window
@@ -259,12 +260,17 @@ class SkvCache(Cache):
             ``max_position_embeddings``; pages are reserved, not touched, until used).
         rollback: tokens ``crop`` can always take back (assisted decoding).
         num_threads: threads of skv's kernels (0: every OpenMP thread).
+        token_by_token: a forward of several tokens appends and attends them one at a time, so
+            that each query reads the cache exactly as token-by-token generation would (its own
+            recent keys still in full precision where the cache type keeps them so). A teacher-forced
+            forward over a whole text then measures the generation loop in one call (skv.calibrate
+            does); slower than the default chunked prefill, which attends a chunk after storing it.
     """
 
     def __init__(self, config, key_bits: int = 4, value_bits: int = 2, *, residual: Optional[int] = None,
                  rotate_keys: Optional[bool] = None, sinks: Optional[int] = None, clip: Optional[bool] = None,
                  plan: Any = None, max_tokens: Optional[int] = None, rollback: int = DEFAULT_ROLLBACK,
-                 num_threads: int = 0):
+                 num_threads: int = 0, token_by_token: bool = False):
         text = config.get_text_config(decoder=True)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
         for i, kind in enumerate(layer_types):
@@ -282,7 +288,7 @@ class SkvCache(Cache):
             options = dict(residual=r if r is not None else residual, rotate_keys=rotate_keys, sinks=sinks,
                            clip=clip, rollback=rollback)
             window = kw.get("sliding_window") if layer_types[i] == "sliding_attention" else None
-            layers.append(SkvLayer(kb, vb, options, max_tokens, window, self.fallback, i, num_threads))
+            layers.append(SkvLayer(kb, vb, options, max_tokens, window, self.fallback, i, num_threads, token_by_token))
         super().__init__(layers=layers)
 
     def crop(self, tokens_to_remove: int):
@@ -343,8 +349,10 @@ def skv_attention(module, query, key, value, attention_mask, scaling=None, dropo
     layer = key.layer
     real = mask2d[:, -t:].bool() if mask2d is not None else None
     threads = layer.num_threads
-    if layer.is_sliding:  # a window cache serves chunks of WINDOW_CHUNK queries: store and attend in turn
-        return _attend_windowed(layer, query, key, real, scaling), None
+    if layer.is_sliding or (layer.token_by_token and t > 1):
+        # A window cache serves chunks of at most WINDOW_CHUNK queries; token_by_token, chunks of one.
+        step = 1 if layer.token_by_token else WINDOW_CHUNK
+        return _attend_in_steps(layer, query, key, real, scaling, step), None
     layer.commit(key.k, key.v, real)
     out = query.new_zeros(batch, t, hq, d) if real is not None else query.new_empty(batch, t, hq, d)
     qt = query.transpose(1, 2)  # [B, T, Hq, D]: HF's own memory order, so rows below are contiguous
@@ -378,12 +386,14 @@ def _attend(cache, q, out, scaling, threads):
         cache.attention(q, scale=scaling, num_threads=threads, out=out)
 
 
-def _attend_windowed(layer, query, chunk, real, scaling):
+def _attend_in_steps(layer, query, chunk, real, scaling, step):
+    """Stores and attends the new tokens `step` at a time: each step's queries read the cache as it
+    is after that step was appended."""
     batch, hq, t, d = query.shape
     out = query.new_zeros(batch, t, hq, d)
     qt = query.transpose(1, 2)
-    for s in range(0, t, WINDOW_CHUNK):
-        e = min(t, s + WINDOW_CHUNK)
+    for s in range(0, t, step):
+        e = min(t, s + step)
         part = real[:, s:e] if real is not None else None
         layer.commit(chunk.k[:, :, s:e], chunk.v[:, :, s:e], part)
         layer.cumulative_length -= e - s  # counted once below, for the whole call

@@ -228,5 +228,61 @@ inline int uniform_bits(const std::vector<AllocUnit>& u, const std::vector<int>&
   return best;
 }
 
+/// One choice per group (a layer) minimizing the summed loss with the summed cost at most `budget`
+/// (the multiple-choice knapsack), by dynamic programming over the cost in units of budget /
+/// `resolution`. Costs are rounded UP to whole units, so the choice never exceeds the budget; it is
+/// optimal for the rounded costs (within one unit per group of the true optimum's cost). Throws when
+/// no choice fits (the message gives the smallest total cost).
+inline std::vector<int> choose_per_group(const std::vector<std::vector<double>>& cost,
+                                         const std::vector<std::vector<double>>& loss, double budget,
+                                         int resolution = 20000) {
+  skv::detail::require(!cost.empty() && cost.size() == loss.size(), "choose_per_group: no groups, or costs and losses differ");
+  skv::detail::require(budget > 0 && std::isfinite(budget) && resolution >= 1, "choose_per_group: the budget must be positive");
+  double cheapest = 0;
+  for (std::size_t g = 0; g < cost.size(); ++g) {
+    skv::detail::require(!cost[g].empty() && cost[g].size() == loss[g].size(),
+                         "choose_per_group: group " + std::to_string(g) + " has no choice, or costs and losses differ");
+    for (std::size_t i = 0; i < cost[g].size(); ++i)
+      skv::detail::require(cost[g][i] >= 0 && std::isfinite(cost[g][i]) && loss[g][i] >= 0 && std::isfinite(loss[g][i]),
+                           "choose_per_group: costs and losses must be finite and non-negative");
+    cheapest += *std::min_element(cost[g].begin(), cost[g].end());
+  }
+  skv::detail::require(cheapest <= budget, "the budget " + detail::fmt_bits(budget) + " is below the cheapest choice (" +
+                                               detail::fmt_bits(cheapest) + ")");
+  const double unit = budget / resolution;
+  const std::size_t states = static_cast<std::size_t>(resolution) + 1;
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> best(states, inf), next(states);
+  best[0] = 0.0;  // best[c]: least loss of the groups so far at rounded cost exactly c
+  std::vector<std::vector<int>> pick(cost.size(), std::vector<int>(states, -1));
+  for (std::size_t g = 0; g < cost.size(); ++g) {
+    std::fill(next.begin(), next.end(), inf);
+    for (std::size_t i = 0; i < cost[g].size(); ++i) {
+      const double units = std::ceil(cost[g][i] / unit - 1e-9);
+      if (units >= static_cast<double>(states)) continue;
+      const std::size_t w = static_cast<std::size_t>(units);
+      for (std::size_t c = 0; c + w < states; ++c) {
+        if (best[c] == inf) continue;
+        const double v = best[c] + loss[g][i];
+        if (v < next[c + w]) {
+          next[c + w] = v;
+          pick[g][c + w] = static_cast<int>(i);
+        }
+      }
+    }
+    best.swap(next);
+  }
+  const std::size_t end = static_cast<std::size_t>(std::min_element(best.begin(), best.end()) - best.begin());
+  skv::detail::require(best[end] < inf, "no choice fits the budget " + detail::fmt_bits(budget) +
+                                            " once costs are rounded; raise the budget a little");
+  std::vector<int> out(cost.size());
+  std::size_t c = end;
+  for (std::size_t g = cost.size(); g-- > 0;) {
+    out[g] = pick[g][c];
+    c -= static_cast<std::size_t>(std::ceil(cost[g][static_cast<std::size_t>(out[g])] / unit - 1e-9));
+  }
+  return out;
+}
+
 }  // namespace calib
 }  // namespace skv

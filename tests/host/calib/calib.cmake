@@ -11,6 +11,7 @@ add_executable(skv_calib_tests
   ${SKV_CALIB_DIR}/test_spectral.cpp
   ${SKV_CALIB_DIR}/test_distortion.cpp
   ${SKV_CALIB_DIR}/test_allocate.cpp
+  ${SKV_CALIB_DIR}/test_sensitivity.cpp
   ${SKV_CALIB_DIR}/test_dispatch.cpp)
 target_include_directories(skv_calib_tests PRIVATE ${SKV_CALIB_DIR} ${PROJECT_SOURCE_DIR}/examples)
 target_link_libraries(skv_calib_tests PRIVATE skv::skv nlohmann_json::nlohmann_json GTest::gtest GTest::gtest_main)

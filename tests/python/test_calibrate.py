@@ -1,0 +1,120 @@
+"""skv.calibrate and SkvCache(token_by_token=True): the generation loop in one forward, bits held,
+and the sensitivity table, on tiny random-weight models (Llama, and Gemma 3 with sliding-window
+layers); nothing is downloaded."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import skv  # noqa: E402
+import skv.calibrate as calibrate  # noqa: E402
+import skv.hf  # noqa: E402
+from test_hf import WINDOW, make, next_token_logprobs, prompt  # noqa: E402
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_token_by_token_forward_is_the_generation_loop(name):
+    """One forward over the text with token_by_token=True makes the same cache calls as feeding one
+    token per forward: the log-probabilities agree to float rounding (the projections are batched),
+    far closer than chunked prefill, whose queries read their own chunk already quantized."""
+    model = make(name)
+    ids = prompt(150, 5)
+    kw = dict(key_bits=4, value_bits=4, residual=0, rotate_keys=False, sinks=0)
+    loop = next_token_logprobs(model, skv.hf.SkvCache(model.config, **kw), ids, chunk=1)
+    one = next_token_logprobs(model, skv.hf.SkvCache(model.config, token_by_token=True, **kw), ids, chunk=150)
+    chunked = next_token_logprobs(model, skv.hf.SkvCache(model.config, **kw), ids, chunk=150)
+    err_one = float((loop - one).abs().max())
+    err_chunked = float((loop - chunked).abs().max())
+    assert err_one < 1e-3, err_one
+    assert err_chunked > 10 * err_one, (err_one, err_chunked)
+
+
+@pytest.mark.parametrize("window", [0, 40])
+def test_held_bits_counts_what_memory_bytes_counts(window):
+    # k4v2 at head_dim 64 over 2 KV heads: 4 + 2 bits of codes, fp16 scale + zero per 32-token key
+    # group (1 bit) and per 64-channel value group (0.5 bit); with 4 fp32 sinks and a ring of up to
+    # 32 + residual tokens in fp32 on top, over tokens = min(context, window).
+    context = 1000
+    got = calibrate.held_bits(4, 2, 64, 2, context, residual=0, window=window)
+    cache = skv.KVCache(4, 2, 64, num_kv_heads=2, max_tokens=2**31 - 1 if window else context, residual=0, rotate_keys=True,
+                        sinks=4, window=window, max_chunk=256 if window else 0)
+    x = np.zeros((context, 2, 64), np.float32)
+    for s in range(0, context, 256):
+        cache.append(x[s:s + 256], x[s:s + 256])
+    tokens = min(context, window) if window else context
+    assert got == cache.memory_bytes * 8 / (2 * tokens * 2 * 64)
+    if not window:
+        # codes and fp16 metadata are 3.75 bits per element; the fp32 sinks (4 tokens), the ring (up
+        # to 32 tokens) and the unfilled part of the last 64-token page add at most 100 tokens of fp32
+        assert 3.75 < got < 3.75 + 32 * 100 / context
+    with pytest.raises(ValueError):
+        calibrate.held_bits(4, 2, 64, 2, 0)
+
+
+def test_mixed_cache_quantizes_only_the_layers_it_names():
+    model = make("llama")
+    ids = prompt(120, 1)[0].tolist()
+    ref = calibrate.Reference(model, ids, keep_log_probs=True)
+    exact = calibrate.run(model, ids, calibrate.mixed_cache(model, {}), ref)
+    assert exact["kl"] < 1e-9 and exact["top1"] == 1.0
+    one = calibrate.run(model, ids, calibrate.mixed_cache(model, {2: (2, 2, 0)}), ref)
+    replayed = calibrate.run(model, ids, calibrate.mixed_cache(model, {2: (2, 2, 0)}), ref, first_layer=2)
+    assert one["kl"] > 1e-5
+    # layers 0 and 1 replayed from the exact pass give the same result as recomputing them
+    assert replayed["kl"] == pytest.approx(one["kl"], rel=1e-6, abs=1e-12)
+    everything = calibrate.run(model, ids, calibrate.mixed_cache(model, {l: (2, 2, 0) for l in range(4)}), ref)
+    assert everything["kl"] > one["kl"]
+    with pytest.raises(ValueError, match="layer 7"):
+        calibrate.mixed_cache(model, {7: (4, 2, 0)})
+    with pytest.raises(ValueError, match='attn_implementation="skv"'):
+        calibrate.mixed_cache(make("llama", "eager"), {0: (4, 2, 0)})
+
+
+def test_layer_sensitivity_table(tmp_path):
+    model = make("gemma3")  # sliding, full, sliding, full
+    ids = prompt(100, 3)[0].tolist()
+    cands = calibrate.candidates([(2, 2), (4, 4), (8, 8)], [0, 128])
+    sliding = calibrate.candidates([(2, 2), (4, 4), (8, 8)], [0])
+    t = calibrate.layer_sensitivity(model, ids, cands, context=512, sliding_cands=sliding)
+    assert t["format"] == calibrate.FORMAT and t["context"] == 512 and t["tokens"] == 100
+    assert t["options"] == {"rotate_keys": True, "sinks": 4, "clip": False}
+    assert [l["kind"] for l in t["layers"]] == ["sliding", "full", "sliding", "full"]
+    for l in t["layers"]:
+        names = {(c["key_bits"], c["value_bits"], c["residual"]): c for c in l["candidates"]}
+        assert len(names) == (3 if l["kind"] == "sliding" else 6)
+        tokens = WINDOW if l["kind"] == "sliding" else 512
+        assert l["elements"] == 2 * tokens * 2 * 64
+        # more bits: more held, less KL (8/8 is near exact)
+        assert names[(2, 2, 0)]["held_bits"] < names[(4, 4, 0)]["held_bits"] < names[(8, 8, 0)]["held_bits"]
+        assert names[(8, 8, 0)]["kl"] < names[(4, 4, 0)]["kl"] < names[(2, 2, 0)]["kl"]
+        assert names[(8, 8, 0)]["kl"] < 1e-4 and names[(8, 8, 0)]["top1"] >= 0.97
+        if l["kind"] == "full":  # the residual window costs held bits and removes error
+            assert names[(2, 2, 128)]["held_bits"] > names[(2, 2, 0)]["held_bits"]
+            assert names[(2, 2, 128)]["kl"] < names[(2, 2, 0)]["kl"]
+    assert math.isfinite(t["reference_perplexity"])
+    json.dumps(t)  # JSON-ready
+
+
+def test_plan_cache_follows_the_plan():
+    model = make("llama")
+    plan = {"layers": [{"layer": 0, "key_bits": 2, "value_bits": 2, "residual": 0},
+                       {"layer": 1, "key_bits": 4, "value_bits": 2, "residual": 128},
+                       {"layer": 2, "key_bits": 0, "value_bits": 0},
+                       {"layer": 3, "key_bits": 3, "value_bits": 3}]}
+    cache = calibrate.plan_cache(model, plan, {"rotate_keys": True, "sinks": 4})
+    ids = prompt(64, 2)[0].tolist()
+    calibrate.run(model, ids, cache)
+    kinds = [(l.key_bits, l.value_bits, l.options["residual"]) if isinstance(l, skv.hf.SkvLayer) else None
+             for l in cache.layers]
+    assert kinds == [(2, 2, 0), (4, 2, 128), None, (3, 3, 0)]
+    # every layer counted over 2 x 64 tokens x 2 KV heads x 64: the exact layer at 32 bits
+    n = 2 * 64 * 2 * 64
+    skv_bits = sum(l.memory_bytes * 8 for l in cache.layers if isinstance(l, skv.hf.SkvLayer))
+    assert calibrate.held_bits_of(model, cache, 64) == pytest.approx((skv_bits + 32 * n) / (4 * n), rel=1e-12)
+    assert skv_bits > 0
