@@ -19,7 +19,15 @@ Check against skv (2048 tokens of GPL-3): k4v2 KL 0.0941 here vs 0.0939 through 
     python examples/python/emulate_options.py --configs k4v2,k4v2+rot,k4v2+sink4,k4v2+clipv
 
 Configuration names: kKvV (any bits 1-8) followed by any of +rot, +sink4, +clip (keys and values),
-+clipk, +clipv, +r<N> (residual window of N tokens, a multiple of 32).
++clipk, +clipv, +r<N> (residual window of N tokens, a multiple of 32), and two options skv does not
+have yet, measured here before they are built (issue: accuracy in the loop):
+
+    +rotv   values rotated by a second randomized Hadamard transform before their per-token
+            quantization, the dequantized values rotated back (as undoing it on the attention output
+            does, KVLinC / TurboQuant); no extra memory
+    +lmv    values coded with the Lloyd-Max codebook of a standard normal (TurboQuant's non-uniform
+            levels) after standardizing each group by its mean and standard deviation (two fp16
+            numbers, the metadata of scale and zero); +lmk does the same for the key groups
 """
 
 import argparse
@@ -77,6 +85,37 @@ def quantize_groups(x, bits, clip, axis):
     return best
 
 
+def lloyd_max(bits, iters=300):
+    """The 2^bits reconstruction levels minimizing the squared error of a standard normal."""
+    from math import erf, exp, pi, sqrt
+
+    pdf = lambda x: exp(-0.5 * x * x) / sqrt(2 * pi)  # noqa: E731
+    cdf = lambda x: 0.5 * (1 + erf(x / sqrt(2)))  # noqa: E731
+    n = 2**bits
+    levels = [-2.5 + 5.0 * (i + 0.5) / n for i in range(n)]
+    for _ in range(iters):
+        edges = [-np.inf] + [(a + b) / 2 for a, b in zip(levels, levels[1:])] + [np.inf]
+        new = []
+        for a, b in zip(edges, edges[1:]):
+            pa, pb = (0.0 if a == -np.inf else pdf(a)), (0.0 if b == np.inf else pdf(b))
+            ca, cb = (0.0 if a == -np.inf else cdf(a)), (1.0 if b == np.inf else cdf(b))
+            new.append((pa - pb) / max(cb - ca, 1e-300))
+        levels = new
+    return np.array(levels, dtype=np.float32)
+
+
+def codebook_groups(x, bits, axis):
+    """x dequantized after coding each group (along `axis`) as mean + std * level, with the mean
+    and std rounded to fp16 and the level the nearest Lloyd-Max level of a standard normal."""
+    levels = lloyd_max(bits)
+    mean = x.mean(axis=axis, keepdims=True).astype(np.float16).astype(np.float32)
+    std = np.sqrt(((x - mean) ** 2).mean(axis=axis, keepdims=True))
+    std = np.maximum(fp16_up(std.astype(np.float32)), np.float32(1e-30))
+    z = (x - mean) / std
+    edges = (levels[1:] + levels[:-1]) / 2
+    return (mean + std * levels[np.searchsorted(edges, z)]).astype(np.float32)
+
+
 def rotation(d, seed=7):
     """R = H diag(s) / sqrt(d), H the Walsh-Hadamard matrix, s random signs."""
     h = np.array([[1.0]])
@@ -91,10 +130,11 @@ def parse(name):
     base, opts = parts[0], parts[1:]
     if not (len(base) == 4 and base[0] == "k" and base[2] == "v" and base[1].isdigit() and base[3].isdigit()):
         sys.exit(f"{PROG}: {name}: expected kKvV[+rot][+sink4][+clip|+clipk|+clipv][+r<N>]")
-    c = {"kb": int(base[1]), "vb": int(base[3]), "rot": False, "sinks": 0, "clipk": False, "clipv": False, "residual": 0}
+    c = {"kb": int(base[1]), "vb": int(base[3]), "rot": False, "sinks": 0, "clipk": False, "clipv": False, "residual": 0,
+         "rotv": False, "lmk": False, "lmv": False}
     for o in opts:
-        if o == "rot":
-            c["rot"] = True
+        if o in ("rot", "rotv", "lmk", "lmv"):
+            c[o] = True
         elif o == "sink4":
             c["sinks"] = 4
         elif o in ("clip", "clipk", "clipv"):
@@ -107,10 +147,10 @@ def parse(name):
     return c
 
 
-def run(model, ids, rope, kb, vb, rot, sinks, clipk, clipv, residual):
+def run(model, ids, rope, kb, vb, rot, sinks, clipk, clipv, residual, rotv=False, lmk=False, lmv=False):
     T, hd, H, KV = len(ids), model.head_dim, model.n_head, model.n_kv
     g = H // KV
-    R = rotation(hd)
+    R, Rv = rotation(hd), rotation(hd, seed=11)
     x = model.embed(ids)
     n = np.arange(1, T + 1)
     quantized = np.where(n <= sinks + residual, 0, (n - sinks - residual) // 32 * 32)
@@ -123,9 +163,12 @@ def run(model, ids, rope, kb, vb, rot, sinks, clipk, clipv, residual):
         q, k, v = model.qkv(layer, x, *rope)
         kh, vh = k.copy(), v.copy()
         kk = k[sinks : sinks + nq] @ R.T if rot else k[sinks : sinks + nq]
-        kk = quantize_groups(kk.reshape(nq // 32, 32, KV, hd), kb, clipk, axis=1).reshape(nq, KV, hd)
+        kk = kk.reshape(nq // 32, 32, KV, hd)
+        kk = (codebook_groups(kk, kb, axis=1) if lmk else quantize_groups(kk, kb, clipk, axis=1)).reshape(nq, KV, hd)
         kh[sinks : sinks + nq] = kk @ R if rot else kk
-        vh[sinks : sinks + nq] = quantize_groups(v[sinks : sinks + nq], vb, clipv, axis=2)
+        vv = v[sinks : sinks + nq] @ Rv.T if rotv else v[sinks : sinks + nq]
+        vv = codebook_groups(vv, vb, axis=2) if lmv else quantize_groups(vv, vb, clipv, axis=2)
+        vh[sinks : sinks + nq] = vv @ Rv if rotv else vv
         att = np.empty((T, H, hd), dtype=np.float32)
         for j in range(KV):
             qs = q[:, j * g : (j + 1) * g, :].transpose(1, 0, 2)

@@ -193,7 +193,9 @@ def load_plan(path, n_layers):
     layers = sorted(plan["layers"], key=lambda l: l["layer"])
     if [l["layer"] for l in layers] != list(range(n_layers)):
         sys.exit(f"{PROG}: {path}: the plan must list layers 0..{n_layers - 1}")
-    pairs = [(int(l["key_bits"]), int(l["value_bits"])) for l in layers]
+    # (key bits, value bits, residual or None): a plan of `skv plan --sensitivity` gives each layer
+    # its residual window, which then overrides the configuration's +r<N>
+    pairs = [(int(l["key_bits"]), int(l["value_bits"]), l.get("residual")) for l in layers]
     per_head = any("heads" in l for l in layers)
     return plan, pairs, per_head
 
@@ -212,9 +214,9 @@ def cache_factory(name, model, max_tokens, plan_pairs):
         sys.exit(f"{PROG}: {name} needs --plan")
 
     def make(layer):
-        k, v = (kb, vb) if kb is not None else plan_pairs[layer]
+        k, v, r = (kb, vb, None) if kb is not None else plan_pairs[layer]
         return skv.KVCache(key_bits=k, value_bits=v, head_dim=hd, num_kv_heads=kv, max_tokens=max_tokens,
-                           residual=residual, **options)
+                           residual=residual if r is None else int(r), **options)
 
     try:
         make(0)  # fail early (ValueError names what is compiled)
@@ -355,7 +357,7 @@ def main():
         plan, plan_pairs, per_head = load_plan(args.plan, model.n_layers)
         plan_note = (f"plan {args.plan}: budget {plan.get('budget')}, mean bits {plan.get('mean_bits')}, "
                      + ("per head (each layer uses its widest head's pair)" if per_head else "per layer")
-                     + "; layers: " + " ".join(f"k{k}v{v}" for k, v in plan_pairs))
+                     + "; layers: " + " ".join(f"k{k}v{v}" + (f"+r{r}" if r else "") for k, v, r in plan_pairs))
         print(plan_note)
     names = args.configs.split(",") if args.configs else default_configs(args.plan is not None)
     factories = {n: cache_factory(n, model, T, plan_pairs) for n in names}  # checks every name first
