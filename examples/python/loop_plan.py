@@ -25,8 +25,9 @@ token_by_token=True appends and attends one token at a time inside the forward, 
 calls of token-by-token generation (docs/accuracy.md).
 
 Configurations (eval --configs): fp32, or kKvV with options +rot, +sink4, +clip, +r<N> (residual
-window), or "plan:FILE" (each plan JSON given with --plan is evaluated too). Default options of the
-plan and of kKvV without any option: those recorded in the sensitivity table, else rot+sink4.
+window), or "plan:FILE" (each plan JSON given with --plan is evaluated too). A plan's caches use the
+options recorded in it (those its sensitivity table was measured with); kKvV without any option uses
+rotated keys and 4 sinks, the Python default.
 """
 
 import argparse

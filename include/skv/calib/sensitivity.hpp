@@ -138,8 +138,7 @@ inline LoopPlan plan_from_sensitivity(const SensitivityTable& t, double budget) 
   const std::vector<int> pick = choose_per_group(cost, loss, budget);
   LoopPlan p;
   p.budget = budget;
-  p.table = t;
-  p.table.layers.clear();
+  p.table = SensitivityTable{t.context, t.tokens, t.model, t.objective, t.options, {}};  // all but the layers
   for (std::size_t i = 0; i < t.layers.size(); ++i) {
     const auto& c = t.layers[i].candidates[static_cast<std::size_t>(pick[i])];
     p.layers.push_back({t.layers[i].layer, t.layers[i].kind, t.layers[i].head_dim, c});
