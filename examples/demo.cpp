@@ -49,15 +49,16 @@ Row measure(const char* name, const skv_demo::Workload& w, const std::vector<dou
   Cache cache(w.kv_heads, w.tokens);
   cache.append(w.k.data(), w.v.data(), w.tokens);
   const auto view = cache.view();
-  // the keys as the cache stores them (rotated keys: compare with R k)
+  // keys and values as the cache stores them (rotated: compare with R k, R_v v; the same error)
   const std::vector<float> keys = skv::to_key_basis<L>(w.k.data(), w.k.size() / L::kHeadDim);
+  const std::vector<float> values = skv::to_value_basis<L>(w.v.data(), w.v.size() / L::kHeadDim);
   double ke = 0, ve = 0;
   for (int t = 0; t < w.tokens; ++t)
     for (int h = 0; h < w.kv_heads; ++h)
       for (int c = 0; c < w.head_dim; ++c) {
         const std::size_t i = (static_cast<std::size_t>(t) * w.kv_heads + h) * w.head_dim + c;
         ke += std::pow(view.key(t, h, c) - keys[i], 2);
-        ve += std::pow(view.value(t, h, c) - w.v[i], 2);
+        ve += std::pow(view.value(t, h, c) - values[i], 2);
       }
   std::vector<float> out(w.q.size());
   const double ms = time_ms([&] { skv::cpu::decode_attention(cache, w.q.data(), w.q_heads, out.data()); });
@@ -155,6 +156,8 @@ int main() {
   rows.push_back(measure<skv::KVCache<2, 2>>("K2V2", w, ref));
   rows.push_back(measure<skv::KVCache<4, 2, 128, skv::RotateKeys>>("K4V2+rot", w, ref));
   rows.push_back(measure<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>>("K4V2+rot+sink4", w, ref));
+  rows.push_back(
+      measure<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>("K4V2+rot+rotv+sink4", w, ref));
   rows.push_back(measure<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>("K4V2+clip", w, ref));
   rows.push_back(measure<skv::KVCache<2, 2, 128, skv::RotateKeys>>("K2V2+rot", w, ref));
   print(rows);

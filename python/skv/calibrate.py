@@ -8,7 +8,8 @@ next-token distribution in the generation loop, for ``skv plan --sensitivity``.
     #   skv plan --sensitivity sensitivity.json --budget 4.0 --json > plan.json
     cache = skv.hf.SkvCache(model.config, plan="plan.json", **table["options"], rollback=0)
 
-For every layer l and every candidate (key bits, value bits, residual window), the text is run once
+For every layer l and every candidate (key bits, value bits, residual window, and optionally rotated
+values), the text is run once
 teacher-forced with only layer l quantized (an ``skv.hf.SkvLayer`` appending and attending one token
 at a time, as generation does; every other layer exact), and the table records the mean
 KL(p_exact || p) of the next-token distribution, top-1 agreement and the text's negative
@@ -38,14 +39,26 @@ DEFAULT_PAIRS = ((2, 2), (3, 2), (2, 3), (3, 3), (4, 2), (4, 3), (3, 4), (4, 4),
 DEFAULT_RESIDUALS = (0, 128)
 
 
-def candidates(pairs: Iterable = DEFAULT_PAIRS, residuals: Iterable[int] = DEFAULT_RESIDUALS):
-    """[(key_bits, value_bits, residual), ...]: every pair at every residual window."""
-    return [(int(k), int(v), int(r)) for r in residuals for k, v in pairs]
+def candidates(pairs: Iterable = DEFAULT_PAIRS, residuals: Iterable[int] = DEFAULT_RESIDUALS,
+               rotate_values: Optional[Iterable[bool]] = None):
+    """[(key_bits, value_bits, residual), ...]: every pair at every residual window; with
+    rotate_values=(False, True), [(key_bits, value_bits, residual, rotate_values), ...] for both."""
+    if rotate_values is None:
+        return [(int(k), int(v), int(r)) for r in residuals for k, v in pairs]
+    return [(int(k), int(v), int(r), bool(rv)) for rv in rotate_values for r in residuals for k, v in pairs]
+
+
+def _candidate(c, rotate_values: bool):
+    """(key_bits, value_bits, residual, rotate_values) of a 3- or 4-tuple candidate."""
+    c = tuple(c)
+    if len(c) not in (3, 4):
+        raise ValueError(f"skv.calibrate: a candidate is (key_bits, value_bits, residual[, rotate_values]), got {c}")
+    return int(c[0]), int(c[1]), int(c[2]), bool(c[3]) if len(c) == 4 else bool(rotate_values)
 
 
 def held_bits(key_bits: int, value_bits: int, head_dim: int, num_kv_heads: int, context: int, *,
-              residual: int = 0, rotate_keys: bool = True, sinks: int = 4, clip: bool = False,
-              window: int = 0) -> float:
+              residual: int = 0, rotate_keys: bool = True, rotate_values: bool = False, sinks: int = 4,
+              clip: bool = False, window: int = 0) -> float:
     """Bits per cached element that a cache of this configuration holds after `context` tokens:
     ``memory_bytes * 8 / (2 * tokens * num_kv_heads * head_dim)``, tokens = min(context, window)
     for a sliding-window layer. Measured on a real cache, so it counts what ``memory_bytes`` counts
@@ -54,7 +67,7 @@ def held_bits(key_bits: int, value_bits: int, head_dim: int, num_kv_heads: int, 
         raise ValueError(f"held_bits: context must be at least 1, got {context}")
     cache = KVCache(key_bits, value_bits, head_dim, num_kv_heads=num_kv_heads,
                     max_tokens=2**31 - 1 if window else context, residual=residual, rotate_keys=rotate_keys,
-                    sinks=sinks, clip=clip, window=window, max_chunk=WINDOW_CHUNK if window else 0)
+                    rotate_values=rotate_values, sinks=sinks, clip=clip, window=window, max_chunk=WINDOW_CHUNK if window else 0)
     rng = np.random.default_rng(0)
     block = rng.standard_normal((WINDOW_CHUNK, num_kv_heads, head_dim)).astype(np.float32)
     done = 0
@@ -83,21 +96,22 @@ def layer_shapes(model):
     return out
 
 
-def mixed_cache(model, quantized: dict, *, rotate_keys: bool = True, sinks: int = 4, clip: bool = False,
-                token_by_token: bool = True, max_tokens: Optional[int] = None):
-    """A transformers cache whose layers in `quantized` ({layer: (key_bits, value_bits, residual)})
-    are skv caches and whose other layers are exact (transformers' own float layers).
+def mixed_cache(model, quantized: dict, *, rotate_keys: bool = True, rotate_values: bool = False, sinks: int = 4,
+                clip: bool = False, token_by_token: bool = True, max_tokens: Optional[int] = None):
+    """A transformers cache whose layers in `quantized` ({layer: (key_bits, value_bits, residual[,
+    rotate_values])}) are skv caches and whose other layers are exact (transformers' own float layers).
     token_by_token: the skv layers append and attend one token at a time, as generation does."""
     if getattr(model.config, "_attn_implementation", None) != ATTENTION:
         raise ValueError('skv.calibrate: load the model with attn_implementation="skv" (import skv.hf first)')
     cache = DynamicCache(config=model.config)
     shapes = layer_shapes(model)
     max_tokens = max_tokens or int(getattr(_text_config(model), "max_position_embeddings", 0) or 32768)
-    for layer, (kb, vb, residual) in quantized.items():
+    for layer, cand in quantized.items():
+        kb, vb, residual, rv = _candidate(cand, rotate_values)
         if not 0 <= layer < len(shapes):
             raise ValueError(f"skv.calibrate: layer {layer} of a model with {len(shapes)} layers")
         window = shapes[layer][1] or None
-        options = dict(residual=residual, rotate_keys=rotate_keys, sinks=sinks, clip=clip, rollback=0)
+        options = dict(residual=residual, rotate_keys=rotate_keys, rotate_values=rv, sinks=sinks, clip=clip, rollback=0)
         cache.layers[layer] = SkvLayer(kb, vb, options, max_tokens, window, False, layer, 1, token_by_token)
     return cache
 
@@ -193,28 +207,30 @@ def run(model, ids, cache, ref: Optional[Reference] = None, first_layer: int = 0
 
 def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = None, *, context: int = 2048,
                       layers: Optional[Iterable[int]] = None, sliding_cands: Optional[Sequence] = None,
-                      rotate_keys: bool = True, sinks: int = 4, clip: bool = False,
+                      rotate_keys: bool = True, rotate_values: bool = False, sinks: int = 4, clip: bool = False,
                       progress: Optional[Callable[[str], None]] = None) -> dict:
     """The sensitivity table (JSON-ready) of `model` on the calibration text `ids`: for each layer
-    and candidate (key_bits, value_bits, residual) (default: candidates()), the loop's KL with only
+    and candidate (key_bits, value_bits, residual[, rotate_values]) (default: candidates(); a
+    3-tuple takes the rotate_values argument), the loop's KL with only
     that layer quantized, and the candidate's bits held per element at `context` tokens for that
     layer's shape. sliding_cands: the candidates of sliding-window layers, if others (a residual
-    window costs more bits in a layer that holds only its window). Options (rotate_keys, sinks,
-    clip) are common to every candidate and recorded in the table, for SkvCache and skv.KVCache to
+    window costs more bits in a layer that holds only its window). Options (rotate_keys,
+    rotate_values, sinks, clip) are common to every candidate and recorded in the table, for SkvCache and skv.KVCache to
     be built with."""
-    cands = candidates() if cands is None else [tuple(int(x) for x in c) for c in cands]
-    sliding_cands = cands if sliding_cands is None else [tuple(int(x) for x in c) for c in sliding_cands]
+    cands = [_candidate(c, rotate_values) for c in (candidates() if cands is None else cands)]
+    sliding_cands = cands if sliding_cands is None else [_candidate(c, rotate_values) for c in sliding_cands]
     if len(ids) < 33:
         raise ValueError(f"skv.calibrate: {len(ids)} calibration tokens; at least 33 are needed")
     shapes = layer_shapes(model)
     layers = list(range(len(shapes))) if layers is None else sorted(set(int(l) for l in layers))
-    opts = dict(rotate_keys=rotate_keys, sinks=sinks, clip=clip)
+    opts = dict(rotate_keys=rotate_keys, rotate_values=rotate_values, sinks=sinks, clip=clip)
     held = {}
     for l in layers:
         _, window, kv, hd = shapes[l]
-        for kb, vb, r in (sliding_cands if window else cands):
-            if (window, kv, hd, kb, vb, r) not in held:
-                held[(window, kv, hd, kb, vb, r)] = held_bits(kb, vb, hd, kv, context, residual=r, window=window, **opts)
+        for kb, vb, r, rv in (sliding_cands if window else cands):
+            if (window, kv, hd, kb, vb, r, rv) not in held:
+                held[(window, kv, hd, kb, vb, r, rv)] = held_bits(kb, vb, hd, kv, context, residual=r, window=window,
+                                                                  **{**opts, "rotate_values": rv})
     t0 = time.time()
     ref = Reference(model, ids, keep_log_probs=True)
     ref_nll = compare(model, ids, ref.hidden, ref)["nll"]
@@ -234,13 +250,13 @@ def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = Non
         tokens = min(context, window) if window else context
         entry = {"layer": l, "kind": kind, "window": window, "kv_heads": kv, "head_dim": hd,
                  "elements": 2 * tokens * kv * hd, "candidates": []}
-        for kb, vb, r in (sliding_cands if window else cands):
-            m = run(model, ids, mixed_cache(model, {l: (kb, vb, r)}, **opts), ref, first_layer=l)
-            entry["candidates"].append({"key_bits": kb, "value_bits": vb, "residual": r,
-                                        "held_bits": held[(window, kv, hd, kb, vb, r)],
+        for kb, vb, r, rv in (sliding_cands if window else cands):
+            m = run(model, ids, mixed_cache(model, {l: (kb, vb, r, rv)}, **opts), ref, first_layer=l)
+            entry["candidates"].append({"key_bits": kb, "value_bits": vb, "residual": r, "rotate_values": rv,
+                                        "held_bits": held[(window, kv, hd, kb, vb, r, rv)],
                                         "kl": m["kl"], "top1": m["top1"], "nll": m["nll"]})
             if progress:
-                progress(f"layer {l} k{kb}v{vb} r{r}: KL {m['kl']:.3e} top-1 {100 * m['top1']:.2f}% "
+                progress(f"layer {l} k{kb}v{vb} r{r}{' rotv' if rv else ''}: KL {m['kl']:.3e} top-1 {100 * m['top1']:.2f}% "
                          f"({m['seconds']:.1f} s, {time.time() - t0:.0f} s in all)")
         table["layers"].append(entry)
     table["seconds"] = time.time() - t0
@@ -248,11 +264,51 @@ def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = Non
 
 
 def plan_cache(model, plan: dict, options: dict, *, token_by_token: bool = True):
-    """The mixed cache of a plan dict (``skv plan --json``): every layer quantized with its pair and
-    residual, exact where a layer has ``"key_bits": 0`` (not quantized)."""
-    quantized = {int(l["layer"]): (int(l["key_bits"]), int(l["value_bits"]), int(l.get("residual", 0)))
+    """The mixed cache of a plan dict (``skv plan --json``): every layer quantized with its pair,
+    residual and rotate_values (the options' where a layer omits it), exact where a layer has
+    ``"key_bits": 0`` (not quantized)."""
+    rv = bool(options.get("rotate_values", False))
+    quantized = {int(l["layer"]): (int(l["key_bits"]), int(l["value_bits"]), int(l.get("residual", 0)),
+                                   bool(l.get("rotate_values", rv)))
                  for l in plan["layers"] if int(l["key_bits"]) > 0}
     return mixed_cache(model, quantized, token_by_token=token_by_token, **options)
+
+
+def merge_tables(*tables: dict) -> dict:
+    """One sensitivity table from several measured on the same model, text and context with
+    options that differ in rotate_values only: every layer's candidates of all of them, each
+    marked with its rotate_values, so that the planner chooses per layer. Raises ValueError when
+    the tables do not match."""
+    if not tables:
+        raise ValueError("skv.calibrate.merge_tables: no tables")
+    first = tables[0]
+    key = ("format", "model", "tokens", "context")
+    base_opts = {k: v for k, v in first["options"].items() if k != "rotate_values"}
+    for t in tables[1:]:
+        if any(t.get(k) != first.get(k) for k in key) or \
+                {k: v for k, v in t["options"].items() if k != "rotate_values"} != base_opts:
+            raise ValueError("skv.calibrate.merge_tables: the tables differ in more than rotate_values "
+                             f"({', '.join(key)} and the other options must match)")
+        if [l["layer"] for l in t["layers"]] != [l["layer"] for l in first["layers"]]:
+            raise ValueError("skv.calibrate.merge_tables: the tables list different layers")
+    merged = {k: v for k, v in first.items() if k not in ("layers", "seconds")}
+    merged["options"] = {**base_opts, "rotate_values": False}
+    merged["seconds"] = sum(t.get("seconds", 0.0) for t in tables)
+    merged["layers"] = []
+    for rows in zip(*(t["layers"] for t in tables)):
+        layer = {k: v for k, v in rows[0].items() if k != "candidates"}
+        layer["candidates"], seen = [], set()
+        for t, row in zip(tables, rows):
+            rv = bool(t["options"].get("rotate_values", False))
+            for c in row["candidates"]:
+                c = {**c, "rotate_values": bool(c.get("rotate_values", rv))}
+                name = (c["key_bits"], c["value_bits"], c.get("residual", 0), c["rotate_values"])
+                if name in seen:
+                    raise ValueError(f"skv.calibrate.merge_tables: layer {row['layer']}: candidate {name} twice")
+                seen.add(name)
+                layer["candidates"].append(c)
+        merged["layers"].append(layer)
+    return merged
 
 
 def held_bits_of(model, cache, tokens: int) -> float:
@@ -267,4 +323,5 @@ def held_bits_of(model, cache, tokens: int) -> float:
 
 
 __all__ = ["FORMAT", "DEFAULT_PAIRS", "DEFAULT_RESIDUALS", "candidates", "held_bits", "layer_shapes",
-           "mixed_cache", "Reference", "compare", "run", "layer_sensitivity", "plan_cache", "held_bits_of"]
+           "mixed_cache", "Reference", "compare", "run", "layer_sensitivity", "plan_cache", "merge_tables",
+           "held_bits_of"]

@@ -51,13 +51,14 @@ class _Chunk:
 
 
 def _load_plan(plan: Union[str, os.PathLike, dict], n_layers: int):
-    """(key_bits, value_bits, residual or None) per layer from the JSON of ``skv plan --json``."""
+    """(key_bits, value_bits, residual or None, rotate_values or None) per layer from the JSON of
+    ``skv plan --json``."""
     if not isinstance(plan, dict):
         with open(plan) as f:
             plan = json.load(f)
     try:
         layers = sorted(plan["layers"], key=lambda l: int(l["layer"]))
-        pairs = [(int(l["key_bits"]), int(l["value_bits"]), l.get("residual")) for l in layers]
+        pairs = [(int(l["key_bits"]), int(l["value_bits"]), l.get("residual"), l.get("rotate_values")) for l in layers]
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"plan: expected the JSON of `skv plan --json` ({{'layers': [{{'layer', 'key_bits', "
                          f"'value_bits'}}, ...]}}): {e!r}") from None
@@ -253,9 +254,9 @@ class SkvCache(Cache):
             sliding-window layers, and its ``_attn_implementation`` the path: "skv" attends inside
             skv, anything else gets the dequantizing fallback.
         key_bits, value_bits: bits of every layer, unless ``plan`` is given.
-        residual, rotate_keys, sinks, clip: as ``skv.KVCache`` (its defaults when None).
+        residual, rotate_keys, rotate_values, sinks, clip: as ``skv.KVCache`` (its defaults when None).
         plan: the JSON of ``skv plan --json`` (a path or a dict): bits per layer (and ``residual``
-            where a layer gives one).
+            and ``rotate_values`` where a layer gives them).
         max_tokens: tokens per sequence of the full-attention layers (default: the config's
             ``max_position_embeddings``; pages are reserved, not touched, until used).
         rollback: tokens ``crop`` can always take back (assisted decoding).
@@ -268,8 +269,8 @@ class SkvCache(Cache):
     """
 
     def __init__(self, config, key_bits: int = 4, value_bits: int = 2, *, residual: Optional[int] = None,
-                 rotate_keys: Optional[bool] = None, sinks: Optional[int] = None, clip: Optional[bool] = None,
-                 plan: Any = None, max_tokens: Optional[int] = None, rollback: int = DEFAULT_ROLLBACK,
+                 rotate_keys: Optional[bool] = None, rotate_values: Optional[bool] = None,
+                 sinks: Optional[int] = None, clip: Optional[bool] = None, plan: Any = None, max_tokens: Optional[int] = None, rollback: int = DEFAULT_ROLLBACK,
                  num_threads: int = 0, token_by_token: bool = False):
         text = config.get_text_config(decoder=True)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
@@ -278,15 +279,16 @@ class SkvCache(Cache):
                 raise ValueError(f"skv.hf: layer {i} is a {kind!r} layer; SkvCache holds full and sliding-window "
                                  "attention layers only")
         n = len(layer_types)
-        bits = _load_plan(plan, n) if plan is not None else [(key_bits, value_bits, None)] * n
+        bits = _load_plan(plan, n) if plan is not None else [(key_bits, value_bits, None, None)] * n
         if max_tokens is None:
             max_tokens = int(getattr(text, "max_position_embeddings", 0) or 32768)
         self.fallback = getattr(config, "_attn_implementation", None) != ATTENTION
         self.num_threads = num_threads
         layers = []
-        for i, ((kb, vb, r), kw) in enumerate(zip(bits, layer_kwargs)):
-            options = dict(residual=r if r is not None else residual, rotate_keys=rotate_keys, sinks=sinks,
-                           clip=clip, rollback=rollback)
+        for i, ((kb, vb, r, rv), kw) in enumerate(zip(bits, layer_kwargs)):
+            options = dict(residual=r if r is not None else residual, rotate_keys=rotate_keys,
+                           rotate_values=rv if rv is not None else rotate_values, sinks=sinks, clip=clip,
+                           rollback=rollback)
             window = kw.get("sliding_window") if layer_types[i] == "sliding_attention" else None
             layers.append(SkvLayer(kb, vb, options, max_tokens, window, self.fallback, i, num_threads, token_by_token))
         super().__init__(layers=layers)

@@ -12,12 +12,35 @@
 
 namespace skv_python {
 
-/// The compiled option sets: none; rotated keys + 4 fp32 sink tokens; and those two plus the
-/// clipping search for keys and values.
-enum OptionSet : int { kNoOptions = 0, kRotateSinks = 1, kRotateSinksClip = 2 };
+/// The compiled option sets: none; rotated keys + 4 fp32 sink tokens; those two plus the clipping
+/// search for keys and values; and rotated keys and values + 4 sink tokens.
+enum OptionSet : int { kNoOptions = 0, kRotateSinks = 1, kRotateSinksClip = 2, kRotateBothSinks = 3 };
+constexpr int kOptionSets = 4;
+
+/// What an option set turns on, as Python names it.
+struct OptionFlags {
+  bool rotate_keys = false;
+  bool rotate_values = false;
+  int sinks = 0;
+  bool clip = false;
+};
+
+inline OptionFlags option_flags(int set) {
+  switch (set) {
+    case kRotateSinks: return {true, false, 4, false};
+    case kRotateSinksClip: return {true, false, 4, true};
+    case kRotateBothSinks: return {true, true, 4, false};
+    default: return {};
+  }
+}
 
 inline const char* option_set_name(int set) {
-  return set == kRotateSinksClip ? "rotate_keys + sinks 4 + clip" : set == kRotateSinks ? "rotate_keys + sinks 4" : "no options";
+  switch (set) {
+    case kRotateSinks: return "rotate_keys + sinks 4";
+    case kRotateSinksClip: return "rotate_keys + sinks 4 + clip";
+    case kRotateBothSinks: return "rotate_keys + rotate_values + sinks 4";
+    default: return "no options";
+  }
 }
 
 /// A cache configuration as Python names it.

@@ -48,7 +48,6 @@ constexpr int kDefaultResidual = 128;
 constexpr bool kDefaultRotateKeys = true;
 constexpr int kDefaultSinks = 4;
 constexpr bool kDefaultClip = false;
-constexpr int kCompiledSinks = 4;
 
 using Array = nb::ndarray<nb::ro>;
 using OutArray = nb::ndarray<nb::numpy, float>;
@@ -229,28 +228,39 @@ const Family& find_family(int head_dim, int residual, int options) {
                    "; compiled: " + family_summary() + " (key and value bits each in {2, 3, 4, 8}); see skv.compiled()");
 }
 
+/// Option flags as keyword arguments: "rotate_keys=True, rotate_values=False, sinks=4, clip=False".
+std::string describe(const OptionFlags& f) {
+  const auto b = [](bool x) { return std::string(x ? "True" : "False"); };
+  return "rotate_keys=" + b(f.rotate_keys) + ", rotate_values=" + b(f.rotate_values) + ", sinks=" +
+         std::to_string(f.sinks) + ", clip=" + b(f.clip);
+}
+
 /// The Python object: owns one compiled cache.
 class KVCache {
  public:
   KVCache(int key_bits, int value_bits, int head_dim, int num_kv_heads, int max_tokens, std::optional<int> residual,
-          std::optional<bool> rotate_keys, std::optional<int> sinks, std::optional<bool> clip, int window,
-          int max_chunk, int rollback, bool keep_sinks) {
+          std::optional<bool> rotate_keys, std::optional<bool> rotate_values, std::optional<int> sinks,
+          std::optional<bool> clip, int window, int max_chunk, int rollback, bool keep_sinks) {
     const int r = residual.value_or(kDefaultResidual);
     // Given none of the options: the default set, where it is compiled (the rotation needs a power-of-
     // two head_dim). Given some: the others are off, so rotate_keys=False alone means the plain cache.
-    const bool any_option = rotate_keys || sinks || clip;
+    const bool any_option = rotate_keys || rotate_values || sinks || clip;
     const bool defaults = !any_option && (head_dim & (head_dim - 1)) == 0;
-    const bool rot = rotate_keys.value_or(defaults && kDefaultRotateKeys);
-    const int s = sinks.value_or(defaults ? kDefaultSinks : 0);
-    const bool c = clip.value_or(defaults && kDefaultClip);
+    OptionFlags want;
+    want.rotate_keys = rotate_keys.value_or(defaults && kDefaultRotateKeys);
+    want.rotate_values = rotate_values.value_or(false);
+    want.sinks = sinks.value_or(defaults ? kDefaultSinks : 0);
+    want.clip = clip.value_or(defaults && kDefaultClip);
     int set = -1;
-    if (!rot && s == 0 && !c) set = kNoOptions;
-    if (rot && s == kCompiledSinks) set = c ? kRotateSinksClip : kRotateSinks;
-    if (set < 0)
-      throw skv::Error("the compiled option sets are: none (rotate_keys=False, sinks=0, clip=False), rotate_keys=True "
-                       "with sinks=4, and rotate_keys=True with sinks=4 and clip=True; got rotate_keys=" +
-                       std::string(rot ? "True" : "False") + ", sinks=" + std::to_string(s) +
-                       ", clip=" + std::string(c ? "True" : "False") + "; see skv.compiled()");
+    std::string sets;
+    for (int o = 0; o < kOptionSets; ++o) {
+      const OptionFlags f = option_flags(o);
+      if (f.rotate_keys == want.rotate_keys && f.rotate_values == want.rotate_values && f.sinks == want.sinks &&
+          f.clip == want.clip)
+        set = o;
+      sets += std::string(o ? "; " : "") + describe(f);
+    }
+    if (set < 0) throw skv::Error("the compiled option sets are: " + sets + "; got " + describe(want) + "; see skv.compiled()");
     cache_ = find_family(head_dim, r, set)
                  .make(key_bits, value_bits, num_kv_heads, max_tokens, Keep{window, max_chunk, rollback, keep_sinks});
   }
@@ -445,9 +455,11 @@ nb::list compiled() {
     row["value_bits"] = vb;
     row["head_dim"] = d;
     row["residual"] = r;
-    row["rotate_keys"] = o != kNoOptions;
-    row["sinks"] = o != kNoOptions ? kCompiledSinks : 0;
-    row["clip"] = o == kRotateSinksClip;
+    const OptionFlags f = option_flags(o);
+    row["rotate_keys"] = f.rotate_keys;
+    row["rotate_values"] = f.rotate_values;
+    row["sinks"] = f.sinks;
+    row["clip"] = f.clip;
     out.append(row);
   }
   return out;
@@ -473,22 +485,25 @@ NB_MODULE(_skv, m) {
 Keys are quantized per channel in groups of 32 tokens to key_bits, values per token in groups of up
 to 64 channels to value_bits, with fp16 scales and zero points, in pages of 64 tokens. The last
 incomplete group of tokens (plus `residual` more) stays in float32 until it is quantized once.
-rotate_keys=True rotates keys (and queries) by a randomized Hadamard transform; sinks=4 keeps the
-first 4 tokens in float32; clip=True chooses every group's range by a clipping search.
+rotate_keys=True rotates keys (and queries) by a randomized Hadamard transform; rotate_values=True
+rotates values by another one (and the attention output back); sinks=4 keeps the first 4 tokens in
+float32; clip=True chooses every group's range by a clipping search.
 
 Given only the bits, the cache uses residual=128, rotate_keys=True, sinks=4, clip=False: the best
 compiled setting measured in a real model's generation loop (docs/accuracy.md, "Defaults"); at
-head_dim 96 (no rotation) the options are off. Given some of rotate_keys, sinks and clip, the others
-are off. residual=0, rotate_keys=False gives the plain cache of the C++ short form.
+head_dim 96 (no rotation) the options are off. Given some of rotate_keys, rotate_values, sinks and
+clip, the others are off. residual=0, rotate_keys=False gives the plain cache of the C++ short form.
 
 Only compiled configurations exist (skv.compiled()); any other raises ValueError naming the set.)doc")
-      .def(nb::init<int, int, int, int, int, std::optional<int>, std::optional<bool>, std::optional<int>,
-                    std::optional<bool>, int, int, int, bool>(),
+      .def(nb::init<int, int, int, int, int, std::optional<int>, std::optional<bool>, std::optional<bool>,
+                    std::optional<int>, std::optional<bool>, int, int, int, bool>(),
            "key_bits"_a, "value_bits"_a, "head_dim"_a = 128, "num_kv_heads"_a, "max_tokens"_a,
-           "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "sinks"_a = nb::none(), "clip"_a = nb::none(),
+           "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "rotate_values"_a = nb::none(),
+           "sinks"_a = nb::none(), "clip"_a = nb::none(),
            "window"_a = 0, "max_chunk"_a = 0, "rollback"_a = 0, "keep_sinks"_a = false,
            "Allocates every page for max_tokens tokens up front. Defaults: residual=128 and, when none of\n"
-           "rotate_keys, sinks and clip is given, rotate_keys=True, sinks=4, clip=False (off at head_dim 96).\n"
+           "rotate_keys, rotate_values, sinks and clip is given, rotate_keys=True, rotate_values=False,\n"
+           "sinks=4, clip=False (off at head_dim 96).\n"
            "window=W > 0: a sliding-window cache; query i sees tokens i-W < j <= i (with keep_sinks=True the\n"
            "sink tokens too) and memory is bounded by the window, whatever max_tokens is (a stream of any\n"
            "length); attention() serves chunks of up to max_chunk queries (0: 64). rollback=N keeps float\n"
@@ -541,9 +556,11 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
       .def_prop_ro("head_dim", [](const KVCache& c) { return c.get().config().head_dim; })
       .def_prop_ro("num_kv_heads", [](const KVCache& c) { return c.get().num_kv_heads(); })
       .def_prop_ro("residual", [](const KVCache& c) { return c.get().config().residual; })
-      .def_prop_ro("rotate_keys", [](const KVCache& c) { return c.get().config().options != kNoOptions; })
-      .def_prop_ro("sinks", [](const KVCache& c) { return c.get().config().options != kNoOptions ? kCompiledSinks : 0; })
-      .def_prop_ro("clip", [](const KVCache& c) { return c.get().config().options == kRotateSinksClip; })
+      .def_prop_ro("rotate_keys", [](const KVCache& c) { return option_flags(c.get().config().options).rotate_keys; })
+      .def_prop_ro("rotate_values",
+                   [](const KVCache& c) { return option_flags(c.get().config().options).rotate_values; })
+      .def_prop_ro("sinks", [](const KVCache& c) { return option_flags(c.get().config().options).sinks; })
+      .def_prop_ro("clip", [](const KVCache& c) { return option_flags(c.get().config().options).clip; })
       .def_prop_ro("sink_size", [](const KVCache& c) { return c.get().sink_size(); }, "Tokens kept as float32 sinks.")
       .def_prop_ro("quantized_size", [](const KVCache& c) { return c.get().quantized_size(); },
                    "Tokens stored quantized.")
@@ -567,5 +584,5 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
         "in KVCache.decode).");
   m.def("compiled", &skv_python::compiled,
         "The compiled configurations: a list of dicts with key_bits, value_bits, head_dim, residual,\n"
-        "rotate_keys, sinks and clip.");
+        "rotate_keys, rotate_values, sinks and clip.");
 }

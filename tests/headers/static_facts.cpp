@@ -26,6 +26,10 @@ static_assert(A::kRotateKeys && B::kRotateKeys && A::kSinkTokens == 4 && B::kSin
 static_assert(A::kClipValues && !A::kClipKeys && A::kRotationSeed == skv::kDefaultRotationSeed, "");
 static_assert(skv::Options<skv::RotateKeysWithSeed<7>>::kRotationSeed == 7, "");
 static_assert(!skv::Options<>::kRotateKeys && skv::Options<>::kSinkTokens == 0, "");
+static_assert(!skv::Options<>::kRotateValues && !A::kRotateValues, "");
+using V = skv::Options<skv::RotateValuesWithSeed<9>, skv::RotateKeys, skv::Sinks<2>>;
+static_assert(V::kRotateValues && V::kValueRotationSeed == 9 && V::kRotateKeys &&
+                  V::kRotationSeed == skv::kDefaultRotationSeed && V::kSinkTokens == 2, "");
 using R = skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>;
 static_assert(R::kRotateKeys && R::kSinkTokens == 4 && R::kKeyBits == 4 && R::kValueBits == 2, "");
 static_assert(std::is_same<skv::KVCache<4, 2>, skv::KVCache<4, 2, 128>>::value, "");

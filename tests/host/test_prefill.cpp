@@ -125,6 +125,11 @@ TEST(Prefill, MatchesReferenceWithEveryOptionAndAResidualWindow) {
                               64, 64, skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::ClipKeys, skv::ClipValues>>;
   check_config<C>(400);
 }
+TEST(Prefill, MatchesReferenceWithRotatedValues) {
+  using C = skv::BasicKVCache<skv::Quantizer<3, 32, skv::Axis::Channel>, skv::Quantizer<2, 64, skv::Axis::Token>, 128,
+                              64, 64, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>;
+  check_config<C>(450);
+}
 TEST(Prefill, MatchesReferenceOtherBitWidths) {
   check_config<skv::KVCache<1, 8>>(500);
   check_config<skv::KVCache<8, 1>>(600);
@@ -313,6 +318,7 @@ void check_token_by_token(int prefix, int chunk, int kv_heads, int group, unsign
 TEST(Prefill, ChunkEqualsDecodingItsTokensOneByOne) {
   check_token_by_token<skv::KVCache<4, 2>>(100, 90, 2, 4, 1);
   check_token_by_token<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>>(37, 64, 1, 8, 2);
+  check_token_by_token<skv::KVCache<3, 2, 128, skv::RotateKeys, skv::RotateValues>>(38, 64, 1, 8, 2);
   check_token_by_token<skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>,
                                          skv::Quantizer<4, 64, skv::Axis::Token>, 128, 64, 32>>(300, 40, 1, 1, 3);
 }

@@ -3,7 +3,8 @@
 //
 //   skv_python_reference KEY_BITS VALUE_BITS HEAD_DIM RESIDUAL OPTIONS KV_HEADS Q_HEADS TOKENS CHUNK IN OUT
 //
-// OPTIONS: 0 none, 1 rotate_keys + sinks 4, 2 rotate_keys + sinks 4 + clip.
+// OPTIONS: 0 none, 1 rotate_keys + sinks 4, 2 rotate_keys + sinks 4 + clip, 3 rotate_keys + rotate_values +
+// sinks 4.
 // IN holds float32 k [TOKENS][KV_HEADS][HEAD_DIM], v (same shape), q [Q_HEADS][HEAD_DIM]; tokens are
 // appended CHUNK at a time. OUT receives the float32 output [Q_HEADS][HEAD_DIM], then the bytes of the
 // pages in use, then the full-precision area (ring and sinks) as float32.
@@ -32,6 +33,7 @@ struct CacheOf {
 };
 using RotateSinks = skv::Options<skv::RotateKeys, skv::Sinks<4>>;
 using RotateSinksClip = skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::ClipKeys, skv::ClipValues>;
+using RotateBothSinks = skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>;
 
 struct Args {
   int key_bits, value_bits, head_dim, residual, options, kv_heads, q_heads, tokens, chunk;
@@ -95,6 +97,8 @@ int main(int argc, char** argv) {
       run_family<64, 128, RotateSinksClip>(a);
     else if (a.head_dim == 256 && a.residual == 0 && a.options == 2)
       run_family<256, 0, RotateSinksClip>(a);
+    else if (a.head_dim == 64 && a.residual == 0 && a.options == 3)
+      run_family<64, 0, RotateBothSinks>(a);
     else
       throw skv::Error("configuration not built into skv_python_reference");
   } catch (const std::exception& e) {

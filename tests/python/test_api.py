@@ -96,6 +96,32 @@ def test_options_and_residual_are_reported(rng):
     assert cache.residual_size >= 128
 
 
+def test_rotated_values_dequantize_and_decode_in_the_models_basis(rng):
+    # values with two large channels: stored rotated, they come back (dequantize) and out of attention
+    # (decode) in the model's basis, and closer to the input than the unrotated cache stores them at 3 bits
+    n, hkv, hq, d = 300, 2, 8, 64
+    k, v = random_kv(rng, n, hkv, d)
+    v[:, :, [5, 40]] *= 8.0
+    q = rng.standard_normal((hq, d)).astype(np.float32)
+    both = dict(residual=0, rotate_keys=True, sinks=4)
+    rotated = skv.KVCache(key_bits=8, value_bits=3, head_dim=d, num_kv_heads=hkv, max_tokens=n, rotate_values=True,
+                          **both)
+    plain = skv.KVCache(key_bits=8, value_bits=3, head_dim=d, num_kv_heads=hkv, max_tokens=n, **both)
+    assert rotated.rotate_values and not plain.rotate_values
+    assert "rotate_values" in repr(rotated)
+    for c in (rotated, plain):
+        c.append(k, v)
+    kr, vr = rotated.dequantize()
+    _, vp = plain.dequantize()
+    np.testing.assert_allclose(vr[:4], v[:4], atol=1e-5 * np.abs(v).max())  # sinks: float32, rotated and back
+    err_rot, err_plain = np.abs(vr - v).mean(), np.abs(vp - v).mean()
+    assert err_rot < 0.75 * err_plain, (err_rot, err_plain)
+    # decode is attention over what dequantize returns
+    scale = 1 / np.sqrt(d)
+    np.testing.assert_allclose(rotated.decode(q), attention_fp64(kr, vr, q, scale), atol=2e-5 * np.abs(v).max())
+    assert rotated.bits_per_element == plain.bits_per_element and rotated.memory_bytes == plain.memory_bytes
+
+
 def test_float16_input_gives_the_same_cache_as_float32(rng):
     k16, v16 = random_kv(rng, 200, 3, 64, dtype=np.float16)
     caches = []
@@ -133,9 +159,11 @@ def test_scale_argument(rng):
 
 def test_compiled_set_and_what_is_not_compiled():
     rows = skv.compiled()
-    assert len(rows) == 16 * (3 * 2 * 3 + 2)
-    assert {"key_bits": 4, "value_bits": 2, "head_dim": 128, "residual": 0, "rotate_keys": False, "sinks": 0,
-            "clip": False} in rows
+    assert len(rows) == 16 * (3 * 2 * 4 + 2)
+    assert {"key_bits": 4, "value_bits": 2, "head_dim": 128, "residual": 0, "rotate_keys": False,
+            "rotate_values": False, "sinks": 0, "clip": False} in rows
+    assert {"key_bits": 3, "value_bits": 2, "head_dim": 64, "residual": 128, "rotate_keys": True,
+            "rotate_values": True, "sinks": 4, "clip": False} in rows
     assert {(r["key_bits"], r["value_bits"]) for r in rows} == {(a, b) for a in (2, 3, 4, 8) for b in (2, 3, 4, 8)}
     with pytest.raises(ValueError, match="compiled pairs: k2v2, k2v3"):
         skv.KVCache(key_bits=5, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8)
@@ -145,7 +173,8 @@ def test_compiled_set_and_what_is_not_compiled():
         skv.KVCache(key_bits=4, value_bits=2, head_dim=96, num_kv_heads=1, max_tokens=8, residual=0,
                     rotate_keys=True, sinks=4)
     for bad in [dict(rotate_keys=True), dict(rotate_keys=True, sinks=0), dict(rotate_keys=False, sinks=4),
-                dict(sinks=2), dict(clip=True)]:
+                dict(sinks=2), dict(clip=True), dict(rotate_values=True),
+                dict(rotate_keys=True, rotate_values=True, sinks=4, clip=True)]:
         with pytest.raises(ValueError, match="compiled option sets"):
             skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8, **bad)
     with pytest.raises(ValueError, match="num_kv_heads"):

@@ -83,7 +83,7 @@ def test_layer_sensitivity_table(tmp_path):
     sliding = calibrate.candidates([(2, 2), (4, 4), (8, 8)], [0])
     t = calibrate.layer_sensitivity(model, ids, cands, context=512, sliding_cands=sliding)
     assert t["format"] == calibrate.FORMAT and t["context"] == 512 and t["tokens"] == 100
-    assert t["options"] == {"rotate_keys": True, "sinks": 4, "clip": False}
+    assert t["options"] == {"rotate_keys": True, "rotate_values": False, "sinks": 4, "clip": False}
     assert [l["kind"] for l in t["layers"]] == ["sliding", "full", "sliding", "full"]
     for l in t["layers"]:
         names = {(c["key_bits"], c["value_bits"], c["residual"]): c for c in l["candidates"]}
@@ -101,18 +101,44 @@ def test_layer_sensitivity_table(tmp_path):
     json.dumps(t)  # JSON-ready
 
 
+def test_rotated_values_are_a_candidate_and_tables_merge():
+    model = make("llama")
+    ids = prompt(80, 4)[0].tolist()
+    pairs = [(3, 2)]
+    a = calibrate.layer_sensitivity(model, ids, calibrate.candidates(pairs, [0]), context=256, layers=[1])
+    b = calibrate.layer_sensitivity(model, ids, calibrate.candidates(pairs, [0]), context=256, layers=[1],
+                                    rotate_values=True)
+    both = calibrate.layer_sensitivity(model, ids, calibrate.candidates(pairs, [0], rotate_values=(False, True)),
+                                       context=256, layers=[1])
+    merged = calibrate.merge_tables(a, b)
+    assert merged["options"]["rotate_values"] is False and b["options"]["rotate_values"] is True
+    got = [(c["rotate_values"], c["kl"], c["held_bits"]) for c in merged["layers"][0]["candidates"]]
+    want = [(c["rotate_values"], c["kl"], c["held_bits"]) for c in both["layers"][0]["candidates"]]
+    assert [g[0] for g in got] == [w[0] for w in want] == [False, True]
+    for g, w in zip(got, want):  # the same passes, measured alone or together
+        assert g[1] == pytest.approx(w[1], rel=1e-6, abs=1e-12) and g[2] == w[2]
+    assert got[0][2] == got[1][2]  # the rotation holds no memory
+    assert got[0][1] != got[1][1]  # and reached the cache
+    with pytest.raises(ValueError, match="twice"):
+        calibrate.merge_tables(a, a)
+    with pytest.raises(ValueError, match="differ"):
+        calibrate.merge_tables(a, {**b, "context": 512})
+    with pytest.raises(ValueError, match="candidate is"):
+        calibrate.mixed_cache(model, {0: (3, 2)})
+
+
 def test_plan_cache_follows_the_plan():
     model = make("llama")
     plan = {"layers": [{"layer": 0, "key_bits": 2, "value_bits": 2, "residual": 0},
                        {"layer": 1, "key_bits": 4, "value_bits": 2, "residual": 128},
                        {"layer": 2, "key_bits": 0, "value_bits": 0},
-                       {"layer": 3, "key_bits": 3, "value_bits": 3}]}
+                       {"layer": 3, "key_bits": 3, "value_bits": 3, "rotate_values": True}]}
     cache = calibrate.plan_cache(model, plan, {"rotate_keys": True, "sinks": 4})
     ids = prompt(64, 2)[0].tolist()
     calibrate.run(model, ids, cache)
-    kinds = [(l.key_bits, l.value_bits, l.options["residual"]) if isinstance(l, skv.hf.SkvLayer) else None
-             for l in cache.layers]
-    assert kinds == [(2, 2, 0), (4, 2, 128), None, (3, 3, 0)]
+    kinds = [(l.key_bits, l.value_bits, l.options["residual"], l.options["rotate_values"])
+             if isinstance(l, skv.hf.SkvLayer) else None for l in cache.layers]
+    assert kinds == [(2, 2, 0, False), (4, 2, 128, False), None, (3, 3, 0, True)]
     # every layer counted over 2 x 64 tokens x 2 KV heads x 64: the exact layer at 32 bits
     n = 2 * 64 * 2 * 64
     skv_bits = sum(l.memory_bytes * 8 for l in cache.layers if isinstance(l, skv.hf.SkvLayer))

@@ -95,6 +95,11 @@ def test_rotated_keys_name_the_guaranteed_range(rng):
     assert len(cache) == 0
     cache.append(np.full((1, 1, 128), 2894.0, np.float32), np.zeros((1, 1, 128), np.float32))
     assert len(cache) == 1
+    both = skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=64, rotate_keys=True,
+                       rotate_values=True, sinks=4)
+    with pytest.raises(ValueError, match=r"rotated values.*values within \+-2894\.\d+ always fit"):
+        both.append(np.zeros_like(k), k)
+    assert len(both) == 0
 
 
 def test_lengths_are_read_under_the_lock_while_appends_run(rng):

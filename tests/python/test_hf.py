@@ -210,6 +210,22 @@ def test_without_attn_implementation_skv_the_fallback_dequantizes():
     assert cache.get_seq_length() == 203 and len(cache.layers[0].rows[0]) == 203
 
 
+def test_rotated_values_agree_between_skv_attention_and_the_fallback():
+    # skv's attention rotates its output back; the fallback gets values dequantized and rotated back:
+    # the same cache read two ways (Llama: the fallback's caches of window layers keep other tokens in
+    # full precision than the window caches of skv's attention)
+    eager, model = make("llama", "eager"), make("llama")
+    ids = prompt(150, 10)
+    opts = dict(key_bits=3, value_bits=2, residual=0, rotate_keys=True, rotate_values=True, sinks=4)
+    with torch.no_grad():
+        a = eager(ids, cache=skv.hf.SkvCache(eager.config, **opts), use_cache=True).logits
+        b = model(ids, cache=skv.hf.SkvCache(model.config, **opts), use_cache=True).logits
+        plain = model(ids, cache=skv.hf.SkvCache(model.config, **{**opts, "rotate_values": False}),
+                      use_cache=True).logits
+    assert float((a - b).abs().max()) < 1e-4
+    assert float((b - plain).abs().max()) > 1e-3  # the option reached the caches
+
+
 def test_a_plan_gives_every_layer_its_bits(tmp_path):
     model = make("llama")
     plan = {"layers": [{"layer": i, "key_bits": kb, "value_bits": vb}
@@ -219,6 +235,11 @@ def test_a_plan_gives_every_layer_its_bits(tmp_path):
     cache = skv.hf.SkvCache(model.config, plan=str(path))
     greedy(model, prompt(20, 9), cache, n=4)
     assert [(l.rows[0].key_bits, l.rows[0].value_bits) for l in cache.layers] == [(8, 4), (4, 2), (3, 3), (2, 2)]
+    # a layer's rotate_values (a loop plan's) overrides the cache's
+    plan["layers"][1]["rotate_values"] = True
+    cache = skv.hf.SkvCache(model.config, plan=plan, rotate_keys=True, rotate_values=False, sinks=4, clip=False)
+    greedy(model, prompt(20, 9), cache, n=2)
+    assert [l.rows[0].rotate_values for l in cache.layers] == [False, True, False, False]
     with pytest.raises(ValueError, match="layers 0..3"):
         skv.hf.SkvCache(model.config, plan={"layers": plan["layers"][:3]})
     with pytest.raises(ValueError, match="skv plan --json"):

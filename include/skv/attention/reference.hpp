@@ -4,7 +4,8 @@
 // The oracle the fast CPU path and the CUDA kernels are tested against: plain loops, double
 // accumulation, and the one shared dequantization function (SequenceView::key / value ->
 // Quantizer::decode). Attention sees every appended token: sinks, quantized blocks and the residual
-// window; with rotated keys the query is rotated by the same R first.
+// window; with rotated keys the query is rotated by the same R first, with rotated values the output
+// is rotated back by R_v^T (a sum of rotated values is the rotated sum).
 //
 // Sliding windows (docs/cpu.md, "Windows"): with window W > 0 the query at position i sees the
 // tokens j with i - W < j <= i (Hugging Face's convention: W tokens, itself included); with
@@ -71,6 +72,7 @@ void decode_attention_reference(const SequenceView<Layout>& view, const float* q
     detail::reference_state(view, qr.data(), h, h / group, 0, view.length, scale, from, kept)
         .finish(out + static_cast<std::size_t>(h) * Layout::kHeadDim);
   }
+  from_value_basis<Layout>(out, static_cast<std::size_t>(num_q_heads));
 }
 
 /// The same computation split into chunks of `chunk_tokens` whose partial states are merged: tests
@@ -90,6 +92,7 @@ void decode_attention_chunked(const SequenceView<Layout>& view, const float* q, 
     }
     total.finish(out + static_cast<std::size_t>(h) * Layout::kHeadDim);
   }
+  from_value_basis<Layout>(out, static_cast<std::size_t>(num_q_heads));
 }
 
 /// The decode reference for a whole cache, with the cache's window.
@@ -152,6 +155,7 @@ void prefill_attention_reference(const SequenceView<Layout>& view, const float* 
       }
     }
   }
+  from_value_basis<Layout>(out, static_cast<std::size_t>(num_q_tokens) * num_q_heads);
 }
 
 /// The reference for a whole cache, with the cache's window (0 for a cache without one).

@@ -156,8 +156,8 @@ struct AppendOptions {
 
 /// Appends `n` tokens of keys and values, each [n][num_kv_heads][HeadDim] of T (float, fp16 or
 /// bf16; fp16 and bf16 are widened exactly, so each gives the bytes of its float values), to `view`
-/// (whose length advances by n). With Options<RotateKeys> the keys are rotated first (and the
-/// rotated keys must be in range). Throws skv::Error, leaving every token unchanged, on a null pointer,
+/// (whose length advances by n). With Options<RotateKeys> / Options<RotateValues> the keys / values
+/// are rotated first (and the rotated ones must be in range). Throws skv::Error, leaving every token unchanged, on a null pointer,
 /// a bad view, a block-table entry outside the pool, a page the sequence already uses (checked when
 /// a page is first written, against the entries before it: O(pages)), capacity overflow or a
 /// non-finite value.
@@ -187,24 +187,41 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
     // pages whose first block this call writes: new to the sequence, so they must not repeat an entry
     detail::check_distinct_pages(view, (q_before + Layout::kPageSize - 1) / Layout::kPageSize, last, "append");
   }
-  std::vector<float> rotated;
-  if constexpr (Layout::kRotateKeys) {
-    detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, D, "keys");
-    rotated.resize(count);
-    for (std::size_t r = 0; r < count; r += D) {
-      simd::to_f32_row(keys + r, D, rotated.data() + r);
-      HadamardRotation<D, Layout::kRotationSeed>::apply(rotated.data() + r);
+  // keys and values in the basis the layout stores them in: widened and rotated copies with
+  // RotateKeys / RotateValues (non-finite inputs are reported before the rotation spreads them)
+  const auto rotate = [&](const T* x, const char* what, auto check, auto rotation) {
+    check(x, what);
+    std::vector<float> r(count);
+    for (std::size_t i = 0; i < count; i += D) {
+      simd::to_f32_row(x + i, D, r.data() + i);
+      decltype(rotation)::apply(r.data() + i);
     }
-  }
-  const auto run = [&](const auto* k) {
+    return r;
+  };
+  const auto check_keys = [&](const T* x, const char* what) {
+    detail::check_values<typename Layout::KeyQuantizer>(x, count, view.num_kv_heads, D, what);
+  };
+  const auto check_vals = [&](const T* x, const char* what) {
+    detail::check_values<typename Layout::ValueQuantizer>(x, count, view.num_kv_heads, D, what);
+  };
+  std::vector<float> rotated_keys, rotated_values;
+  if constexpr (Layout::kRotateKeys)
+    rotated_keys = rotate(keys, "keys", check_keys, HadamardRotation<D, Layout::kRotationSeed>{});
+  if constexpr (Layout::kRotateValues)
+    rotated_values = rotate(values, "values", check_vals, HadamardRotation<D, Layout::kValueRotationSeed>{});
+  const auto run = [&](const auto* k, const auto* v) {
     // the first error in input order (keys, then values), with its position
     const auto fail = [&] {
-      detail::check_values<typename Layout::KeyQuantizer>(keys, count, view.num_kv_heads, D, "keys");
-      detail::check_values<typename Layout::ValueQuantizer>(values, count, view.num_kv_heads, D, "values");
-      detail::check_values<typename Layout::KeyQuantizer>(
-          k, count, view.num_kv_heads, D, "rotated keys",
-          "; the rotation can grow an element up to sqrt(head_dim) times, so keys within +-" +
-              detail::number(Layout::KeyQuantizer::kMaxInput / std::sqrt(static_cast<double>(D))) + " always fit");
+      check_keys(keys, "keys");
+      check_vals(values, "values");
+      const auto grown = [&](const char* what, double max_input) {
+        return std::string("; the rotation can grow an element up to sqrt(head_dim) times, so ") + what + " within +-" +
+               detail::number(max_input / std::sqrt(static_cast<double>(D))) + " always fit";
+      };
+      detail::check_values<typename Layout::KeyQuantizer>(k, count, view.num_kv_heads, D, "rotated keys",
+                                                          grown("keys", Layout::KeyQuantizer::kMaxInput));
+      detail::check_values<typename Layout::ValueQuantizer>(v, count, view.num_kv_heads, D, "rotated values",
+                                                            grown("values", Layout::ValueQuantizer::kMaxInput));
       throw Error("append: a value out of range was detected but not located");  // unreachable
     };
     // tokens bound for the full-precision area are checked before anything is written; blocks of
@@ -219,16 +236,23 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
       if (from >= to) return true;
       const std::size_t off = static_cast<std::size_t>(from - t0) * tf, len = static_cast<std::size_t>(to - from) * tf;
       return simd::all_within(k + off, len, Layout::KeyQuantizer::kMaxInput) &&
-             simd::all_within(values + off, len, Layout::ValueQuantizer::kMaxInput);
+             simd::all_within(v + off, len, Layout::ValueQuantizer::kMaxInput);
     };
     if (!in_range(t0, ring_end) || !in_range(tail, t_end)) fail();
-    if (!detail::quantize_direct_blocks(view, k, values, t0, direct, q_after, threads)) fail();
-    detail::append_to_ring(view, k, values, n, direct);
+    if (!detail::quantize_direct_blocks(view, k, v, t0, direct, q_after, threads)) fail();
+    detail::append_to_ring(view, k, v, n, direct);
+  };
+  const auto with_values = [&](const auto* k) {
+    if constexpr (Layout::kRotateValues) {
+      run(k, rotated_values.data());
+    } else {
+      run(k, values);
+    }
   };
   if constexpr (Layout::kRotateKeys) {
-    run(rotated.data());
+    with_values(rotated_keys.data());
   } else {
-    run(keys);
+    with_values(keys);
   }
 }
 

@@ -56,7 +56,7 @@ struct Retention {
 ///   HeadDim       elements per head
 ///   PageSize      tokens per page (a power of two, a multiple of every Channel-axis group)
 ///   Residual      extra recent tokens kept in full precision beyond the incomplete block
-///   Opts          skv::Options<...>: RotateKeys, Sinks<N>, ClipKeys, ClipValues (cache/options.hpp)
+///   Opts          skv::Options<...>: RotateKeys, RotateValues, Sinks<N>, ClipKeys, ClipValues (cache/options.hpp)
 template <class KeyQ, class ValueQ, int HeadDim = 128, int PageSize = 64, int Residual = 0, class Opts = Options<>>
 class BasicKVCache {
  public:
@@ -355,7 +355,7 @@ class BasicKVCache {
     length_ = v_.length;
     if (gap) {
       // the ring holds the tail; the history takes the float copies of the `rollback` input tokens
-      // before it straight from the input (keys rotated as the ring stores them)
+      // before it straight from the input (rotated as the ring stores them)
       ring_from_ = std::max(ring_after, kSinks + q_after);
       history_from_ = std::max({kSinks, t0, ring_from_ - history_slots()});
       for (int t = history_from_; t < ring_from_; ++t)
@@ -364,6 +364,8 @@ class BasicKVCache {
           simd::to_f32_row(k + at, HeadDim, history_key(t, h));
           simd::to_f32_row(v + at, HeadDim, history_value(t, h));
           if constexpr (Layout::kRotateKeys) HadamardRotation<HeadDim, Layout::kRotationSeed>::apply(history_key(t, h));
+          if constexpr (Layout::kRotateValues)
+            HadamardRotation<HeadDim, Layout::kValueRotationSeed>::apply(history_value(t, h));
         }
       return;
     }

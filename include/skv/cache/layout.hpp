@@ -16,7 +16,7 @@
 //   [2][kSinkTokens][num_kv_heads][HeadDim]        the sinks, keys first
 // quantized_length(length) is a pure function of the length, so a reader needs nothing but the
 // length to know where each token is. With Options<RotateKeys> every stored key (sink, page, ring)
-// is the rotated key R k.
+// is the rotated key R k; with Options<RotateValues> every stored value is R_v v.
 #pragma once
 
 #include <cstddef>
@@ -99,6 +99,8 @@ struct CacheLayout {
   static_assert(IsOptions<Opts>::value, "skv: the options of a cache must be skv::Options<...>");
   static_assert(!Opts::kRotateKeys || (HeadDim & (HeadDim - 1)) == 0,
                 "skv: RotateKeys needs a power-of-two HeadDim (the Walsh-Hadamard transform)");
+  static_assert(!Opts::kRotateValues || (HeadDim & (HeadDim - 1)) == 0,
+                "skv: RotateValues needs a power-of-two HeadDim (the Walsh-Hadamard transform)");
 
   using KeyQuantizer = KeyQ;
   using ValueQuantizer = ValueQ;
@@ -118,6 +120,8 @@ struct CacheLayout {
   static constexpr std::uint64_t kRotationSeed = Opts::kRotationSeed;
   static constexpr bool kClipKeys = Opts::kClipKeys;
   static constexpr bool kClipValues = Opts::kClipValues;
+  static constexpr bool kRotateValues = Opts::kRotateValues;
+  static constexpr std::uint64_t kValueRotationSeed = Opts::kValueRotationSeed;
   /// Tokens quantized together: one Channel-axis group (both extents are powers of two).
   static constexpr int kBlockTokens = detail::max_of(KeyQ::kTokenExtent, ValueQ::kTokenExtent);
   static_assert(PageSize % kBlockTokens == 0, "skv: PageSize must be a multiple of every Channel-axis GroupSize");

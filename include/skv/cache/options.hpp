@@ -1,12 +1,17 @@
 // skv/cache/options.hpp: the accuracy options of a cache type (docs/accuracy.md).
 //
 //   skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>     // rotated keys, 4 fp32 sink tokens
+//   skv::KVCache<3, 2, 0, skv::RotateKeys, skv::RotateValues>  // keys and values rotated
 //   skv::BasicKVCache<KQ, VQ, 128, 64, 0, skv::Options<skv::ClipValues>>
 //
 //   RotateKeys   keys are multiplied by a randomized Hadamard matrix R (quant/rotation.hpp) before
 //                they are stored, and queries by R before attention; R is orthogonal, so attention
 //                is unchanged in exact arithmetic while outlier channels are spread over all channels.
 //                The sign vector comes from the seed, part of the type, so a cache is reproducible.
+//   RotateValues values are multiplied by their own randomized Hadamard matrix R_v before they are
+//                stored; the attention output, a weighted sum of stored values, is multiplied by R_v^T
+//                once per query row. Per-token value groups then see a flat distribution instead of a
+//                few large channels (as in KVLinC and TurboQuant); exact arithmetic is unchanged.
 //   Sinks<N>     the first N tokens of a sequence are kept in full precision (float) and never
 //                quantized: attention sinks draw a large share of the attention.
 //   ClipKeys     each group's range is chosen by a search over shrunken ranges (ratios 1, 0.95, ...,
@@ -29,6 +34,15 @@ template <std::uint64_t Seed = kDefaultRotationSeed>
 struct RotateKeysWithSeed {};
 using RotateKeys = RotateKeysWithSeed<>;
 
+/// Default seed of the value rotation's sign vector (independent of the keys').
+constexpr std::uint64_t kDefaultValueRotationSeed = 0x5eed7a1ull;
+
+/// Rotate values by the randomized Hadamard rotation with sign seed `Seed` (the output back by its
+/// inverse).
+template <std::uint64_t Seed = kDefaultValueRotationSeed>
+struct RotateValuesWithSeed {};
+using RotateValues = RotateValuesWithSeed<>;
+
 /// Keep the first N tokens of every sequence in full precision.
 template <int N>
 struct Sinks {
@@ -45,38 +59,50 @@ namespace detail {
 template <class Opt>
 struct OptionTraits {
   static_assert(sizeof(Opt) == 0,
-                "skv::Options: every option must be skv::RotateKeys(WithSeed), skv::Sinks<N>, skv::ClipKeys or "
-                "skv::ClipValues");
+                "skv::Options: every option must be skv::RotateKeys(WithSeed), skv::RotateValues(WithSeed), "
+                "skv::Sinks<N>, skv::ClipKeys or skv::ClipValues");
 };
 
-template <bool Rotate, std::uint64_t Seed, int SinkTokens, bool ClipK, bool ClipV>
+template <bool Rotate, std::uint64_t Seed, int SinkTokens, bool ClipK, bool ClipV, bool RotateV = false,
+          std::uint64_t SeedV = kDefaultValueRotationSeed>
 struct OptionValues {
   static constexpr bool kRotateKeys = Rotate;
   static constexpr std::uint64_t kRotationSeed = Seed;
   static constexpr int kSinkTokens = SinkTokens;
   static constexpr bool kClipKeys = ClipK;
   static constexpr bool kClipValues = ClipV;
+  static constexpr bool kRotateValues = RotateV;
+  static constexpr std::uint64_t kValueRotationSeed = SeedV;
 };
 
 template <std::uint64_t S>
 struct OptionTraits<RotateKeysWithSeed<S>> {
   template <class A>
-  using apply = OptionValues<true, S, A::kSinkTokens, A::kClipKeys, A::kClipValues>;
+  using apply = OptionValues<true, S, A::kSinkTokens, A::kClipKeys, A::kClipValues, A::kRotateValues,
+                             A::kValueRotationSeed>;
+};
+template <std::uint64_t S>
+struct OptionTraits<RotateValuesWithSeed<S>> {
+  template <class A>
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues, true, S>;
 };
 template <int N>
 struct OptionTraits<Sinks<N>> {
   template <class A>
-  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, N, A::kClipKeys, A::kClipValues>;
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, N, A::kClipKeys, A::kClipValues, A::kRotateValues,
+                             A::kValueRotationSeed>;
 };
 template <>
 struct OptionTraits<ClipKeys> {
   template <class A>
-  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, true, A::kClipValues>;
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, true, A::kClipValues, A::kRotateValues,
+                             A::kValueRotationSeed>;
 };
 template <>
 struct OptionTraits<ClipValues> {
   template <class A>
-  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, true>;
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, true, A::kRotateValues,
+                             A::kValueRotationSeed>;
 };
 
 template <class Acc, class... Opts>

@@ -81,8 +81,8 @@ struct SequenceView {
     return residual + L::residual_value_offset(token, h, num_kv_heads);
   }
 
-  /// Element `c` of key / value `token` as attention sees it (dequantized or full precision; keys in
-  /// the rotated basis when the layout rotates keys).
+  /// Element `c` of key / value `token` as attention sees it (dequantized or full precision; keys /
+  /// values in the rotated basis when the layout rotates them).
   SKV_HOST_DEVICE float key(int token, int h, int c) const {
     if (token < L::kSinkTokens) return sink_key(token, h)[c];
     const int j = token - L::kSinkTokens;

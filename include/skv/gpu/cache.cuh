@@ -38,9 +38,9 @@ namespace gpu {
 template <class Layout>
 struct BatchView {
   using L = Layout;
-  static_assert(L::kSinkTokens == 0 && !L::kRotateKeys && !L::kClipKeys && !L::kClipValues,
-                "skv::gpu: the CUDA kernels do not support Options (RotateKeys, Sinks, ClipKeys, ClipValues) yet; "
-                "use them with the CPU cache");
+  static_assert(L::kSinkTokens == 0 && !L::kRotateKeys && !L::kRotateValues && !L::kClipKeys && !L::kClipValues,
+                "skv::gpu: the CUDA kernels do not support Options (RotateKeys, RotateValues, Sinks, ClipKeys, "
+                "ClipValues) yet; use them with the CPU cache");
   std::uint8_t* pages = nullptr;
   const std::int32_t* block_table = nullptr;
   std::int32_t* lengths = nullptr;

@@ -1,4 +1,5 @@
-// skv/quant/rotation.hpp: the randomized Hadamard rotation for keys (and the queries that read them).
+// skv/quant/rotation.hpp: the randomized Hadamard rotation for keys (and the queries that read them) and
+// for values (and the attention outputs made of them).
 //
 // R = H * diag(s) / sqrt(D): H the D x D Walsh-Hadamard matrix (D a power of two), s a fixed vector of
 // random signs derived from a seed. R is orthogonal, so (R q) . (R k) = q . k: rotating keys at append
@@ -147,6 +148,26 @@ std::vector<float> to_key_basis(const float* x, std::size_t rows) {
   if constexpr (Layout::kRotateKeys)
     for (std::size_t i = 0; i < r.size(); i += D) HadamardRotation<D, Layout::kRotationSeed>::apply(r.data() + i);
   return r;
+}
+
+/// The same for values: a copy in the basis the layout stores values in, R_v v with
+/// Options<RotateValues>, unchanged otherwise (host).
+template <class Layout>
+std::vector<float> to_value_basis(const float* x, std::size_t rows) {
+  constexpr int D = Layout::kHeadDim;
+  std::vector<float> r(x, x + rows * D);
+  if constexpr (Layout::kRotateValues)
+    for (std::size_t i = 0; i < r.size(); i += D) HadamardRotation<D, Layout::kValueRotationSeed>::apply(r.data() + i);
+  return r;
+}
+
+/// Attention outputs, weighted sums of stored values, back to the model's basis in place:
+/// R_v^T o with Options<RotateValues>, unchanged otherwise.
+template <class Layout>
+void from_value_basis(float* x, std::size_t rows) {
+  constexpr int D = Layout::kHeadDim;
+  if constexpr (Layout::kRotateValues)
+    for (std::size_t i = 0; i < rows; ++i) HadamardRotation<D, Layout::kValueRotationSeed>::apply_inverse(x + i * D);
 }
 
 }  // namespace skv

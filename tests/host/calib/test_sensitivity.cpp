@@ -146,6 +146,32 @@ TEST(LoopPlan, WeighsLayersByTheirElements) {
   EXPECT_EQ(p.layers[1].choice.name(), "k4v4");
 }
 
+TEST(LoopPlan, ChoosesRotatedValuesPerLayerWhereTheyWin) {
+  // Every candidate twice, with and without rotated values at the same held bits; the rotated ones
+  // have half the KL in layer 0 and twice the KL in layer 1 (measured per layer, as on Gemma 3).
+  nlohmann::json j = table(2, -1);
+  for (int l = 0; l < 2; ++l) {
+    auto& cands = j["layers"][l]["candidates"];
+    const std::size_t n = cands.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      nlohmann::json c = cands[i];
+      c["rotate_values"] = true;
+      c["kl"] = c["kl"].get<double>() * (l == 0 ? 0.5 : 2.0);
+      cands.push_back(c);
+    }
+  }
+  const auto p = skv::calib::plan_from_sensitivity(skv::calib::read_sensitivity(j), 4.25);
+  EXPECT_EQ(p.layers[0].choice.name(), "k3v3+rotv");
+  EXPECT_EQ(p.layers[1].choice.name(), "k3v3");
+  const auto out = skv::calib::loop_plan_to_json(p);
+  EXPECT_EQ(out["layers"][0]["rotate_values"], true);
+  EXPECT_EQ(out["layers"][1]["rotate_values"], false);
+  // A candidate without the key takes the table's options; the same candidate twice is refused.
+  j["options"]["rotate_values"] = true;
+  for (auto& c : j["layers"][1]["candidates"]) c.erase("rotate_values");
+  EXPECT_THROW(skv::calib::read_sensitivity(j), skv::Error);
+}
+
 TEST(LoopPlan, RejectsBadTables) {
   auto bad = [](auto edit) {
     nlohmann::json j = table(3, 1);
@@ -155,6 +181,7 @@ TEST(LoopPlan, RejectsBadTables) {
   using skv::calib::read_sensitivity;
   EXPECT_THROW(read_sensitivity(bad([](nlohmann::json& j) { j["format"] = "other"; })), skv::Error);
   EXPECT_THROW(read_sensitivity(bad([](nlohmann::json& j) { j.erase("context"); })), skv::Error);
+  EXPECT_THROW(read_sensitivity(bad([](nlohmann::json& j) { j["options"] = 3; })), skv::Error);
   EXPECT_THROW(read_sensitivity(bad([](nlohmann::json& j) { j["layers"] = nlohmann::json::array(); })), skv::Error);
   EXPECT_THROW(read_sensitivity(bad([](nlohmann::json& j) { j["layers"][1]["layer"] = 0; })), skv::Error);
   EXPECT_THROW(read_sensitivity(bad([](nlohmann::json& j) { j["layers"][1]["elements"] = 0; })), skv::Error);

@@ -16,10 +16,18 @@
 #include <skv/attention/options.hpp>
 #include <skv/cache/view.hpp>
 #include <skv/error.hpp>
+#include <skv/quant/rotation.hpp>
 
 namespace skv {
 namespace cpu {
 namespace detail {
+
+/// The merge's last step: outputs, sums of stored values, back to the model's basis (R_v^T o with
+/// RotateValues, once per row).
+template <class Layout>
+struct OutputBasis {
+  void operator()(float* o) const { from_value_basis<Layout>(o, 1); }
+};
 
 /// Decode: q and out are [batch][num_q_heads][D]; sequence b reads views[b].
 template <class Layout, class T>
@@ -54,7 +62,8 @@ void decode_batch(const SequenceView<Layout>* views, int batch, const T* q, int 
                 F::quantized_tile(view, h, jt, n, nh, st, sc, NoMask{});
               });
             });
-      });
+      },
+      OutputBasis<Layout>{});
 }
 
 /// The prefill work of one item for one cache configuration.
@@ -154,7 +163,8 @@ void prefill_batch(const SequenceView<Layout>* views, int batch, const int* q_in
       seqs, num_q_heads, kD, make_schedule(opt, Layout::kSinkTokens, Tiles<Layout>::kTile), "prefill_attention",
       out, [&](const WorkItem& it, const CausalRows& cr, ItemState& st, typename P::Scratch& sc) {
         P::process(views[it.seq], q + q_indptr[it.seq] * row, num_q_heads, scale, it, cr, st, sc);
-      });
+      },
+      OutputBasis<Layout>{});
 }
 
 /// Prefill of one sequence; one query token runs decode (bit for bit).

@@ -147,13 +147,19 @@ Scratch& thread_scratch() {
   return scratch;
 }
 
+/// What the merge does to a normalized output row before it is stored: nothing.
+struct KeepBasis {
+  void operator()(float*) const {}
+};
+
 /// Runs process(item, rows, state, scratch) for every item on the threads and merges the partial
 /// states into out ([rows of all sequences][num_q_heads][d] of float, fp16 or bf16: merged in float,
-/// rounded once). `Scratch` is default-constructed once per thread; with KeepScratch it lives in
-/// thread-local storage across calls (decode: no allocation per step), else for this call only.
-template <class Scratch, bool KeepScratch, class Out, class Process>
+/// then finish(row), rounded once). `Scratch` is default-constructed once per thread; with
+/// KeepScratch it lives in thread-local storage across calls (decode: no allocation per step), else
+/// for this call only.
+template <class Scratch, bool KeepScratch, class Out, class Process, class Finish = KeepBasis>
 void run_attention(const std::vector<SequenceWork>& seqs, int num_q_heads, int d, const Schedule& s, const char* what,
-                   Out* out, Process&& process) {
+                   Out* out, Process&& process, Finish finish = {}) {
   const int threads = skv::detail::resolve_threads(s.num_threads, what);
   const int batch = static_cast<int>(seqs.size());
   // query blocks: rows = tokens x group, at most query_rows (at least one token)
@@ -262,6 +268,7 @@ void run_attention(const std::vector<SequenceWork>& seqs, int num_q_heads, int d
           for (int c = 0; c < d; ++c) o[c] += acc[c] * f;
         }
         if (l > 0.0f) scale_array(o, d, 1.0f / l);
+        finish(o);
         if (!merge_row.empty()) simd::from_f32_row(o, d, dst);
       }
     }
