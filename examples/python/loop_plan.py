@@ -7,8 +7,11 @@ from a GGUF file that installs from PyPI (nothing is downloaded from a model hub
     # 1. per layer and candidate (key bits, value bits, residual window): the KL of the next-token
     #    distribution with only that layer quantized, on a calibration text (skv.calibrate)
     python3 examples/python/loop_plan.py sensitivity --model smollm2 -o smollm2.sens.json
+    #    (again with --rotate-values, then `merge` both tables: the plan chooses rotated values per layer)
+    python3 examples/python/loop_plan.py sensitivity --model smollm2 --rotate-values -o smollm2.rotv.sens.json
+    python3 examples/python/loop_plan.py merge smollm2.sens.json smollm2.rotv.sens.json -o smollm2.both.json
     # 2. the allocation under a budget of bits HELD per element at the table's context length
-    skv plan --sensitivity smollm2.sens.json --budget 4.0 --json > smollm2.plan.json
+    skv plan --sensitivity smollm2.both.json --budget 4.0 --json > smollm2.plan.json
     # 3. perplexity, KL and top-1 of uniform configurations and plans, on another text
     python3 examples/python/loop_plan.py eval --model smollm2 --configs fp32,k3v3,k4v2 \\
         --plan smollm2.plan.json --markdown
@@ -122,6 +125,21 @@ def cmd_sensitivity(a):
     print(f"wrote {a.output} ({table['seconds']:.0f} s)")
 
 
+def cmd_merge(a):
+    tables = []
+    for path in a.tables:
+        with open(path) as f:
+            tables.append(json.load(f))
+    try:
+        merged = calibrate.merge_tables(*tables)
+    except ValueError as e:
+        sys.exit(f"{PROG}: {e}")
+    with open(a.output, "w") as f:
+        json.dump(merged, f, indent=1)
+    print(f"wrote {a.output}: {sum(len(l['candidates']) for l in merged['layers'])} candidates over "
+          f"{len(merged['layers'])} layers")
+
+
 def cmd_eval(a):
     torch.set_num_threads(a.threads)
     model, ids = load(a.model, a.text_file or EVAL_TEXT, a.tokens)
@@ -181,6 +199,10 @@ def main():
     s.add_argument("--rotate-values", action="store_true", help="rotated values too (rot+rotv+sink4)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("-o", "--output", required=True)
+    m = sub.add_parser("merge", help="join tables measured with and without rotated values (the plan then "
+                                     "chooses per layer)")
+    m.add_argument("tables", nargs="+")
+    m.add_argument("-o", "--output", required=True)
     e = sub.add_parser("eval", help="perplexity, KL, top-1 and held bits of configurations and plans")
     e.add_argument("--model", default="smollm2")
     e.add_argument("--text-file", default=None, help=f"evaluation text (default {EVAL_TEXT})")
@@ -191,7 +213,7 @@ def main():
     e.add_argument("--json", default=None)
     e.add_argument("--markdown", action="store_true")
     a = p.parse_args()
-    (cmd_sensitivity if a.cmd == "sensitivity" else cmd_eval)(a)
+    {"sensitivity": cmd_sensitivity, "merge": cmd_merge, "eval": cmd_eval}[a.cmd](a)
 
 
 if __name__ == "__main__":

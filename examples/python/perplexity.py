@@ -195,9 +195,10 @@ def load_plan(path, n_layers):
     layers = sorted(plan["layers"], key=lambda l: l["layer"])
     if [l["layer"] for l in layers] != list(range(n_layers)):
         sys.exit(f"{PROG}: {path}: the plan must list layers 0..{n_layers - 1}")
-    # (key bits, value bits, residual or None): a plan of `skv plan --sensitivity` gives each layer
-    # its residual window, which then overrides the configuration's +r<N>
-    pairs = [(int(l["key_bits"]), int(l["value_bits"]), l.get("residual")) for l in layers]
+    # (key bits, value bits, residual or None, rotate_values or None): a plan of `skv plan
+    # --sensitivity` gives each layer its residual window and rotate_values, which then override the
+    # configuration's +r<N> and +rotv
+    pairs = [(int(l["key_bits"]), int(l["value_bits"]), l.get("residual"), l.get("rotate_values")) for l in layers]
     per_head = any("heads" in l for l in layers)
     return plan, pairs, per_head
 
@@ -216,9 +217,10 @@ def cache_factory(name, model, max_tokens, plan_pairs):
         sys.exit(f"{PROG}: {name} needs --plan")
 
     def make(layer):
-        k, v, r = (kb, vb, None) if kb is not None else plan_pairs[layer]
+        k, v, r, rv = (kb, vb, None, None) if kb is not None else plan_pairs[layer]
+        opts = options if rv is None else {**options, "rotate_values": bool(rv)}
         return skv.KVCache(key_bits=k, value_bits=v, head_dim=hd, num_kv_heads=kv, max_tokens=max_tokens,
-                           residual=residual if r is None else int(r), **options)
+                           residual=residual if r is None else int(r), **opts)
 
     try:
         make(0)  # fail early (ValueError names what is compiled)

@@ -108,8 +108,9 @@ inline SensitivityTable read_sensitivity(const nlohmann::json& j) {
                              where + "bits must be between 1 and 8");
         skv::detail::require(c.residual >= 0, where + "the residual window must not be negative");
         skv::detail::require(c.held_bits > 0 && std::isfinite(c.held_bits), where + "held_bits must be positive");
-        // A KL measured as a tiny negative number is rounding around zero.
-        skv::detail::require(std::isfinite(c.kl) && c.kl > -1e-9, where + "kl must be finite and not negative");
+        // A KL measured as a tiny negative number is rounding around zero (float32 log-probabilities
+        // of two nearly equal distributions: -7e-9 measured for k8v8+r128).
+        skv::detail::require(std::isfinite(c.kl) && c.kl > -1e-6, where + "kl must be finite and not negative");
         c.kl = std::max(c.kl, 0.0);
         skv::detail::require(pairs.insert({c.key_bits, c.value_bits, c.residual, c.rotate_values}).second,
                              where + "listed twice");
