@@ -156,8 +156,8 @@ int main() {
   rows.push_back(measure<skv::KVCache<2, 2>>("K2V2", w, ref));
   rows.push_back(measure<skv::KVCache<4, 2, 128, skv::RotateKeys>>("K4V2+rot", w, ref));
   rows.push_back(measure<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>>("K4V2+rot+sink4", w, ref));
-  rows.push_back(
-      measure<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>("K4V2+rot+rotv+sink4", w, ref));
+  using K4V2RotBoth = skv::KVCache<4, 2, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>;
+  rows.push_back(measure<K4V2RotBoth>("K4V2+rot+rotv+sink4", w, ref));
   rows.push_back(measure<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>("K4V2+clip", w, ref));
   rows.push_back(measure<skv::KVCache<2, 2, 128, skv::RotateKeys>>("K2V2+rot", w, ref));
   print(rows);

@@ -28,9 +28,10 @@ token_by_token=True appends and attends one token at a time inside the forward, 
 calls of token-by-token generation (docs/accuracy.md).
 
 Configurations (eval --configs): fp32, or kKvV with options +rot, +rotv (rotated values), +sink4,
-+clip, +r<N> (residual window), or "plan:FILE" (each plan JSON given with --plan is evaluated too). A plan's caches use the
-options recorded in it (those its sensitivity table was measured with); kKvV without any option uses
-rotated keys and 4 sinks, the Python default.
++clip, +r<N> (residual window), or "plan:FILE" (each plan JSON given with --plan is evaluated too).
+A plan's caches use the options recorded in it (those its sensitivity table was measured with, and
+each layer's rotate_values); kKvV without any option uses rotated keys and 4 sinks, the Python
+default.
 """
 
 import argparse

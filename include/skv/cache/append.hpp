@@ -157,10 +157,10 @@ struct AppendOptions {
 /// Appends `n` tokens of keys and values, each [n][num_kv_heads][HeadDim] of T (float, fp16 or
 /// bf16; fp16 and bf16 are widened exactly, so each gives the bytes of its float values), to `view`
 /// (whose length advances by n). With Options<RotateKeys> / Options<RotateValues> the keys / values
-/// are rotated first (and the rotated ones must be in range). Throws skv::Error, leaving every token unchanged, on a null pointer,
-/// a bad view, a block-table entry outside the pool, a page the sequence already uses (checked when
-/// a page is first written, against the entries before it: O(pages)), capacity overflow or a
-/// non-finite value.
+/// are rotated first (and the rotated ones must be in range). Throws skv::Error, leaving every token
+/// unchanged, on a null pointer, a bad view, a block-table entry outside the pool, a page the
+/// sequence already uses (checked when a page is first written, against the entries before it:
+/// O(pages)), capacity overflow or a non-finite value.
 ///
 /// Sink tokens and the tokens that stay in the residual window are copied (widened) to the
 /// full-precision area; blocks made only of new tokens are quantized straight from the input, with

@@ -1,7 +1,7 @@
 // skv/cache/options.hpp: the accuracy options of a cache type (docs/accuracy.md).
 //
 //   skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>     // rotated keys, 4 fp32 sink tokens
-//   skv::KVCache<3, 2, 0, skv::RotateKeys, skv::RotateValues>  // keys and values rotated
+//   skv::KVCache<3, 2, 128, skv::RotateKeys, skv::RotateValues>  // keys and values rotated
 //   skv::BasicKVCache<KQ, VQ, 128, 64, 0, skv::Options<skv::ClipValues>>
 //
 //   RotateKeys   keys are multiplied by a randomized Hadamard matrix R (quant/rotation.hpp) before

@@ -1,11 +1,12 @@
 // skv/calib/sensitivity.hpp: a plan from sensitivity measured in the generation loop (host; needs
 // nlohmann-json). The table comes from Python (skv.calibrate.layer_sensitivity, format
 // "skv-sensitivity/1"): per layer, its elements at the stated context and, per candidate (key bits,
-// value bits, residual window, rotated values or not), the bits the cache HOLDS per element at that context (codes, scales,
-// zeros, sinks, the fp32 ring with the partial key group and the residual window) and the KL of the
-// next-token distribution with only that layer quantized. The plan picks one candidate per layer,
-// minimizing the summed KL with the element-weighted mean of held bits at most the budget (exact
-// multiple-choice knapsack: choose_per_group). docs/calibration.md, "In the generation loop".
+// value bits, residual window, rotated values or not), the bits the cache HOLDS per element at that
+// context (codes, scales, zeros, sinks, the fp32 ring with the partial key group and the residual
+// window) and the KL of the next-token distribution with only that layer quantized. The plan picks
+// one candidate per layer, minimizing the summed KL with the element-weighted mean of held bits at
+// most the budget (exact multiple-choice knapsack: choose_per_group). docs/calibration.md, "In the
+// generation loop".
 #pragma once
 
 #include <algorithm>
@@ -31,8 +32,8 @@ struct LoopCandidate {
   double held_bits = 0;        ///< bits held per element at the table's context
   double kl = 0;               ///< mean KL of the next-token distribution, this layer alone quantized
   std::string name() const {
-    return "k" + std::to_string(key_bits) + "v" + std::to_string(value_bits) + (residual ? "+r" + std::to_string(residual) : "") +
-           (rotate_values ? "+rotv" : "");
+    return "k" + std::to_string(key_bits) + "v" + std::to_string(value_bits) +
+           (residual ? "+r" + std::to_string(residual) : "") + (rotate_values ? "+rotv" : "");
   }
 };
 
