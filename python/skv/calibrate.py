@@ -9,9 +9,9 @@ next-token distribution in the generation loop, for ``skv plan --sensitivity``.
     cache = skv.hf.SkvCache(model.config, plan="plan.json", **table["options"], rollback=0)
 
 For every layer l and every candidate (key bits, value bits, residual window, and optionally rotated
-values), the text is run once
-teacher-forced with only layer l quantized (an ``skv.hf.SkvLayer`` appending and attending one token
-at a time, as generation does; every other layer exact), and the table records the mean
+values), the text is run once teacher-forced with only layer l quantized (an ``skv.hf.SkvLayer``
+appending and attending one token at a time, as generation does; every other layer exact), and the
+table records the mean
 KL(p_exact || p) of the next-token distribution, top-1 agreement and the text's negative
 log-likelihood. The planner adds the layers' KLs (a first-order model: small perturbations of
 different layers add) and minimizes that sum under a budget of bits HELD per element: what
@@ -67,7 +67,8 @@ def held_bits(key_bits: int, value_bits: int, head_dim: int, num_kv_heads: int, 
         raise ValueError(f"held_bits: context must be at least 1, got {context}")
     cache = KVCache(key_bits, value_bits, head_dim, num_kv_heads=num_kv_heads,
                     max_tokens=2**31 - 1 if window else context, residual=residual, rotate_keys=rotate_keys,
-                    rotate_values=rotate_values, sinks=sinks, clip=clip, window=window, max_chunk=WINDOW_CHUNK if window else 0)
+                    rotate_values=rotate_values, sinks=sinks, clip=clip, window=window,
+                    max_chunk=WINDOW_CHUNK if window else 0)
     rng = np.random.default_rng(0)
     block = rng.standard_normal((WINDOW_CHUNK, num_kv_heads, head_dim)).astype(np.float32)
     done = 0
@@ -211,12 +212,12 @@ def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = Non
                       progress: Optional[Callable[[str], None]] = None) -> dict:
     """The sensitivity table (JSON-ready) of `model` on the calibration text `ids`: for each layer
     and candidate (key_bits, value_bits, residual[, rotate_values]) (default: candidates(); a
-    3-tuple takes the rotate_values argument), the loop's KL with only
-    that layer quantized, and the candidate's bits held per element at `context` tokens for that
-    layer's shape. sliding_cands: the candidates of sliding-window layers, if others (a residual
-    window costs more bits in a layer that holds only its window). Options (rotate_keys,
-    rotate_values, sinks, clip) are common to every candidate and recorded in the table, for SkvCache and skv.KVCache to
-    be built with."""
+    3-tuple takes the rotate_values argument), the loop's KL with only that layer quantized, and the
+    candidate's bits held per element at `context` tokens for that layer's shape. sliding_cands: the
+    candidates of sliding-window layers, if others (a residual window costs more bits in a layer
+    that holds only its window). The options (rotate_keys, rotate_values, sinks, clip) are recorded
+    in the table, for SkvCache and skv.KVCache to be built with; every candidate records its own
+    rotate_values as well."""
     cands = [_candidate(c, rotate_values) for c in (candidates() if cands is None else cands)]
     sliding_cands = cands if sliding_cands is None else [_candidate(c, rotate_values) for c in sliding_cands]
     if len(ids) < 33:
@@ -256,7 +257,8 @@ def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = Non
                                         "held_bits": held[(window, kv, hd, kb, vb, r, rv)],
                                         "kl": m["kl"], "top1": m["top1"], "nll": m["nll"]})
             if progress:
-                progress(f"layer {l} k{kb}v{vb} r{r}{' rotv' if rv else ''}: KL {m['kl']:.3e} top-1 {100 * m['top1']:.2f}% "
+                progress(f"layer {l} k{kb}v{vb} r{r}{' rotv' if rv else ''}: KL {m['kl']:.3e} "
+                         f"top-1 {100 * m['top1']:.2f}% "
                          f"({m['seconds']:.1f} s, {time.time() - t0:.0f} s in all)")
         table["layers"].append(entry)
     table["seconds"] = time.time() - t0

@@ -270,7 +270,8 @@ class SkvCache(Cache):
 
     def __init__(self, config, key_bits: int = 4, value_bits: int = 2, *, residual: Optional[int] = None,
                  rotate_keys: Optional[bool] = None, rotate_values: Optional[bool] = None,
-                 sinks: Optional[int] = None, clip: Optional[bool] = None, plan: Any = None, max_tokens: Optional[int] = None, rollback: int = DEFAULT_ROLLBACK,
+                 sinks: Optional[int] = None, clip: Optional[bool] = None, plan: Any = None,
+                 max_tokens: Optional[int] = None, rollback: int = DEFAULT_ROLLBACK,
                  num_threads: int = 0, token_by_token: bool = False):
         text = config.get_text_config(decoder=True)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)

@@ -260,7 +260,8 @@ class KVCache {
         set = o;
       sets += std::string(o ? "; " : "") + describe(f);
     }
-    if (set < 0) throw skv::Error("the compiled option sets are: " + sets + "; got " + describe(want) + "; see skv.compiled()");
+    if (set < 0)
+      throw skv::Error("the compiled option sets are: " + sets + "; got " + describe(want) + "; see skv.compiled()");
     cache_ = find_family(head_dim, r, set)
                  .make(key_bits, value_bits, num_kv_heads, max_tokens, Keep{window, max_chunk, rollback, keep_sinks});
   }

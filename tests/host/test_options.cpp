@@ -218,7 +218,8 @@ TEST(Options, RotatedKeysOutOfRangeAreRejectedAndTheCacheIsUnchanged) {
 TEST(Options, RotatedValuesAreStoredAsRotatedInputsAndTheOutputIsRotatedBack) {
   using Opts = skv::Options<skv::RotateKeys, skv::Sinks<4>>;
   using Plain = skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, Opts>;
-  using Rotated = skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::RotateValues>>;
+  using Rotated =
+      skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::Sinks<4>, skv::RotateValues>>;
   using L = Plain::Layout;
   const int n = 300;  // sinks, quantized blocks of 64 and a ring
   const auto k = random_tensor(n, 40, 4.0f), v = random_tensor(n, 41, 8.0f);
@@ -227,7 +228,8 @@ TEST(Options, RotatedValuesAreStoredAsRotatedInputsAndTheOutputIsRotatedBack) {
   Plain plain(kHeads, n);
   Rotated rotated(kHeads, n);
   plain.append(k.data(), rv.data(), n);
-  for (int t = 0; t < n; t += 37) rotated.append(k.data() + t * kHeads * kD, v.data() + t * kHeads * kD, std::min(37, n - t));
+  for (int t = 0; t < n; t += 37)
+    rotated.append(k.data() + t * kHeads * kD, v.data() + t * kHeads * kD, std::min(37, n - t));
   const auto a = plain.view();
   const auto b = rotated.view();
   const int pages = a.quantized_length() / L::kPageSize;
@@ -341,7 +343,8 @@ void check_rollback_from_history(unsigned seed) {
 }
 
 TEST(Options, RollbackWithRotatedValuesRestoresTheRotatedCopies) {
-  check_rollback_from_history<skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::Sinks<4>>>>(50);
+  check_rollback_from_history<
+      skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::Sinks<4>>>>(50);
   check_rollback_from_history<
       skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>>(53);
 }

@@ -49,7 +49,8 @@ struct LoopLayer {
 struct SensitivityTable {
   int context = 0, tokens = 0;
   std::string model, objective;
-  nlohmann::json options;  ///< cache options the candidates were measured with (rotate_keys, rotate_values, sinks, clip)
+  /// cache options the candidates were measured with (rotate_keys, rotate_values, sinks, clip)
+  nlohmann::json options;
   std::vector<LoopLayer> layers;
 };
 
