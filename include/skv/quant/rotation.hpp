@@ -138,27 +138,30 @@ struct HadamardRotation {
   }
 };
 
+namespace detail {
+/// A copy of `rows` vectors of D floats, each rotated by HadamardRotation<D, Seed> when Rotate.
+template <int D, bool Rotate, std::uint64_t Seed>
+std::vector<float> rotated_copy(const float* x, std::size_t rows) {
+  std::vector<float> r(x, x + rows * D);
+  if constexpr (Rotate)
+    for (std::size_t i = 0; i < r.size(); i += D) HadamardRotation<D, Seed>::apply(r.data() + i);
+  return r;
+}
+}  // namespace detail
+
 /// A copy of `rows` vectors of Layout::kHeadDim floats in the basis the layout stores keys in:
 /// rotated by the layout's HadamardRotation when it rotates keys (Options<RotateKeys>), unchanged
 /// otherwise. Keys at append, queries at attention and the checks against stored keys use it (host).
 template <class Layout>
 std::vector<float> to_key_basis(const float* x, std::size_t rows) {
-  constexpr int D = Layout::kHeadDim;
-  std::vector<float> r(x, x + rows * D);
-  if constexpr (Layout::kRotateKeys)
-    for (std::size_t i = 0; i < r.size(); i += D) HadamardRotation<D, Layout::kRotationSeed>::apply(r.data() + i);
-  return r;
+  return detail::rotated_copy<Layout::kHeadDim, Layout::kRotateKeys, Layout::kRotationSeed>(x, rows);
 }
 
 /// The same for values: a copy in the basis the layout stores values in, R_v v with
 /// Options<RotateValues>, unchanged otherwise (host).
 template <class Layout>
 std::vector<float> to_value_basis(const float* x, std::size_t rows) {
-  constexpr int D = Layout::kHeadDim;
-  std::vector<float> r(x, x + rows * D);
-  if constexpr (Layout::kRotateValues)
-    for (std::size_t i = 0; i < r.size(); i += D) HadamardRotation<D, Layout::kValueRotationSeed>::apply(r.data() + i);
-  return r;
+  return detail::rotated_copy<Layout::kHeadDim, Layout::kRotateValues, Layout::kValueRotationSeed>(x, rows);
 }
 
 /// Attention outputs, weighted sums of stored values, back to the model's basis in place:
