@@ -172,13 +172,13 @@ struct DequantWorkload : Workload {
           const int n = std::min({KQ::kGroupSize - slot % KQ::kGroupSize, qlen - t, t0 + 64 - t});
           const auto kb = v.keys(t, h);
           float* kr = kd + static_cast<std::size_t>(t) * kHeadDim;
-          F::template unpack_tile<KQ::kBits>(kb, slot, n, kr);
+          F::template unpack_tile<KQ>(kb, slot, n, kr);
           F::template load_meta<KQ>(kb.scales(), kb.zeros(), (slot / KQ::kGroupSize) * kHeadDim, kHeadDim, s.data(),
                                     z.data());
           for (int i = 0; i < n; ++i)
             for (int c = 0; c < kHeadDim; ++c) kr[i * kHeadDim + c] = (kr[i * kHeadDim + c] - z[c]) * s[c];
           float* vr = vd + static_cast<std::size_t>(t) * kHeadDim;
-          F::template unpack_tile<VQ::kBits>(v.values(t, h), slot, n, vr);
+          F::template unpack_tile<VQ>(v.values(t, h), slot, n, vr);
           F::template dequantize_token_rows<VQ>(v.values(t, h), slot, n, vr, s.data(), z.data());
           t += n;
         }

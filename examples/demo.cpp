@@ -158,6 +158,11 @@ int main() {
   rows.push_back(measure<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>>("K4V2+rot+sink4", w, ref));
   using K4V2RotBoth = skv::KVCache<4, 2, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>;
   rows.push_back(measure<K4V2RotBoth>("K4V2+rot+rotv+sink4", w, ref));
+  // the same with values on the Lloyd-Max levels of a normal distribution (Scheme::LloydMax)
+  using K4V2LloydMax = skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>,
+                                         skv::Quantizer<2, 64, skv::Axis::Token, skv::Scheme::LloydMax>, 128, 64, 0,
+                                         skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>;
+  rows.push_back(measure<K4V2LloydMax>("K4V2+rot+rotv+lmv+s4", w, ref));
   rows.push_back(measure<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>("K4V2+clip", w, ref));
   rows.push_back(measure<skv::KVCache<2, 2, 128, skv::RotateKeys>>("K2V2+rot", w, ref));
   print(rows);

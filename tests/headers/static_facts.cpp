@@ -34,6 +34,13 @@ using R = skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>;
 static_assert(R::kRotateKeys && R::kSinkTokens == 4 && R::kKeyBits == 4 && R::kValueBits == 2, "");
 static_assert(std::is_same<skv::KVCache<4, 2>, skv::KVCache<4, 2, 128>>::value, "");
 
+// Lloyd-Max values: the normal's levels on a 0..255 grid, the same metadata as min-max codes
+using LM2 = skv::Quantizer<2, 64, skv::Axis::Token, skv::Scheme::LloydMax>;
+static_assert(LM2::kCodebook && LM2::kHasZero && LM2::kMaxCode == 3 && LM2::kMaxLevel == 255, "");
+static_assert(LM2::level(0) == 0 && LM2::level(1) == 89 && LM2::level(2) == 166 && LM2::level(3) == 255, "");
+static_assert(LM2::bits_per_element() == 2.5 && skv::Quantizer<2, 64, skv::Axis::Token>::level(2) == 2, "");
+static_assert(skv::Quantizer<4, 64, skv::Axis::Token, skv::Scheme::LloydMax>::level(8) == 133, "");
+
 // views go into kernels by value
 static_assert(std::is_trivially_copyable<C::View>::value, "");
 

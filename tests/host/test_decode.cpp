@@ -377,13 +377,14 @@ void check_block_bytes(unsigned seed) {
     if (variant == 6) {  // ranges a few float steps wide (shrunk candidates collapse to constants)
       for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::nextafter(1.5f, i % 3 == 0 ? 2.0f : 0.0f);
     }
+    constexpr bool kClip = !Q::kCodebook;  // a codebook has no clipping search
     check_block_bytes_as<Q, D, P, false, float>(x, stride, kRows, variant);
-    check_block_bytes_as<Q, D, P, true, float>(x, stride, kRows, variant);
+    check_block_bytes_as<Q, D, P, kClip, float>(x, stride, kRows, variant);
     if (variant != 4) {  // fp16 / bf16 inputs (denormals of float have no fp16 value)
       check_block_bytes_as<Q, D, P, false, skv::fp16>(x, stride, kRows, variant);
-      check_block_bytes_as<Q, D, P, true, skv::fp16>(x, stride, kRows, variant);
+      check_block_bytes_as<Q, D, P, kClip, skv::fp16>(x, stride, kRows, variant);
       check_block_bytes_as<Q, D, P, false, skv::bf16>(x, stride, kRows, variant);
-      check_block_bytes_as<Q, D, P, true, skv::bf16>(x, stride, kRows, variant);
+      check_block_bytes_as<Q, D, P, kClip, skv::bf16>(x, stride, kRows, variant);
     }
   }
 }
@@ -394,6 +395,11 @@ void check_block_bytes_all_axes() {
   check_block_bytes<skv::Quantizer<Bits, 64, skv::Axis::Token>, 128, 64>(Bits * 10 + 1);
   check_block_bytes<skv::Quantizer<Bits, 8, skv::Axis::Token, skv::Scheme::Asymmetric, skv::bf16>, 40, 16>(Bits * 10 + 2);
   check_block_bytes<skv::Quantizer<Bits, 16, skv::Axis::Channel, skv::Scheme::Asymmetric, float>, 24, 32>(Bits * 10 + 3);
+  if (Bits <= 4) {
+    check_block_bytes<skv::Quantizer<Bits <= 4 ? Bits : 4, 64, skv::Axis::Token, skv::Scheme::LloydMax>, 128, 64>(Bits * 10 + 6);
+    check_block_bytes<skv::Quantizer<Bits <= 4 ? Bits : 4, 8, skv::Axis::Token, skv::Scheme::LloydMax, skv::bf16>, 40, 16>(
+        Bits * 10 + 7);
+  }
   if (Bits >= 2) {
     check_block_bytes<skv::Quantizer<Bits < 2 ? 2 : Bits, 32, skv::Axis::Token, skv::Scheme::Symmetric>, 64, 64>(Bits * 10 + 4);
     check_block_bytes<skv::Quantizer<Bits < 2 ? 2 : Bits, 32, skv::Axis::Channel, skv::Scheme::Symmetric>, 64, 64>(

@@ -130,6 +130,15 @@ TEST(Prefill, MatchesReferenceWithRotatedValues) {
                               64, 64, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>;
   check_config<C>(450);
 }
+TEST(Prefill, MatchesReferenceWithLloydMaxValues) {
+  using C = skv::BasicKVCache<skv::Quantizer<3, 32, skv::Axis::Channel>,
+                              skv::Quantizer<2, 64, skv::Axis::Token, skv::Scheme::LloydMax>, 128, 64, 64,
+                              skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>;
+  check_config<C>(470);
+  // 4-bit levels (looked up past the 8-entry vector table), narrow groups, bf16 scales
+  check_config<skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>,
+                                 skv::Quantizer<4, 16, skv::Axis::Token, skv::Scheme::LloydMax, skv::bf16>, 64>>(480);
+}
 TEST(Prefill, MatchesReferenceOtherBitWidths) {
   check_config<skv::KVCache<1, 8>>(500);
   check_config<skv::KVCache<8, 1>>(600);

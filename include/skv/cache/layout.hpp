@@ -101,6 +101,10 @@ struct CacheLayout {
                 "skv: RotateKeys needs a power-of-two HeadDim (the Walsh-Hadamard transform)");
   static_assert(!Opts::kRotateValues || (HeadDim & (HeadDim - 1)) == 0,
                 "skv: RotateValues needs a power-of-two HeadDim (the Walsh-Hadamard transform)");
+  static_assert(!KeyQ::kCodebook, "skv: Scheme::LloydMax is for values; the key kernels read key codes as integers");
+  static_assert(!(Opts::kClipValues && ValueQ::kCodebook),
+                "skv: ClipValues and Scheme::LloydMax values do not combine (the codebook fits the group's mean "
+                "and deviation, not its range)");
 
   using KeyQuantizer = KeyQ;
   using ValueQuantizer = ValueQ;

@@ -17,7 +17,8 @@ namespace skv {
 
 /// Quantizes `rows` tokens, x[r * row_stride + c] for r < rows and c < HeadDim, into page slots
 /// [slot0, slot0 + rows) of the tensor block at `block`. `rows` and `slot0` must be multiples of
-/// Q::kTokenExtent. With Clip, each group's parameters come from Quantizer::fit_clipped.
+/// Q::kTokenExtent. With Clip, each group's parameters come from Quantizer::fit_clipped; a codebook
+/// (Scheme::LloydMax) fits each group with Quantizer::fit_codebook.
 template <class Q, int HeadDim, int PageSize, bool Clip = false>
 SKV_HOST_DEVICE void quantize_rows(const float* x, std::size_t row_stride, int rows, int slot0, std::uint8_t* block) {
   using TL = TensorLayout<Q, HeadDim, PageSize>;
@@ -30,7 +31,7 @@ SKV_HOST_DEVICE void quantize_rows(const float* x, std::size_t row_stride, int r
     scales[meta] = s.scale;
     if (Q::kHasZero) zeros[meta] = s.zero;
   };
-  if (Q::kAxis == Axis::Channel) {
+  if constexpr (Q::kAxis == Axis::Channel) {
     for (int g = 0; g < rows / G; ++g) {
       for (int c = 0; c < HeadDim; ++c) {
         const float* col = x + static_cast<std::size_t>(g) * G * row_stride + c;
@@ -42,6 +43,10 @@ SKV_HOST_DEVICE void quantize_rows(const float* x, std::size_t row_stride, int r
         store(TL::meta_index(slot0 + g * G, c), Clip ? Q::fit_clipped(col, row_stride, mn, mx) : Q::fit(mn, mx));
       }
     }
+  } else if constexpr (Q::kCodebook) {
+    for (int t = 0; t < rows; ++t)
+      for (int j = 0; j < HeadDim / G; ++j)
+        store(TL::meta_index(slot0 + t, j * G), Q::fit_codebook(x + static_cast<std::size_t>(t) * row_stride + j * G, 1));
   } else {
     for (int t = 0; t < rows; ++t) {
       for (int j = 0; j < HeadDim / G; ++j) {

@@ -245,12 +245,9 @@ float* thread_scratch(std::size_t n) {
 struct SlabScratch {};
 struct GroupScratch {};
 
-}  // namespace detail
-
-/// Same contract and bytes as skv::quantize_rows<Q, HeadDim, PageSize, Clip>, vectorized (host
-/// only), reading x as T (float, or fp16 / bf16 widened exactly inside the vector loads).
-template <class Q, int HeadDim, int PageSize, bool Clip = false, class T = float>
-void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0, std::uint8_t* block) {
+/// quantize_rows_fast for the min-max schemes.
+template <class Q, int HeadDim, int PageSize, bool Clip, class T>
+void quantize_rows_vector(const T* x, std::size_t row_stride, int rows, int slot0, std::uint8_t* block) {
   using TL = TensorLayout<Q, HeadDim, PageSize>;
   using Scale = typename Q::Scale;
   using simd::Vec;
@@ -365,6 +362,29 @@ void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0,
         encode_pack(x + static_cast<std::size_t>(t) * row_stride, slot0 + t);
       }
     }
+  }
+}
+
+}  // namespace detail
+
+/// Same contract and bytes as skv::quantize_rows<Q, HeadDim, PageSize, Clip>, vectorized (host
+/// only), reading x as T (float, or fp16 / bf16 widened exactly inside the vector loads). A codebook
+/// (Scheme::LloydMax) takes quantize_rows itself, on a float copy of the rows when T is narrower.
+template <class Q, int HeadDim, int PageSize, bool Clip = false, class T = float>
+void quantize_rows_fast(const T* x, std::size_t row_stride, int rows, int slot0, std::uint8_t* block) {
+  if constexpr (Q::kCodebook) {
+    static_assert(!Clip, "skv: Scheme::LloydMax has no clipping search");
+    if constexpr (std::is_same<T, float>::value) {
+      quantize_rows<Q, HeadDim, PageSize>(x, row_stride, rows, slot0, block);
+    } else {
+      std::vector<float> wide(static_cast<std::size_t>(rows) * HeadDim);
+      for (int t = 0; t < rows; ++t)
+        for (int c = 0; c < HeadDim; ++c)
+          wide[static_cast<std::size_t>(t) * HeadDim + c] = to_float(x[static_cast<std::size_t>(t) * row_stride + c]);
+      quantize_rows<Q, HeadDim, PageSize>(wide.data(), HeadDim, rows, slot0, block);
+    }
+  } else {
+    detail::quantize_rows_vector<Q, HeadDim, PageSize, Clip>(x, row_stride, rows, slot0, block);
   }
 }
 

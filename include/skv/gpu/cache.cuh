@@ -41,6 +41,9 @@ struct BatchView {
   static_assert(L::kSinkTokens == 0 && !L::kRotateKeys && !L::kRotateValues && !L::kClipKeys && !L::kClipValues,
                 "skv::gpu: the CUDA kernels do not support Options (RotateKeys, RotateValues, Sinks, ClipKeys, "
                 "ClipValues) yet; use them with the CPU cache");
+  static_assert(!L::ValueQuantizer::kCodebook,
+                "skv::gpu: the CUDA kernels do not read codebook values (Scheme::LloydMax) yet; use them with the "
+                "CPU cache");
   std::uint8_t* pages = nullptr;
   const std::int32_t* block_table = nullptr;
   std::int32_t* lengths = nullptr;

@@ -201,6 +201,28 @@ inline void unpack_row_f32(const std::uint8_t* SKV_RESTRICT row, int n, float* S
   }
 }
 
+/// Converts the `n` (a multiple of 8) codes of a packed row of quantizer Q to the levels they stand
+/// for, as floats (Quantizer::level: the codes themselves, or a codebook's levels, looked up in a
+/// vector register with AVX2 for up to 8 levels).
+template <class Q>
+inline void unpack_levels_f32(const std::uint8_t* SKV_RESTRICT row, int n, float* SKV_RESTRICT out) {
+  unpack_row_f32<Q::kBits>(row, n, out);
+  if constexpr (Q::kCodebook) {
+    constexpr int kLevels = 1 << Q::kBits;
+    float table[kLevels < 8 ? 8 : kLevels] = {};
+    for (int c = 0; c < kLevels; ++c) table[c] = static_cast<float>(Q::level(static_cast<std::uint32_t>(c)));
+    int i = 0;
+#if defined(SKV_HAS_AVX2)
+    if constexpr (kLevels <= 8) {
+      const __m256 lut = _mm256_loadu_ps(table);
+      for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_permutevar8x32_ps(lut, _mm256_cvttps_epi32(_mm256_loadu_ps(out + i))));
+    }
+#endif
+    for (; i < n; ++i) out[i] = table[static_cast<int>(out[i])];
+  }
+}
+
 #if defined(SKV_HAS_AVX512)
 /// Unpacks the `n` (a multiple of 8) codes of a packed row to 16-bit integers, in order (AVX-512).
 template <int Bits>

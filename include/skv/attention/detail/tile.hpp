@@ -12,6 +12,8 @@
 //                         vector are dequantized once per token instead; AVX-512: 16-bit weights,
 //                         exact int32 sums)
 //   values, Axis::Channel sum_t p[t] * code[t][c] per tile, then scaled and shifted once per tile
+//   codebook values      (Scheme::LloydMax) the codes unpacked as their levels, then the float
+//                         paths above (the integer ones assume evenly spaced codes)
 //   sinks, residual window full-precision rows, same dot / accumulate kernels
 //   rotated keys          the query is rotated once per work item (O(D log D) per row)
 // Codes are unpacked with AVX-512 / AVX2 shuffles (detail/simd.hpp) into a tile in L1.
@@ -63,7 +65,8 @@ struct Tiles {
 #if defined(SKV_HAS_AVX512)
   /// Integer keys (vpdpwssd on a 16-bit scaled query) and integer values (16-bit folded weights).
   static constexpr bool kIntKeys = KQ::kAxis == Axis::Channel && kD % 32 == 0 && kD <= 256;
-  static constexpr bool kIntValues = VQ::kAxis == Axis::Token && VQ::kGroupSize % 32 == 0 && kD % 32 == 0;
+  static constexpr bool kIntValues =
+      VQ::kAxis == Axis::Token && !VQ::kCodebook && VQ::kGroupSize % 32 == 0 && kD % 32 == 0;
 #else
   static constexpr bool kIntKeys = false;
   static constexpr bool kIntValues = false;
@@ -161,9 +164,10 @@ struct Tiles {
     }
   }
 
-  template <int Bits, class Block>
+  /// The codes of rows slot0..slot0+n as floats: the levels they stand for (Quantizer::level).
+  template <class Q, class Block>
   static void unpack_tile(const Block& blk, int slot0, int n, float* buf) {
-    for (int i = 0; i < n; ++i) unpack_row_f32<Bits>(blk.row(slot0 + i), kD, buf + static_cast<std::size_t>(i) * kD);
+    for (int i = 0; i < n; ++i) unpack_levels_f32<Q>(blk.row(slot0 + i), kD, buf + static_cast<std::size_t>(i) * kD);
   }
 
 #if defined(SKV_HAS_AVX512)
@@ -364,7 +368,7 @@ struct Tiles {
 #endif
     float* vbuf = sc.vbuf.data();
     float* p = sc.p.data();
-    unpack_tile<VQ::kBits>(vb, slot, n, vbuf);
+    unpack_tile<VQ>(vb, slot, n, vbuf);
     if (kFoldValues) {
       constexpr int kJ = kValueGroups;
       float* s = sc.ms.data();
@@ -431,7 +435,7 @@ struct Tiles {
         return;
       }
 #endif
-      unpack_tile<KQ::kBits>(kb, slot, n, kbuf);
+      unpack_tile<KQ>(kb, slot, n, kbuf);
       for (int r = 0; r < rows; ++r) {
         const float* q0 = sc.q0.data() + static_cast<std::size_t>(r) * kD;
         float* qs = sc.qs.data() + static_cast<std::size_t>(r) * kD;
@@ -451,7 +455,7 @@ struct Tiles {
       }
       dot_rows(sc.qs.data(), rows, kD, kbuf, kD, n, sc.bias.data(), sc.logits.data(), kTile);
     } else {
-      unpack_tile<KQ::kBits>(kb, slot, n, kbuf);
+      unpack_tile<KQ>(kb, slot, n, kbuf);
       dequantize_token_rows<KQ>(kb, slot, n, kbuf, sc.ms.data(), sc.mz.data());
       dot_rows(sc.q0.data(), rows, kD, kbuf, kD, n, nullptr, sc.logits.data(), kTile);
     }

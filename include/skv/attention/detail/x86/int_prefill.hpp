@@ -28,7 +28,7 @@ namespace cpu {
 namespace detail {
 
 /// The integer matrix prefill for the default axes (Channel keys, Token values in groups of a
-/// multiple of 32, fp16 metadata so that |zero| <= 2048 fits int16): tiles of up to 64 tokens in one
+/// multiple of 32 and evenly spaced codes, fp16 metadata so that |zero| <= 2048 fits int16): tiles of up to 64 tokens in one
 /// page; per key group the rows' scaled queries are rounded to 16 bits (as in decode) and dotted with
 /// the transposed codes; one online-softmax update per tile; the folded weights p * s rounded to 16
 /// bits per row and tile, accumulated exactly in int32 over the tile, zero points subtracted exactly.
@@ -43,7 +43,8 @@ struct IntPrefill {
   static constexpr int kKG = KQ::kGroupSize < kT ? KQ::kGroupSize : kT;           // tokens per key group in a tile
   static constexpr int kJ = VQ::kAxis == Axis::Token ? kD / VQ::kGroupSize : 1;  // value groups per token
   static constexpr int kPairs = kD / 2;
-  static constexpr bool kEnabled = KQ::kAxis == Axis::Channel && VQ::kAxis == Axis::Token && kD % 32 == 0 &&
+  static constexpr bool kEnabled = KQ::kAxis == Axis::Channel && VQ::kAxis == Axis::Token && !VQ::kCodebook &&
+                                   kD % 32 == 0 &&
                                    kD <= 256 && VQ::kGroupSize % 32 == 0 && kKG % 16 == 0 && kT % 16 == 0 &&
                                    std::is_same<typename KQ::Scale, fp16>::value &&
                                    std::is_same<typename VQ::Scale, fp16>::value;
