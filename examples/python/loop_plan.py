@@ -27,8 +27,9 @@ Both steps run the generation loop in one forward per configuration: skv.hf.SkvC
 token_by_token=True appends and attends one token at a time inside the forward, exactly the cache
 calls of token-by-token generation (docs/accuracy.md).
 
-Configurations (eval --configs): fp32, or kKvV with options +rot, +rotv (rotated values), +sink4,
-+clip, +r<N> (residual window), or "plan:FILE" (each plan JSON given with --plan is evaluated too).
+Configurations (eval --configs): fp32, or kKvV with options +rot, +rotv (rotated values), +lmv
+(Lloyd-Max value levels, with +rot+rotv+sink4), +sink4, +clip, +r<N> (residual window), or
+"plan:FILE" (each plan JSON given with --plan is evaluated too).
 A plan's caches use the options recorded in it (those its sensitivity table was measured with, and
 each layer's rotate_values); kKvV without any option uses rotated keys and 4 sinks, the Python
 default.
@@ -97,12 +98,12 @@ def parse_config(name, default_options):
     for o in [o for o in opts if o[:1] == "r" and o[1:].isdigit()]:
         residual = int(o[1:])
         opts.remove(o)
-    unknown = set(opts) - {"rot", "rotv", "sink4", "clip", "plain"}
+    unknown = set(opts) - {"rot", "rotv", "lmv", "sink4", "clip", "plain"}
     if unknown or not (len(base) == 4 and base[0] == "k" and base[2] == "v" and base[1].isdigit() and base[3].isdigit()):
-        sys.exit(f"{PROG}: {name}: expected fp32, plan:FILE or kKvV[+rot][+rotv][+sink4][+clip][+plain][+r<N>]")
+        sys.exit(f"{PROG}: {name}: expected fp32, plan:FILE or kKvV[+rot][+rotv][+lmv][+sink4][+clip][+plain][+r<N>]")
     if opts:
         options = {"rotate_keys": "rot" in opts, "rotate_values": "rotv" in opts, "sinks": 4 if "sink4" in opts else 0,
-                   "clip": "clip" in opts}
+                   "clip": "clip" in opts, "lloyd_max_values": "lmv" in opts}
     else:
         options = dict(default_options)
     return int(base[1]), int(base[3]), residual, options
@@ -117,8 +118,8 @@ def cmd_sensitivity(a):
     print(f"{len(ids)} calibration tokens of {a.text_file or CALIBRATION_TEXT}; {len(cands)} candidates per layer; "
           f"bits held at {a.context} tokens")
     table = calibrate.layer_sensitivity(model, ids, cands, context=a.context, progress=print, sliding_cands=sliding,
-                                        rotate_keys=not a.plain, rotate_values=a.rotate_values,
-                                        sinks=0 if a.plain else 4)
+                                        rotate_keys=not a.plain, rotate_values=a.rotate_values or a.lloyd_max_values,
+                                        sinks=0 if a.plain else 4, lloyd_max_values=a.lloyd_max_values)
     table["model"] = a.model
     table["text"] = os.path.basename(a.text_file or CALIBRATION_TEXT)
     with open(a.output, "w") as f:
@@ -198,6 +199,8 @@ def main():
     s.add_argument("--sliding-residuals", default="0", help="residual windows of sliding-window layers (default 0)")
     s.add_argument("--plain", action="store_true", help="no rotated keys and sinks (default: rot+sink4)")
     s.add_argument("--rotate-values", action="store_true", help="rotated values too (rot+rotv+sink4)")
+    s.add_argument("--lloyd-max-values", action="store_true",
+                   help="rotated values coded with Lloyd-Max levels (rot+rotv+lmv+sink4)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("-o", "--output", required=True)
     m = sub.add_parser("merge", help="join tables measured with and without rotated values (the plan then "

@@ -50,6 +50,7 @@ Configurations (--configs, comma-separated):
     kKvV                     skv.KVCache(key_bits=K, value_bits=V), K, V in {2, 3, 4, 8}
     ...+rot+sink4+clip       with rotate_keys=True, sinks=4, clip=True (the compiled option bundle)
     ...+rot+rotv+sink4       with rotated values too (rotate_values=True)
+    ...+rot+rotv+lmv+sink4   with their values coded by Lloyd-Max levels (lloyd_max_values=True)
     ...+r128                 with residual=128: the last 128 tokens (beyond the incomplete key group)
                              stay in full precision
     plan[+rot+sink4+clip][+r128]   one cache per layer with the bits of --plan (the JSON of
@@ -178,15 +179,15 @@ def parse_config(name):
         residual = int(r[1:])
         opts.discard(r)
     options = {"rotate_keys": "rot" in opts, "rotate_values": "rotv" in opts, "sinks": 4 if "sink4" in opts else 0,
-               "clip": "clip" in opts}
-    unknown = opts - {"rot", "rotv", "sink4", "clip"}
+               "clip": "clip" in opts, "lloyd_max_values": "lmv" in opts}
+    unknown = opts - {"rot", "rotv", "lmv", "sink4", "clip"}
     if unknown:
-        sys.exit(f"{PROG}: {name}: unknown option(s) {', '.join(sorted(unknown))} (rot, rotv, sink4, clip, r<N>)")
+        sys.exit(f"{PROG}: {name}: unknown option(s) {', '.join(sorted(unknown))} (rot, rotv, lmv, sink4, clip, r<N>)")
     if base == "plan":
         return None, None, options, residual
     if len(base) == 4 and base[0] == "k" and base[2] == "v" and base[1].isdigit() and base[3].isdigit():
         return int(base[1]), int(base[3]), options, residual
-    sys.exit(f"{PROG}: {name}: expected fp32, plan or kKvV[+rot][+rotv][+sink4][+clip][+r<N>]")
+    sys.exit(f"{PROG}: {name}: expected fp32, plan or kKvV[+rot][+rotv][+lmv][+sink4][+clip][+r<N>]")
 
 
 def load_plan(path, n_layers):

@@ -50,6 +50,28 @@ class _Chunk:
         return self.k.shape
 
 
+def lloyd_max_options(options: dict, value_bits: int) -> dict:
+    """`options` for a cache of `value_bits`: Lloyd-Max levels exist for values of up to 4 bits, so
+    lloyd_max_values is dropped for wider values (8-bit values keep evenly spaced levels)."""
+    if options.get("lloyd_max_values") and value_bits > 4:
+        return {**options, "lloyd_max_values": None}
+    return options
+
+
+def _window_chunk(chunk: Optional[int], token_by_token: bool) -> int:
+    """Queries per attention call of a window cache: `chunk`, or by default 1 when the layer attends
+    token by token and WINDOW_CHUNK otherwise. A window cache holds (window + chunk - 2) // 64 + 2
+    pages, so one-token steps hold the least."""
+    if chunk is None:
+        return 1 if token_by_token else WINDOW_CHUNK
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"skv.hf: window_chunk must be a positive number of queries, got {chunk!r}")
+    if token_by_token and chunk != 1:
+        raise ValueError(f"skv.hf: token_by_token attends one query at a time; window_chunk={chunk} would "
+                         "hold pages no call reads (leave it None, or 1)")
+    return chunk
+
+
 def _load_plan(plan: Union[str, os.PathLike, dict], n_layers: int):
     """(key_bits, value_bits, residual or None, rotate_values or None) per layer from the JSON of
     ``skv plan --json``."""
@@ -76,9 +98,11 @@ class SkvLayer(CacheLayerMixin):
 
     def __init__(self, key_bits: int, value_bits: int, options: dict, max_tokens: int,
                  sliding_window: Optional[int] = None, fallback: bool = False, layer_idx: int = 0,
-                 num_threads: int = 0, token_by_token: bool = False):
+                 num_threads: int = 0, token_by_token: bool = False, window_chunk: Optional[int] = None):
         super().__init__()
         self.token_by_token = token_by_token
+        #: queries per attention call of a window cache, and so the longest chunk its pages serve
+        self.window_chunk = _window_chunk(window_chunk, token_by_token)
         self.key_bits, self.value_bits, self.options = key_bits, value_bits, options
         self.max_tokens = max_tokens
         self.sliding_window = sliding_window
@@ -94,10 +118,11 @@ class SkvLayer(CacheLayerMixin):
         batch, heads, _, dim = key_states.shape
         self._check(key_states, value_states)
         window = self.sliding_window if self.is_sliding and not self.fallback else 0
+        options = lloyd_max_options(self.options, self.value_bits)
         try:
             self.rows = [KVCache(self.key_bits, self.value_bits, dim, num_kv_heads=heads,
                                  max_tokens=2**31 - 1 if window else self.max_tokens, window=window,
-                                 max_chunk=WINDOW_CHUNK if window else 0, **self.options) for _ in range(batch)]
+                                 max_chunk=self.window_chunk if window else 0, **options) for _ in range(batch)]
         except ValueError as e:
             raise ValueError(f"skv.hf: layer {self.layer_idx}: {e}") from None
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -254,7 +279,8 @@ class SkvCache(Cache):
             sliding-window layers, and its ``_attn_implementation`` the path: "skv" attends inside
             skv, anything else gets the dequantizing fallback.
         key_bits, value_bits: bits of every layer, unless ``plan`` is given.
-        residual, rotate_keys, rotate_values, sinks, clip: as ``skv.KVCache`` (its defaults when None).
+        residual, rotate_keys, rotate_values, sinks, clip, lloyd_max_values: as ``skv.KVCache`` (its
+            defaults when None); lloyd_max_values applies to layers with values of up to 4 bits.
         plan: the JSON of ``skv plan --json`` (a path or a dict): bits per layer (and ``residual``
             and ``rotate_values`` where a layer gives them).
         max_tokens: tokens per sequence of the full-attention layers (default: the config's
@@ -266,13 +292,18 @@ class SkvCache(Cache):
             recent keys still in full precision where the cache type keeps them so). A teacher-forced
             forward over a whole text then measures the generation loop in one call (skv.calibrate
             does); slower than the default chunked prefill, which attends a chunk after storing it.
+        window_chunk: queries per attention call of a sliding-window layer (default: 256, or 1 with
+            token_by_token). A window cache holds the pages the queries of one chunk read, at most
+            (window + window_chunk - 2) // 64 + 2 pages of 64 tokens: a smaller chunk holds less
+            memory and attends a prompt in more calls.
     """
 
     def __init__(self, config, key_bits: int = 4, value_bits: int = 2, *, residual: Optional[int] = None,
                  rotate_keys: Optional[bool] = None, rotate_values: Optional[bool] = None,
-                 sinks: Optional[int] = None, clip: Optional[bool] = None, plan: Any = None,
+                 sinks: Optional[int] = None, clip: Optional[bool] = None, lloyd_max_values: Optional[bool] = None,
+                 plan: Any = None,
                  max_tokens: Optional[int] = None, rollback: int = DEFAULT_ROLLBACK,
-                 num_threads: int = 0, token_by_token: bool = False):
+                 num_threads: int = 0, token_by_token: bool = False, window_chunk: Optional[int] = None):
         text = config.get_text_config(decoder=True)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
         for i, kind in enumerate(layer_types):
@@ -280,6 +311,7 @@ class SkvCache(Cache):
                 raise ValueError(f"skv.hf: layer {i} is a {kind!r} layer; SkvCache holds full and sliding-window "
                                  "attention layers only")
         n = len(layer_types)
+        window_chunk = _window_chunk(window_chunk, token_by_token)
         bits = _load_plan(plan, n) if plan is not None else [(key_bits, value_bits, None, None)] * n
         if max_tokens is None:
             max_tokens = int(getattr(text, "max_position_embeddings", 0) or 32768)
@@ -289,9 +321,10 @@ class SkvCache(Cache):
         for i, ((kb, vb, r, rv), kw) in enumerate(zip(bits, layer_kwargs)):
             options = dict(residual=r if r is not None else residual, rotate_keys=rotate_keys,
                            rotate_values=rv if rv is not None else rotate_values, sinks=sinks, clip=clip,
-                           rollback=rollback)
+                           lloyd_max_values=lloyd_max_values, rollback=rollback)
             window = kw.get("sliding_window") if layer_types[i] == "sliding_attention" else None
-            layers.append(SkvLayer(kb, vb, options, max_tokens, window, self.fallback, i, num_threads, token_by_token))
+            layers.append(SkvLayer(kb, vb, options, max_tokens, window, self.fallback, i, num_threads, token_by_token,
+                                   window_chunk))
         super().__init__(layers=layers)
 
     def crop(self, tokens_to_remove: int):
@@ -353,8 +386,8 @@ def skv_attention(module, query, key, value, attention_mask, scaling=None, dropo
     real = mask2d[:, -t:].bool() if mask2d is not None else None
     threads = layer.num_threads
     if layer.is_sliding or (layer.token_by_token and t > 1):
-        # A window cache serves chunks of at most WINDOW_CHUNK queries; token_by_token, chunks of one.
-        step = 1 if layer.token_by_token else WINDOW_CHUNK
+        # A window cache serves chunks of at most window_chunk queries; token_by_token, chunks of one.
+        step = 1 if layer.token_by_token else layer.window_chunk
         return _attend_in_steps(layer, query, key, real, scaling, step), None
     layer.commit(key.k, key.v, real)
     out = query.new_zeros(batch, t, hq, d) if real is not None else query.new_empty(batch, t, hq, d)

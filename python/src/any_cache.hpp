@@ -13,9 +13,16 @@
 namespace skv_python {
 
 /// The compiled option sets: none; rotated keys + 4 fp32 sink tokens; those two plus the clipping
-/// search for keys and values; and rotated keys and values + 4 sink tokens.
-enum OptionSet : int { kNoOptions = 0, kRotateSinks = 1, kRotateSinksClip = 2, kRotateBothSinks = 3 };
-constexpr int kOptionSets = 4;
+/// search for keys and values; rotated keys and values + 4 sink tokens; and those with values coded
+/// by the Lloyd-Max levels of a normal distribution (skv::Scheme::LloydMax, value bits 2 to 4).
+enum OptionSet : int {
+  kNoOptions = 0,
+  kRotateSinks = 1,
+  kRotateSinksClip = 2,
+  kRotateBothSinks = 3,
+  kRotateBothSinksLloydMax = 4
+};
+constexpr int kOptionSets = 5;
 
 /// What an option set turns on, as Python names it.
 struct OptionFlags {
@@ -23,13 +30,15 @@ struct OptionFlags {
   bool rotate_values = false;
   int sinks = 0;
   bool clip = false;
+  bool lloyd_max_values = false;
 };
 
 inline OptionFlags option_flags(int set) {
   switch (set) {
-    case kRotateSinks: return {true, false, 4, false};
-    case kRotateSinksClip: return {true, false, 4, true};
-    case kRotateBothSinks: return {true, true, 4, false};
+    case kRotateSinks: return {true, false, 4, false, false};
+    case kRotateSinksClip: return {true, false, 4, true, false};
+    case kRotateBothSinks: return {true, true, 4, false, false};
+    case kRotateBothSinksLloydMax: return {true, true, 4, false, true};
     default: return {};
   }
 }
@@ -39,6 +48,7 @@ inline const char* option_set_name(int set) {
     case kRotateSinks: return "rotate_keys + sinks 4";
     case kRotateSinksClip: return "rotate_keys + sinks 4 + clip";
     case kRotateBothSinks: return "rotate_keys + rotate_values + sinks 4";
+    case kRotateBothSinksLloydMax: return "rotate_keys + rotate_values + lloyd_max_values + sinks 4";
     default: return "no options";
   }
 }

@@ -228,11 +228,12 @@ const Family& find_family(int head_dim, int residual, int options) {
                    "; compiled: " + family_summary() + " (key and value bits each in {2, 3, 4, 8}); see skv.compiled()");
 }
 
-/// Option flags as keyword arguments: "rotate_keys=True, rotate_values=False, sinks=4, clip=False".
+/// Option flags as keyword arguments: "rotate_keys=True, rotate_values=False, sinks=4, clip=False,
+/// lloyd_max_values=False".
 std::string describe(const OptionFlags& f) {
   const auto b = [](bool x) { return std::string(x ? "True" : "False"); };
   return "rotate_keys=" + b(f.rotate_keys) + ", rotate_values=" + b(f.rotate_values) + ", sinks=" +
-         std::to_string(f.sinks) + ", clip=" + b(f.clip);
+         std::to_string(f.sinks) + ", clip=" + b(f.clip) + ", lloyd_max_values=" + b(f.lloyd_max_values);
 }
 
 /// The Python object: owns one compiled cache.
@@ -240,23 +241,25 @@ class KVCache {
  public:
   KVCache(int key_bits, int value_bits, int head_dim, int num_kv_heads, int max_tokens, std::optional<int> residual,
           std::optional<bool> rotate_keys, std::optional<bool> rotate_values, std::optional<int> sinks,
-          std::optional<bool> clip, int window, int max_chunk, int rollback, bool keep_sinks) {
+          std::optional<bool> clip, std::optional<bool> lloyd_max_values, int window, int max_chunk, int rollback,
+          bool keep_sinks) {
     const int r = residual.value_or(kDefaultResidual);
     // Given none of the options: the default set, where it is compiled (the rotation needs a power-of-
     // two head_dim). Given some: the others are off, so rotate_keys=False alone means the plain cache.
-    const bool any_option = rotate_keys || rotate_values || sinks || clip;
+    const bool any_option = rotate_keys || rotate_values || sinks || clip || lloyd_max_values;
     const bool defaults = !any_option && (head_dim & (head_dim - 1)) == 0;
     OptionFlags want;
     want.rotate_keys = rotate_keys.value_or(defaults && kDefaultRotateKeys);
     want.rotate_values = rotate_values.value_or(false);
     want.sinks = sinks.value_or(defaults ? kDefaultSinks : 0);
     want.clip = clip.value_or(defaults && kDefaultClip);
+    want.lloyd_max_values = lloyd_max_values.value_or(false);
     int set = -1;
     std::string sets;
     for (int o = 0; o < kOptionSets; ++o) {
       const OptionFlags f = option_flags(o);
       if (f.rotate_keys == want.rotate_keys && f.rotate_values == want.rotate_values && f.sinks == want.sinks &&
-          f.clip == want.clip)
+          f.clip == want.clip && f.lloyd_max_values == want.lloyd_max_values)
         set = o;
       sets += std::string(o ? "; " : "") + describe(f);
     }
@@ -461,6 +464,7 @@ nb::list compiled() {
     row["rotate_values"] = f.rotate_values;
     row["sinks"] = f.sinks;
     row["clip"] = f.clip;
+    row["lloyd_max_values"] = f.lloyd_max_values;
     out.append(row);
   }
   return out;
@@ -488,23 +492,24 @@ to 64 channels to value_bits, with fp16 scales and zero points, in pages of 64 t
 incomplete group of tokens (plus `residual` more) stays in float32 until it is quantized once.
 rotate_keys=True rotates keys (and queries) by a randomized Hadamard transform; rotate_values=True
 rotates values by another one (and the attention output back); sinks=4 keeps the first 4 tokens in
-float32; clip=True chooses every group's range by a clipping search.
+float32; clip=True chooses every group's range by a clipping search; lloyd_max_values=True codes
+values with the Lloyd-Max levels of a normal distribution (with rotate_values, value bits 2 to 4).
 
 Given only the bits, the cache uses residual=128, rotate_keys=True, sinks=4, clip=False: the best
 compiled setting measured in a real model's generation loop (docs/accuracy.md, "Defaults"); at
-head_dim 96 (no rotation) the options are off. Given some of rotate_keys, rotate_values, sinks and
-clip, the others are off. residual=0, rotate_keys=False gives the plain cache of the C++ short form.
+head_dim 96 (no rotation) the options are off. Given some of rotate_keys, rotate_values, sinks, clip
+and lloyd_max_values, the others are off. residual=0, rotate_keys=False gives the plain cache of the C++ short form.
 
 Only compiled configurations exist (skv.compiled()); any other raises ValueError naming the set.)doc")
       .def(nb::init<int, int, int, int, int, std::optional<int>, std::optional<bool>, std::optional<bool>,
-                    std::optional<int>, std::optional<bool>, int, int, int, bool>(),
+                    std::optional<int>, std::optional<bool>, std::optional<bool>, int, int, int, bool>(),
            "key_bits"_a, "value_bits"_a, "head_dim"_a = 128, "num_kv_heads"_a, "max_tokens"_a,
            "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "rotate_values"_a = nb::none(),
-           "sinks"_a = nb::none(), "clip"_a = nb::none(),
+           "sinks"_a = nb::none(), "clip"_a = nb::none(), "lloyd_max_values"_a = nb::none(),
            "window"_a = 0, "max_chunk"_a = 0, "rollback"_a = 0, "keep_sinks"_a = false,
            "Allocates every page for max_tokens tokens up front. Defaults: residual=128 and, when none of\n"
-           "rotate_keys, rotate_values, sinks and clip is given, rotate_keys=True, rotate_values=False,\n"
-           "sinks=4, clip=False (off at head_dim 96).\n"
+           "rotate_keys, rotate_values, sinks, clip and lloyd_max_values is given, rotate_keys=True,\n"
+           "rotate_values=False, sinks=4, clip=False, lloyd_max_values=False (off at head_dim 96).\n"
            "window=W > 0: a sliding-window cache; query i sees tokens i-W < j <= i (with keep_sinks=True the\n"
            "sink tokens too) and memory is bounded by the window, whatever max_tokens is (a stream of any\n"
            "length); attention() serves chunks of up to max_chunk queries (0: 64). rollback=N keeps float\n"
@@ -562,6 +567,8 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
                    [](const KVCache& c) { return option_flags(c.get().config().options).rotate_values; })
       .def_prop_ro("sinks", [](const KVCache& c) { return option_flags(c.get().config().options).sinks; })
       .def_prop_ro("clip", [](const KVCache& c) { return option_flags(c.get().config().options).clip; })
+      .def_prop_ro("lloyd_max_values",
+                   [](const KVCache& c) { return option_flags(c.get().config().options).lloyd_max_values; })
       .def_prop_ro("sink_size", [](const KVCache& c) { return c.get().sink_size(); }, "Tokens kept as float32 sinks.")
       .def_prop_ro("quantized_size", [](const KVCache& c) { return c.get().quantized_size(); },
                    "Tokens stored quantized.")
@@ -585,5 +592,5 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
         "in KVCache.decode).");
   m.def("compiled", &skv_python::compiled,
         "The compiled configurations: a list of dicts with key_bits, value_bits, head_dim, residual,\n"
-        "rotate_keys, rotate_values, sinks and clip.");
+        "rotate_keys, rotate_values, sinks, clip and lloyd_max_values.");
 }

@@ -4,7 +4,7 @@
 //   skv_python_reference KEY_BITS VALUE_BITS HEAD_DIM RESIDUAL OPTIONS KV_HEADS Q_HEADS TOKENS CHUNK IN OUT
 //
 // OPTIONS: 0 none, 1 rotate_keys + sinks 4, 2 rotate_keys + sinks 4 + clip, 3 rotate_keys + rotate_values +
-// sinks 4.
+// sinks 4, 4 the same with Lloyd-Max values (skv::Scheme::LloydMax).
 // IN holds float32 k [TOKENS][KV_HEADS][HEAD_DIM], v (same shape), q [Q_HEADS][HEAD_DIM]; tokens are
 // appended CHUNK at a time. OUT receives the float32 output [Q_HEADS][HEAD_DIM], then the bytes of the
 // pages in use, then the full-precision area (ring and sinks) as float32.
@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <skv/dispatch.hpp>
@@ -22,12 +23,14 @@
 namespace {
 
 using Pairs = skv::BitPairList<4, 2, 2, 4, 3, 3, 8, 8>;
+using CodebookPairs = skv::BitPairList<4, 2, 2, 4, 3, 3>;  // Lloyd-Max values: up to 4 bits
 
-template <int HeadDim, int Residual, class Opts>
+template <int HeadDim, int Residual, class Opts, skv::Scheme ValueScheme = skv::Scheme::Asymmetric>
 struct CacheOf {
   template <int K, int V>
   using type = skv::BasicKVCache<skv::Quantizer<K, 32, skv::Axis::Channel>,
-                                 skv::Quantizer<V, skv::detail::default_value_group(HeadDim), skv::Axis::Token>,
+                                 skv::Quantizer<V, skv::detail::default_value_group(HeadDim), skv::Axis::Token,
+                                                ValueScheme>,
                                  HeadDim, 64, Residual, Opts>;
   static std::string describe() { return "head_dim " + std::to_string(HeadDim); }
 };
@@ -71,9 +74,10 @@ void run(const Args& a) {
           static_cast<std::streamsize>(Cache::Layout::residual_floats(a.kv_heads) * sizeof(float)));
 }
 
-template <int HeadDim, int Residual, class Opts>
+template <int HeadDim, int Residual, class Opts, skv::Scheme ValueScheme = skv::Scheme::Asymmetric>
 void run_family(const Args& a) {
-  skv::dispatch_with<Pairs, CacheOf<HeadDim, Residual, Opts>>(a.key_bits, a.value_bits, [&](auto tag) {
+  using P = std::conditional_t<ValueScheme == skv::Scheme::LloydMax, CodebookPairs, Pairs>;
+  skv::dispatch_with<P, CacheOf<HeadDim, Residual, Opts, ValueScheme>>(a.key_bits, a.value_bits, [&](auto tag) {
     run<typename decltype(tag)::type>(a);
   });
 }
@@ -99,6 +103,8 @@ int main(int argc, char** argv) {
       run_family<256, 0, RotateSinksClip>(a);
     else if (a.head_dim == 64 && a.residual == 0 && a.options == 3)
       run_family<64, 0, RotateBothSinks>(a);
+    else if (a.head_dim == 128 && a.residual == 128 && a.options == 4)
+      run_family<128, 128, RotateBothSinks, skv::Scheme::LloydMax>(a);
     else
       throw skv::Error("configuration not built into skv_python_reference");
   } catch (const std::exception& e) {

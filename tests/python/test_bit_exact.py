@@ -14,13 +14,14 @@ REFERENCE = os.environ.get("SKV_CPP_REFERENCE")
 
 CONFIGS = [
     # key bits, value bits, head_dim, residual, options (0 none, 1 rotate_keys + sinks 4, 2 and clip,
-    # 3 rotate_keys + rotate_values + sinks 4)
+    # 3 rotate_keys + rotate_values + sinks 4, 4 the same with Lloyd-Max values)
     (4, 2, 128, 0, 0),
     (8, 8, 128, 0, 0),
     (4, 2, 128, 128, 1),
     (2, 4, 64, 128, 2),
     (3, 3, 256, 0, 2),
     (4, 2, 64, 0, 3),
+    (3, 3, 128, 128, 4),
 ]
 
 
@@ -40,8 +41,8 @@ def test_python_equals_cpp(tmp_path, rng, kb, vb, dim, residual, options, tokens
 
     capacity = max(tokens, 64)
     cache = skv.KVCache(key_bits=kb, value_bits=vb, head_dim=dim, num_kv_heads=kv_heads, max_tokens=capacity,
-                        residual=residual, rotate_keys=options > 0, rotate_values=options == 3,
-                        sinks=4 if options else 0, clip=options == 2)
+                        residual=residual, rotate_keys=options > 0, rotate_values=options >= 3,
+                        sinks=4 if options else 0, clip=options == 2, lloyd_max_values=options == 4)
     for t in range(0, tokens, chunk):
         cache.append(k[t:t + chunk], v[t:t + chunk])
     got = cache.decode(q)

@@ -35,15 +35,15 @@ def test_token_by_token_forward_is_the_generation_loop(name):
     assert err_chunked > 10 * err_one, (err_one, err_chunked)
 
 
-@pytest.mark.parametrize("window", [0, 40])
-def test_held_bits_counts_what_memory_bytes_counts(window):
+@pytest.mark.parametrize("window,chunk", [(0, 1), (40, 1), (40, 256)])
+def test_held_bits_counts_what_memory_bytes_counts(window, chunk):
     # k4v2 at head_dim 64 over 2 KV heads: 4 + 2 bits of codes, fp16 scale + zero per 32-token key
     # group (1 bit) and per 64-channel value group (0.5 bit); with 4 fp32 sinks and a ring of up to
     # 32 + residual tokens in fp32 on top, over tokens = min(context, window).
     context = 1000
-    got = calibrate.held_bits(4, 2, 64, 2, context, residual=0, window=window)
+    got = calibrate.held_bits(4, 2, 64, 2, context, residual=0, window=window, window_chunk=chunk)
     cache = skv.KVCache(4, 2, 64, num_kv_heads=2, max_tokens=2**31 - 1 if window else context, residual=0, rotate_keys=True,
-                        sinks=4, window=window, max_chunk=256 if window else 0)
+                        sinks=4, window=window, max_chunk=chunk if window else 0)
     x = np.zeros((context, 2, 64), np.float32)
     for s in range(0, context, 256):
         cache.append(x[s:s + 256], x[s:s + 256])
@@ -53,8 +53,15 @@ def test_held_bits_counts_what_memory_bytes_counts(window):
         # codes and fp16 metadata are 3.75 bits per element; the fp32 sinks (4 tokens), the ring (up
         # to 32 tokens) and the unfilled part of the last 64-token page add at most 100 tokens of fp32
         assert 3.75 < got < 3.75 + 32 * 100 / context
+    else:
+        # a window cache holds the pages its chunk's queries read: (40 + chunk - 2) // 64 + 2 pages
+        pages = (window + chunk - 2) // 64 + 2
+        page_bits = 64 * 2 * 64 * 6 + (2 * 64 * 2 + 64 * 2) * 2 * 16  # codes; fp16 scale + zero per group
+        assert got * (2 * window * 2 * 64) - pages * page_bits == (4 + 32) * 2 * 2 * 64 * 32
     with pytest.raises(ValueError):
         calibrate.held_bits(4, 2, 64, 2, 0)
+    with pytest.raises(ValueError):
+        calibrate.held_bits(4, 2, 64, 2, 100, window=40, window_chunk=0)
 
 
 def test_mixed_cache_quantizes_only_the_layers_it_names():

@@ -300,6 +300,34 @@ def test_memory_is_counted_as_held():
     assert np.isfinite(held)
 
 
+def test_window_chunk_bounds_what_window_layers_hold():
+    # Gemma 3's window layers (window 48) hold (48 + window_chunk - 2) // 64 + 2 pages of 64 tokens
+    # once the stream has filled them (450 tokens): 6 with the default chunk of 256, 2 with
+    # one-query steps; the full layers hold the same. Fed one
+    # token per forward, both read the same tokens: the same log-probabilities, bit for bit (with
+    # residual=0, past the window, from pages the narrow cache has reused).
+    model = make("gemma3")
+    ids = prompt(450, 21)
+    kw = dict(key_bits=4, value_bits=2, residual=0)
+    wide, narrow = skv.hf.SkvCache(model.config, **kw), skv.hf.SkvCache(model.config, window_chunk=1, **kw)
+    lw = next_token_logprobs(model, wide, ids)
+    ln = next_token_logprobs(model, narrow, ids)
+    page = 64 * 2 * 64 * 6 // 8 + (2 * 64 * 2 + 64 * 2) * 2 * 2  # k4v2 codes, fp16 scale + zero per group
+    for a, b in zip(wide.layers, narrow.layers):
+        if a.is_sliding:
+            assert (a.rows[0].max_chunk, b.rows[0].max_chunk) == (256, 1)
+            assert a.memory_bytes - b.memory_bytes == 4 * page
+        else:
+            assert a.memory_bytes == b.memory_bytes
+    assert skv.hf.SkvCache(model.config, token_by_token=True).layers[0].window_chunk == 1
+    assert torch.equal(lw, ln)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="window_chunk"):
+            skv.hf.SkvCache(model.config, window_chunk=bad)
+    with pytest.raises(ValueError, match="token_by_token"):
+        skv.hf.SkvCache(model.config, token_by_token=True, window_chunk=16)
+
+
 def test_reset_takes_a_new_batch_size():
     model = make("llama")
     cache = skv.hf.SkvCache(model.config)
