@@ -396,9 +396,9 @@ void check_block_bytes_all_axes() {
   check_block_bytes<skv::Quantizer<Bits, 8, skv::Axis::Token, skv::Scheme::Asymmetric, skv::bf16>, 40, 16>(Bits * 10 + 2);
   check_block_bytes<skv::Quantizer<Bits, 16, skv::Axis::Channel, skv::Scheme::Asymmetric, float>, 24, 32>(Bits * 10 + 3);
   if (Bits <= 4) {
-    check_block_bytes<skv::Quantizer<Bits <= 4 ? Bits : 4, 64, skv::Axis::Token, skv::Scheme::LloydMax>, 128, 64>(Bits * 10 + 6);
-    check_block_bytes<skv::Quantizer<Bits <= 4 ? Bits : 4, 8, skv::Axis::Token, skv::Scheme::LloydMax, skv::bf16>, 40, 16>(
-        Bits * 10 + 7);
+    constexpr int B = Bits <= 4 ? Bits : 4;
+    check_block_bytes<skv::Quantizer<B, 64, skv::Axis::Token, skv::Scheme::LloydMax>, 128, 64>(Bits * 10 + 6);
+    check_block_bytes<skv::Quantizer<B, 8, skv::Axis::Token, skv::Scheme::LloydMax, skv::bf16>, 40, 16>(Bits * 10 + 7);
   }
   if (Bits >= 2) {
     check_block_bytes<skv::Quantizer<Bits < 2 ? 2 : Bits, 32, skv::Axis::Token, skv::Scheme::Symmetric>, 64, 64>(Bits * 10 + 4);

@@ -324,8 +324,8 @@ TEST(Options, LloydMaxValuesStoreTheCodesOfTheirQuantizer) {
   for (int t = 0; t < n; ++t) {
     for (int h = 0; h < kHeads; ++h) {
       for (int g = 0; g < kD / 64; ++g) {
-        const auto st = LloydMaxValues<2>::quantize_group(rv.data() + (static_cast<std::size_t>(t) * kHeads + h) * kD + 64 * g,
-                                                          1, codes.data(), 1);
+        const float* group = rv.data() + (static_cast<std::size_t>(t) * kHeads + h) * kD + 64 * g;
+        const auto st = LloydMaxValues<2>::quantize_group(group, 1, codes.data(), 1);
         const auto p = LloydMaxValues<2>::params(st);
         for (int c = 0; c < 64; ++c) {
           ASSERT_EQ(va.value(t, h, 64 * g + c), LloydMaxValues<2>::decode(codes[c], p)) << t << " " << h << " " << c;
@@ -347,10 +347,12 @@ TEST(Options, LloydMaxLevelsCutTheErrorOfRotatedValues) {
   const auto k = random_tensor(n, 58), v = random_tensor(n, 59);
   const auto q = random_tensor(kQHeads / kHeads, 60);
   using Rot = skv::Options<skv::RotateValues>;
-  const auto [e2, e2lm] = plain_and_rotated_errors<skv::BasicKVCache<KQ8, skv::Quantizer<2, 64, skv::Axis::Token>, kD, 64, 0, Rot>,
-                                                   skv::BasicKVCache<KQ8, LloydMaxValues<2>, kD, 64, 0, Rot>>(k, v, n, q);
-  const auto [e3, e3lm] = plain_and_rotated_errors<skv::BasicKVCache<KQ8, skv::Quantizer<3, 64, skv::Axis::Token>, kD, 64, 0, Rot>,
-                                                   skv::BasicKVCache<KQ8, LloydMaxValues<3>, kD, 64, 0, Rot>>(k, v, n, q);
+  using Even2 = skv::BasicKVCache<KQ8, skv::Quantizer<2, 64, skv::Axis::Token>, kD, 64, 0, Rot>;
+  using Even3 = skv::BasicKVCache<KQ8, skv::Quantizer<3, 64, skv::Axis::Token>, kD, 64, 0, Rot>;
+  using Lm2 = skv::BasicKVCache<KQ8, LloydMaxValues<2>, kD, 64, 0, Rot>;
+  using Lm3 = skv::BasicKVCache<KQ8, LloydMaxValues<3>, kD, 64, 0, Rot>;
+  const auto [e2, e2lm] = plain_and_rotated_errors<Even2, Lm2>(k, v, n, q);
+  const auto [e3, e3lm] = plain_and_rotated_errors<Even3, Lm3>(k, v, n, q);
   EXPECT_LT(e2lm, 0.85 * e2) << "2-bit rotated values: min-max " << e2 << ", Lloyd-Max " << e2lm;
   EXPECT_LT(e3lm, 0.97 * e3) << "3-bit rotated values: min-max " << e3 << ", Lloyd-Max " << e3lm;
 }

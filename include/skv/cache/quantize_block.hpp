@@ -46,7 +46,8 @@ SKV_HOST_DEVICE void quantize_rows(const float* x, std::size_t row_stride, int r
   } else if constexpr (Q::kCodebook) {
     for (int t = 0; t < rows; ++t)
       for (int j = 0; j < HeadDim / G; ++j)
-        store(TL::meta_index(slot0 + t, j * G), Q::fit_codebook(x + static_cast<std::size_t>(t) * row_stride + j * G, 1));
+        store(TL::meta_index(slot0 + t, j * G),
+              Q::fit_codebook(x + static_cast<std::size_t>(t) * row_stride + j * G, 1));
   } else {
     for (int t = 0; t < rows; ++t) {
       for (int j = 0; j < HeadDim / G; ++j) {

@@ -28,10 +28,11 @@ namespace cpu {
 namespace detail {
 
 /// The integer matrix prefill for the default axes (Channel keys, Token values in groups of a
-/// multiple of 32 and evenly spaced codes, fp16 metadata so that |zero| <= 2048 fits int16): tiles of up to 64 tokens in one
-/// page; per key group the rows' scaled queries are rounded to 16 bits (as in decode) and dotted with
-/// the transposed codes; one online-softmax update per tile; the folded weights p * s rounded to 16
-/// bits per row and tile, accumulated exactly in int32 over the tile, zero points subtracted exactly.
+/// multiple of 32 with evenly spaced codes, fp16 metadata so that |zero| <= 2048 fits int16): tiles
+/// of up to 64 tokens in one page; per key group the rows' scaled queries are rounded to 16 bits (as
+/// in decode) and dotted with the transposed codes; one online-softmax update per tile; the folded
+/// weights p * s rounded to 16 bits per row and tile, accumulated exactly in int32 over the tile,
+/// zero points subtracted exactly.
 template <class Layout>
 struct IntPrefill {
   using KQ = typename Layout::KeyQuantizer;
