@@ -49,7 +49,8 @@ struct LoopLayer {
 struct SensitivityTable {
   int context = 0, tokens = 0;
   std::string model, objective;
-  /// cache options the candidates were measured with (rotate_keys, rotate_values, sinks, clip)
+  /// cache options the candidates were measured with (rotate_keys, rotate_values, sinks, clip,
+  /// lloyd_max_values)
   nlohmann::json options;
   std::vector<LoopLayer> layers;
 };
