@@ -26,15 +26,29 @@ constexpr int kDotRows = 4;  // 32 zmm registers: 4 heads x 4 rows
 constexpr int kAccVecs = 4;
 #endif
 
+/// Query rows (heads) per pass of the dot and accumulate kernels over a tile's rows.
+constexpr int kHeadBlock = 4;  // the switches of dot_rows and acc_rows are written for 4
+
 /// Independent partial sums per dot product: the vector paths have a lane per channel already; the
 /// portable path keeps 8, so that a 128-term dot does not round as one serial chain (which broke the
 /// tolerance at logit spreads of std 20).
 constexpr int kDotSplit = kVecWidth == 1 ? 8 : 1;
 
-/// out[h * ldo + r] = dot(qs + h * D, rows + r * stride) - bias[h] for NH heads and NR rows.
-template <int NH, int NR>
-SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, const float* SKV_RESTRICT rows,
-                               std::size_t stride, const float* bias, float* out, int ldo) {
+/// Rows of floats: row r of a tile starts at data + r * stride (keys or values in full precision,
+/// or codes unpacked to floats). The other row source is PackedRows (detail/simd.hpp), which
+/// unpacks codes in registers; the dot and accumulate kernels take either.
+struct FloatRows {
+  const float* data;
+  std::size_t stride;
+  SKV_FORCEINLINE Vec load(int r, int c) const { return vload(data + r * stride + c); }
+  SKV_FORCEINLINE float at(int r, int c) const { return data[r * stride + c]; }
+  SKV_FORCEINLINE FloatRows from(int r) const { return {data + r * stride, stride}; }
+};
+
+/// out[h * ldo + r] = dot(qs + h * D, row r) - bias[h] for NH heads and NR rows.
+template <int NH, int NR, class Rows>
+SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, const Rows& rows, const float* bias, float* out,
+                               int ldo) {
   Vec acc[NH][NR][kDotSplit];
   for (int h = 0; h < NH; ++h)
     for (int r = 0; r < NR; ++r)
@@ -43,7 +57,7 @@ SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, const float*
   for (; c + kVecWidth * kDotSplit <= d; c += kVecWidth * kDotSplit) {
     for (int k = 0; k < kDotSplit; ++k) {
       Vec x[NR];
-      for (int r = 0; r < NR; ++r) x[r] = vload(rows + r * stride + c + k * kVecWidth);
+      for (int r = 0; r < NR; ++r) x[r] = rows.load(r, c + k * kVecWidth);
       for (int h = 0; h < NH; ++h) {
         const Vec qv = vload(qs + h * d + c + k * kVecWidth);
         for (int r = 0; r < NR; ++r) acc[h][r][k] = vfma(qv, x[r], acc[h][r][k]);
@@ -52,7 +66,7 @@ SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, const float*
   }
   for (; c + kVecWidth <= d; c += kVecWidth) {
     Vec x[NR];
-    for (int r = 0; r < NR; ++r) x[r] = vload(rows + r * stride + c);
+    for (int r = 0; r < NR; ++r) x[r] = rows.load(r, c);
     for (int h = 0; h < NH; ++h) {
       const Vec qv = vload(qs + h * d + c);
       for (int r = 0; r < NR; ++r) acc[h][r][0] = vfma(qv, x[r], acc[h][r][0]);
@@ -63,42 +77,46 @@ SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, const float*
       float s = vsum(acc[h][r][0]);
       for (int k = 1; k < kDotSplit; ++k) s += vsum(acc[h][r][k]);
       const float* qh = qs + static_cast<std::size_t>(h) * d;
-      const float* row = rows + r * stride;
-      for (int t = c; t < d; ++t) s += qh[t] * row[t];
+      for (int t = c; t < d; ++t) s += qh[t] * rows.at(r, t);
       out[h * ldo + r] = s - (bias ? bias[h] : 0.0f);
     }
   }
 }
 
-template <int NH>
-inline void dot_rows_nh(const float* qs, int d, const float* rows, std::size_t stride, int n, const float* bias,
-                        float* out, int ldo) {
+template <int NH, class Rows>
+inline void dot_rows_nh(const float* qs, int d, const Rows& rows, int n, const float* bias, float* out, int ldo) {
   int r = 0;
-  for (; r + kDotRows <= n; r += kDotRows) dot_block<NH, kDotRows>(qs, d, rows + r * stride, stride, bias, out + r, ldo);
-  for (; r < n; ++r) dot_block<NH, 1>(qs, d, rows + r * stride, stride, bias, out + r, ldo);
+  for (; r + kDotRows <= n; r += kDotRows) dot_block<NH, kDotRows>(qs, d, rows.from(r), bias, out + r, ldo);
+  for (; r < n; ++r) dot_block<NH, 1>(qs, d, rows.from(r), bias, out + r, ldo);
 }
 
 /// logits[h * ldo + r] = dot(qs[h], row r) - bias[h] for nh heads (qs is [nh][d]) and n rows.
-inline void dot_rows(const float* qs, int nh, int d, const float* rows, std::size_t stride, int n, const float* bias,
-                     float* out, int ldo) {
-  for (int h = 0; h < nh; h += 4) {
+template <class Rows>
+inline void dot_rows(const float* qs, int nh, int d, const Rows& rows, int n, const float* bias, float* out, int ldo) {
+  for (int h = 0; h < nh; h += kHeadBlock) {
     const float* q = qs + static_cast<std::size_t>(h) * d;
     const float* b = bias ? bias + h : nullptr;
     float* o = out + static_cast<std::size_t>(h) * ldo;
-    switch (std::min(4, nh - h)) {
-      case 4: dot_rows_nh<4>(q, d, rows, stride, n, b, o, ldo); break;
-      case 3: dot_rows_nh<3>(q, d, rows, stride, n, b, o, ldo); break;
-      case 2: dot_rows_nh<2>(q, d, rows, stride, n, b, o, ldo); break;
-      default: dot_rows_nh<1>(q, d, rows, stride, n, b, o, ldo); break;
+    switch (std::min(kHeadBlock, nh - h)) {
+      case 4: dot_rows_nh<4>(q, d, rows, n, b, o, ldo); break;
+      case 3: dot_rows_nh<3>(q, d, rows, n, b, o, ldo); break;
+      case 2: dot_rows_nh<2>(q, d, rows, n, b, o, ldo); break;
+      default: dot_rows_nh<1>(q, d, rows, n, b, o, ldo); break;
     }
   }
 }
 
+/// dot_rows over float rows (row r at rows + r * stride).
+inline void dot_rows(const float* qs, int nh, int d, const float* rows, std::size_t stride, int n, const float* bias,
+                     float* out, int ldo) {
+  dot_rows(qs, nh, d, FloatRows{rows, stride}, n, bias, out, ldo);
+}
+
 /// acc[h][c] += sum_r w[h * ldw + r * groups + c / group_size] * rows[r][c], for NH heads and
 /// channel vectors [c0, c0 + NV * kVecWidth). Every vector must lie in one group (group_size >= width).
-template <int NH, int NV>
+template <int NH, int NV, class Rows>
 SKV_FORCEINLINE void acc_block(float* SKV_RESTRICT acc, int d, const float* SKV_RESTRICT w, int ldw, int groups,
-                               int group_size, const float* SKV_RESTRICT rows, std::size_t stride, int n, int c0) {
+                               int group_size, const Rows& rows, int n, int c0) {
   Vec a[NH][NV];
   int j[NV];
   for (int v = 0; v < NV; ++v) j[v] = (c0 + v * kVecWidth) / group_size;
@@ -106,7 +124,7 @@ SKV_FORCEINLINE void acc_block(float* SKV_RESTRICT acc, int d, const float* SKV_
     for (int v = 0; v < NV; ++v) a[h][v] = vload(acc + h * d + c0 + v * kVecWidth);
   for (int r = 0; r < n; ++r) {
     Vec x[NV];
-    for (int v = 0; v < NV; ++v) x[v] = vload(rows + r * stride + c0 + v * kVecWidth);
+    for (int v = 0; v < NV; ++v) x[v] = rows.load(r, c0 + v * kVecWidth);
     const float* wr = w + r * groups;
     for (int h = 0; h < NH; ++h)
       for (int v = 0; v < NV; ++v) a[h][v] = vfma(vset1(wr[h * ldw + j[v]]), x[v], a[h][v]);
@@ -115,18 +133,17 @@ SKV_FORCEINLINE void acc_block(float* SKV_RESTRICT acc, int d, const float* SKV_
     for (int v = 0; v < NV; ++v) vstore(acc + h * d + c0 + v * kVecWidth, a[h][v]);
 }
 
-template <int NH>
-inline void acc_rows_nh(float* acc, int d, const float* w, int ldw, int groups, int group_size, const float* rows,
-                        std::size_t stride, int n) {
+template <int NH, class Rows>
+inline void acc_rows_nh(float* acc, int d, const float* w, int ldw, int groups, int group_size, const Rows& rows, int n) {
   int c = 0;
   for (; c + kAccVecs * kVecWidth <= d; c += kAccVecs * kVecWidth)
-    acc_block<NH, kAccVecs>(acc, d, w, ldw, groups, group_size, rows, stride, n, c);
-  for (; c + kVecWidth <= d; c += kVecWidth) acc_block<NH, 1>(acc, d, w, ldw, groups, group_size, rows, stride, n, c);
+    acc_block<NH, kAccVecs>(acc, d, w, ldw, groups, group_size, rows, n, c);
+  for (; c + kVecWidth <= d; c += kVecWidth) acc_block<NH, 1>(acc, d, w, ldw, groups, group_size, rows, n, c);
   for (; c < d; ++c) {
     const int jc = c / group_size;
     for (int h = 0; h < NH; ++h) {
       float s = acc[h * d + c];
-      for (int r = 0; r < n; ++r) s += w[h * ldw + r * groups + jc] * rows[r * stride + c];
+      for (int r = 0; r < n; ++r) s += w[h * ldw + r * groups + jc] * rows.at(r, c);
       acc[h * d + c] = s;
     }
   }
@@ -134,18 +151,25 @@ inline void acc_rows_nh(float* acc, int d, const float* w, int ldw, int groups, 
 
 /// acc is [nh][d]; w is [nh][ldw] with `groups` weights per row (one per channel group of
 /// group_size channels; group_size >= kVecWidth, or groups == 1 and group_size == d).
-inline void acc_rows(float* acc, int nh, int d, const float* w, int ldw, int groups, int group_size, const float* rows,
-                     std::size_t stride, int n) {
-  for (int h = 0; h < nh; h += 4) {
+template <class Rows>
+inline void acc_rows(float* acc, int nh, int d, const float* w, int ldw, int groups, int group_size, const Rows& rows,
+                     int n) {
+  for (int h = 0; h < nh; h += kHeadBlock) {
     float* a = acc + static_cast<std::size_t>(h) * d;
     const float* wh = w + static_cast<std::size_t>(h) * ldw;
-    switch (std::min(4, nh - h)) {
-      case 4: acc_rows_nh<4>(a, d, wh, ldw, groups, group_size, rows, stride, n); break;
-      case 3: acc_rows_nh<3>(a, d, wh, ldw, groups, group_size, rows, stride, n); break;
-      case 2: acc_rows_nh<2>(a, d, wh, ldw, groups, group_size, rows, stride, n); break;
-      default: acc_rows_nh<1>(a, d, wh, ldw, groups, group_size, rows, stride, n); break;
+    switch (std::min(kHeadBlock, nh - h)) {
+      case 4: acc_rows_nh<4>(a, d, wh, ldw, groups, group_size, rows, n); break;
+      case 3: acc_rows_nh<3>(a, d, wh, ldw, groups, group_size, rows, n); break;
+      case 2: acc_rows_nh<2>(a, d, wh, ldw, groups, group_size, rows, n); break;
+      default: acc_rows_nh<1>(a, d, wh, ldw, groups, group_size, rows, n); break;
     }
   }
+}
+
+/// acc_rows over float rows (row r at rows + r * stride).
+inline void acc_rows(float* acc, int nh, int d, const float* w, int ldw, int groups, int group_size, const float* rows,
+                     std::size_t stride, int n) {
+  acc_rows(acc, nh, d, w, ldw, groups, group_size, FloatRows{rows, stride}, n);
 }
 
 /// x[i] *= f for i < n.

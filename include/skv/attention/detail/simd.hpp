@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include <skv/config.hpp>
 #include <skv/numeric/half.hpp>
@@ -166,9 +167,24 @@ inline void unpack_row_f32(const std::uint8_t* SKV_RESTRICT row, int n, float* S
     }
   }
 #elif defined(SKV_HAS_AVX2)
-  if (Bits == 8) {
+  if constexpr (Bits == 8) {
     for (; i + 8 <= n; i += 8)
       _mm256_storeu_ps(out + i, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + i)))));
+  } else if constexpr (8 % Bits == 0) {
+    // 1, 2 and 4 bits: a 32-bit word holds 32 / Bits whole codes; broadcast it, shift each lane by
+    // its code's bit offset, mask (no byte shuffles, no widening)
+    constexpr int kPerWord = 32 / Bits;
+    const __m256i offsets = _mm256_setr_epi32(0, Bits, 2 * Bits, 3 * Bits, 4 * Bits, 5 * Bits, 6 * Bits, 7 * Bits);
+    const __m256i mask = _mm256_set1_epi32(static_cast<int>(PackTraits<Bits>::kMask));
+    for (; i + kPerWord <= n; i += kPerWord) {
+      std::uint32_t word;
+      std::memcpy(&word, row + i * Bits / 8, sizeof(word));
+      const __m256i x = _mm256_set1_epi32(static_cast<int>(word));
+      for (int g = 0; g < kPerWord / 8; ++g) {
+        const __m256i shift = _mm256_add_epi32(offsets, _mm256_set1_epi32(8 * Bits * g));
+        _mm256_storeu_ps(out + i + 8 * g, _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(x, shift), mask)));
+      }
+    }
   } else {
     using T = UnpackTables<Bits>;
     const __m256i perm_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(T::kTable.perm));
@@ -222,6 +238,51 @@ inline void unpack_levels_f32(const std::uint8_t* SKV_RESTRICT row, int n, float
     for (; i < n; ++i) out[i] = table[static_cast<int>(out[i])];
   }
 }
+
+/// Whether PackedRows reads codes of this width in vectors: with AVX2 (without AVX-512, whose
+/// attention reads codes as integers, detail/x86/) for 2, 4 and 8 bits, whose eight codes fill
+/// whole bytes.
+template <int Bits>
+constexpr bool kPackedRowVectors =
+#if defined(SKV_HAS_AVX2) && !defined(SKV_HAS_AVX512)
+    Bits >= 2 && 8 % Bits == 0;
+#else
+    false;
+#endif
+
+/// Rows of packed codes read as floats where they are used, never stored: row r of a tile starts
+/// at data + r * stride bytes. The dot and accumulate kernels take it in place of FloatRows
+/// (detail/kernels.hpp), so a code goes from the cache to a register and into its multiply-adds.
+/// A vector of 8 codes is Bits bytes: loaded as one word, broadcast, each lane shifted by its code's
+/// bit offset and masked. Only for widths with kPackedRowVectors.
+template <int Bits>
+struct PackedRows {
+  const std::uint8_t* data;
+  std::size_t stride;
+#if defined(SKV_HAS_AVX2) && !defined(SKV_HAS_AVX512)
+  SKV_FORCEINLINE Vec load(int r, int c) const {
+    const std::uint8_t* p = data + r * stride + c * Bits / 8;
+    if constexpr (Bits == 8) {
+      return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    } else {
+      std::uint32_t word = 0;
+      std::memcpy(&word, p, Bits);  // codes c..c+7: exactly Bits bytes
+      const __m256i offsets = _mm256_setr_epi32(0, Bits, 2 * Bits, 3 * Bits, 4 * Bits, 5 * Bits, 6 * Bits, 7 * Bits);
+      const __m256i x = _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), offsets);
+      return _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(static_cast<int>(PackTraits<Bits>::kMask))));
+    }
+  }
+#endif
+  /// One code (the kernels' scalar tails): as unpack_code, indexed in size_t.
+  SKV_FORCEINLINE float at(int r, int c) const {
+    const std::size_t bit = static_cast<std::size_t>(c) * Bits;
+    const std::uint8_t* p = data + r * stride + bit / 8;
+    std::uint32_t window = p[0];
+    if (bit % 8 + Bits > 8) window |= static_cast<std::uint32_t>(p[1]) << 8;
+    return static_cast<float>((window >> (bit % 8)) & PackTraits<Bits>::kMask);
+  }
+  SKV_FORCEINLINE PackedRows from(int r) const { return {data + r * stride, stride}; }
+};
 
 #if defined(SKV_HAS_AVX512)
 /// Unpacks the `n` (a multiple of 8) codes of a packed row to 16-bit integers, in order (AVX-512).

@@ -71,6 +71,11 @@ struct Tiles {
   static constexpr bool kIntKeys = false;
   static constexpr bool kIntValues = false;
 #endif
+  /// Channel-axis keys and Token-axis (folded) or Channel-axis values whose codes the float
+  /// kernels read straight from the cache (PackedRows; AVX2 at 2, 4 and 8 bits); the others are
+  /// unpacked into a float tile first.
+  static constexpr bool kPackedKeys = kPackedRowVectors<KQ::kBits> && !KQ::kCodebook;
+  static constexpr bool kPackedValues = kPackedRowVectors<VQ::kBits> && !VQ::kCodebook;
   static constexpr int kPairs = (kTile + 1) / 2;
   /// Bytes per row of u8 key codes (integer keys' low halves): kD rounded up to whole vectors.
   static constexpr int kD8 = (kD + 63) / 64 * 64;
@@ -168,6 +173,21 @@ struct Tiles {
   template <class Q, class Block>
   static void unpack_tile(const Block& blk, int slot0, int n, float* buf) {
     for (int i = 0; i < n; ++i) unpack_levels_f32<Q>(blk.row(slot0 + i), kD, buf + static_cast<std::size_t>(i) * kD);
+  }
+
+  /// Calls f with the codes of rows slot0..slot0+n as a row source for the float kernels: read in
+  /// place (PackedRows) when Packed and the kernels pass over them once (at most kHeadBlock query
+  /// rows, detail/kernels.hpp), else unpacked into buf first.
+  template <class Q, bool Packed, class Block, class F>
+  static void with_code_rows(const Block& blk, int slot0, int n, int rows, float* buf, F&& f) {
+    if constexpr (Packed) {
+      if (rows <= kHeadBlock) {
+        f(PackedRows<Q::kBits>{blk.row(slot0), Block::L::kRowBytes});
+        return;
+      }
+    }
+    unpack_tile<Q>(blk, slot0, n, buf);
+    f(FloatRows{buf, static_cast<std::size_t>(kD)});
   }
 
 #if defined(SKV_HAS_AVX512)
@@ -368,8 +388,7 @@ struct Tiles {
 #endif
     float* vbuf = sc.vbuf.data();
     float* p = sc.p.data();
-    unpack_tile<VQ>(vb, slot, n, vbuf);
-    if (kFoldValues) {
+    if constexpr (kFoldValues) {
       constexpr int kJ = kValueGroups;
       float* s = sc.ms.data();
       float* z = sc.mz.data();
@@ -396,8 +415,11 @@ struct Tiles {
           for (; c < c_end; ++c) acc[c] -= zs[j];
         }
       }
-      acc_rows(st.acc, nh, kD, w, kTile * kJ, kJ, VQ::kGroupSize, vbuf, kD, n);
-    } else if (VQ::kAxis == Axis::Token) {
+      with_code_rows<VQ, kPackedValues>(vb, slot, n, nh, vbuf, [&](const auto& codes) {
+        acc_rows(st.acc, nh, kD, w, kTile * kJ, kJ, VQ::kGroupSize, codes, n);
+      });
+    } else if constexpr (VQ::kAxis == Axis::Token) {
+      unpack_tile<VQ>(vb, slot, n, vbuf);
       dequantize_token_rows<VQ>(vb, slot, n, vbuf, sc.ms.data(), sc.mz.data());
       acc_rows(st.acc, nh, kD, p, kTile, 1, kD, vbuf, kD, n);
     } else {
@@ -406,7 +428,8 @@ struct Tiles {
       load_meta<VQ>(vb.scales(), vb.zeros(), (slot / VQ::kGroupSize) * kD, kD, s, z);
       float* tmp = sc.tmp.data();
       std::fill(tmp, tmp + static_cast<std::size_t>(nh) * kD, 0.0f);
-      acc_rows(tmp, nh, kD, p, kTile, 1, kD, vbuf, kD, n);
+      with_code_rows<VQ, kPackedValues>(vb, slot, n, nh, vbuf,
+                                        [&](const auto& codes) { acc_rows(tmp, nh, kD, p, kTile, 1, kD, codes, n); });
       for (int q = 0; q < nh; ++q) {
         const float* pq = p + static_cast<std::size_t>(q) * kTile;
         float psum = 0.0f;
@@ -435,7 +458,6 @@ struct Tiles {
         return;
       }
 #endif
-      unpack_tile<KQ>(kb, slot, n, kbuf);
       for (int r = 0; r < rows; ++r) {
         const float* q0 = sc.q0.data() + static_cast<std::size_t>(r) * kD;
         float* qs = sc.qs.data() + static_cast<std::size_t>(r) * kD;
@@ -453,7 +475,9 @@ struct Tiles {
         }
         sc.bias[r] = bias;
       }
-      dot_rows(sc.qs.data(), rows, kD, kbuf, kD, n, sc.bias.data(), sc.logits.data(), kTile);
+      with_code_rows<KQ, kPackedKeys>(kb, slot, n, rows, kbuf, [&](const auto& codes) {
+        dot_rows(sc.qs.data(), rows, kD, codes, n, sc.bias.data(), sc.logits.data(), kTile);
+      });
     } else {
       unpack_tile<KQ>(kb, slot, n, kbuf);
       dequantize_token_rows<KQ>(kb, slot, n, kbuf, sc.ms.data(), sc.mz.data());
