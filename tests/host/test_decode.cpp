@@ -48,6 +48,39 @@ TEST(CpuFast, VectorUnpackEqualsScalarUnpackForEveryWidth) {
   check_unpack<8>(8);
 }
 
+// PackedRows hands the dot and accumulate kernels codes straight from the cache: every vector and
+// every single code it reads equals the scalar unpack_code, for rows back to back in one buffer,
+// the last of them at its very end.
+template <int Bits>
+void check_packed_rows(unsigned seed) {
+  constexpr int kRows = 3, kCodes = 128;
+  const std::size_t stride = skv::PackTraits<Bits>::bytes(kCodes);
+  std::mt19937 rng(seed);
+  std::vector<std::uint8_t> bytes(kRows * stride);
+  for (auto& b : bytes) b = static_cast<std::uint8_t>(rng());
+  const skv::cpu::detail::PackedRows<Bits> rows{bytes.data(), stride};
+  for (int r = 0; r < kRows; ++r) {
+    const std::uint8_t* row = bytes.data() + r * stride;
+    for (int c = 0; c < kCodes; ++c)
+      ASSERT_EQ(rows.at(r, c), static_cast<float>(skv::unpack_code<Bits>(row, c))) << "bits " << Bits << " row " << r;
+    if constexpr (skv::cpu::detail::kPackedRowVectors<Bits>) {
+      for (int c = 0; c < kCodes; c += skv::cpu::detail::kVecWidth) {
+        float lanes[skv::cpu::detail::kVecWidth];
+        skv::cpu::detail::vstore(lanes, rows.from(r).load(0, c));
+        for (int l = 0; l < skv::cpu::detail::kVecWidth; ++l)
+          ASSERT_EQ(lanes[l], static_cast<float>(skv::unpack_code<Bits>(row, c + l))) << "bits " << Bits << " code " << c + l;
+      }
+    }
+  }
+}
+
+TEST(CpuFast, PackedRowsEqualScalarUnpack) {
+  check_packed_rows<2>(11);
+  check_packed_rows<3>(12);
+  check_packed_rows<4>(13);
+  check_packed_rows<8>(14);
+}
+
 // The fast path feeds exp_shifted every x - max(x): any value in [-inf, 0]. Down to -87 the result
 // is within 4e-7 relative of exp; below, where exp underflows, it is a tiny non-negative number
 // (at most exp(-87)) that no sum of probabilities can notice, never a NaN or a negative value.

@@ -79,8 +79,8 @@ struct Tiles {
   static constexpr int kPairs = (kTile + 1) / 2;
   /// Bytes per row of u8 key codes (integer keys' low halves): kD rounded up to whole vectors.
   static constexpr int kD8 = (kD + 63) / 64 * 64;
-  /// Integer values: weight vectors are built with shuffles when kJ (value groups per row) is a
-  /// power of two up to 8, and zero-point sums lane by lane when kJ divides 8.
+  /// Folded and integer values: weight vectors are built with shuffles when kJ (value groups per
+  /// row) is a power of two up to 8, and zero-point sums lane by lane when kJ divides 8.
   static constexpr int kJShift = kValueGroups == 1 ? 0 : kValueGroups == 2 ? 1 : kValueGroups == 4 ? 2 : 3;
   static constexpr bool kWeightShuffle = (1 << kJShift) == kValueGroups;
   static constexpr bool kZeroLanes = kWeightShuffle;
@@ -377,6 +377,34 @@ struct Tiles {
   }
 #endif
 
+  /// Folded value weights of one row over a tile of n tokens: w[i kJ + j] = p[i] s[i kJ + j], and
+  /// zs[j] = sum_i w[i kJ + j] z[i kJ + j] (kJ value groups per token). With AVX2, eight weights
+  /// per vector when kJ divides 8 (p spread over the lanes by a permute).
+  static void fold_weights(const float* SKV_RESTRICT p, const float* SKV_RESTRICT s, const float* SKV_RESTRICT z,
+                           int n, float* SKV_RESTRICT w, float* SKV_RESTRICT zs) {
+    constexpr int kJ = kValueGroups;
+    for (int j = 0; j < kJ; ++j) zs[j] = 0.0f;
+    int e = 0;
+#if defined(SKV_HAS_AVX2) && !defined(SKV_HAS_AVX512)
+    if constexpr (kWeightShuffle) {
+      const __m256i token = _mm256_srli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), kJShift);
+      __m256 zacc = _mm256_setzero_ps();
+      for (; e + 8 <= n * kJ; e += 8) {  // p is read up to 7 past e / kJ: the scratch pads it
+        const __m256 wv = _mm256_mul_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(p + e / kJ), token), _mm256_loadu_ps(s + e));
+        _mm256_storeu_ps(w + e, wv);
+        zacc = _mm256_fmadd_ps(wv, _mm256_loadu_ps(z + e), zacc);
+      }
+      alignas(32) float lanes[8];
+      _mm256_store_ps(lanes, zacc);
+      for (int l = 0; l < 8; ++l) zs[l % kJ] += lanes[l];  // lane l holds group l mod kJ
+    }
+#endif
+    for (; e < n * kJ; ++e) {
+      w[e] = p[e / kJ] * s[e];
+      zs[e % kJ] += w[e] * z[e];
+    }
+  }
+
   /// Values of tokens [slot, slot + n) of a page block, weighted by the probabilities in sc.p.
   template <class Block>
   static void values_tile(const Block& vb, int slot, int n, int nh, ItemState& st, Scratch& sc) {
@@ -398,14 +426,7 @@ struct Tiles {
         const float* pq = p + static_cast<std::size_t>(q) * kTile;
         float* wq = w + static_cast<std::size_t>(q) * kTile * kJ;
         float zs[kJ];
-        for (int j = 0; j < kJ; ++j) zs[j] = 0.0f;
-        for (int i = 0; i < n; ++i) {
-          for (int j = 0; j < kJ; ++j) {
-            const float wij = pq[i] * s[i * kJ + j];
-            wq[i * kJ + j] = wij;
-            zs[j] += wij * z[i * kJ + j];
-          }
-        }
+        fold_weights(pq, s, z, n, wq, zs);
         float* acc = st.acc + static_cast<std::size_t>(q) * kD;
         for (int j = 0; j < kJ; ++j) {
           const Vec vz = vset1(zs[j]);
