@@ -47,7 +47,7 @@ struct FloatRows {
 
 /// out[h * ldo + r] = dot(qs + h * D, row r) - bias[h] for NH heads and NR rows.
 template <int NH, int NR, class Rows>
-SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, const Rows& rows, const float* bias, float* out,
+SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, Rows rows, const float* bias, float* out,
                                int ldo) {
   Vec acc[NH][NR][kDotSplit];
   for (int h = 0; h < NH; ++h)
@@ -84,7 +84,7 @@ SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, const Rows& 
 }
 
 template <int NH, class Rows>
-inline void dot_rows_nh(const float* qs, int d, const Rows& rows, int n, const float* bias, float* out, int ldo) {
+inline void dot_rows_nh(const float* qs, int d, Rows rows, int n, const float* bias, float* out, int ldo) {
   int r = 0;
   for (; r + kDotRows <= n; r += kDotRows) dot_block<NH, kDotRows>(qs, d, rows.from(r), bias, out + r, ldo);
   for (; r < n; ++r) dot_block<NH, 1>(qs, d, rows.from(r), bias, out + r, ldo);
@@ -92,7 +92,7 @@ inline void dot_rows_nh(const float* qs, int d, const Rows& rows, int n, const f
 
 /// logits[h * ldo + r] = dot(qs[h], row r) - bias[h] for nh heads (qs is [nh][d]) and n rows.
 template <class Rows>
-inline void dot_rows(const float* qs, int nh, int d, const Rows& rows, int n, const float* bias, float* out, int ldo) {
+inline void dot_rows(const float* qs, int nh, int d, Rows rows, int n, const float* bias, float* out, int ldo) {
   for (int h = 0; h < nh; h += kHeadBlock) {
     const float* q = qs + static_cast<std::size_t>(h) * d;
     const float* b = bias ? bias + h : nullptr;
@@ -113,32 +113,48 @@ inline void dot_rows(const float* qs, int nh, int d, const float* rows, std::siz
 }
 
 /// acc[h][c] += sum_r w[h * ldw + r * groups + c / group_size] * rows[r][c], for NH heads and
-/// channel vectors [c0, c0 + NV * kVecWidth). Every vector must lie in one group (group_size >= width).
-template <int NH, int NV, class Rows>
+/// channel vectors [c0, c0 + NV * kVecWidth). Every vector must lie in one group (group_size >= width);
+/// OneGroup: all NV of them lie in the same one, so each row's weight is broadcast once per head.
+template <int NH, int NV, bool OneGroup, class Rows>
 SKV_FORCEINLINE void acc_block(float* SKV_RESTRICT acc, int d, const float* SKV_RESTRICT w, int ldw, int groups,
-                               int group_size, const Rows& rows, int n, int c0) {
+                               int group_size, Rows rows, int n, int c0) {
   Vec a[NH][NV];
   int j[NV];
-  for (int v = 0; v < NV; ++v) j[v] = (c0 + v * kVecWidth) / group_size;
+  for (int v = 0; v < NV; ++v) j[v] = (OneGroup ? c0 : c0 + v * kVecWidth) / group_size;
   for (int h = 0; h < NH; ++h)
     for (int v = 0; v < NV; ++v) a[h][v] = vload(acc + h * d + c0 + v * kVecWidth);
   for (int r = 0; r < n; ++r) {
     Vec x[NV];
     for (int v = 0; v < NV; ++v) x[v] = rows.load(r, c0 + v * kVecWidth);
     const float* wr = w + r * groups;
-    for (int h = 0; h < NH; ++h)
-      for (int v = 0; v < NV; ++v) a[h][v] = vfma(vset1(wr[h * ldw + j[v]]), x[v], a[h][v]);
+    for (int h = 0; h < NH; ++h) {
+      if constexpr (OneGroup) {
+        const Vec wv = vset1(wr[h * ldw + j[0]]);
+        for (int v = 0; v < NV; ++v) a[h][v] = vfma(wv, x[v], a[h][v]);
+      } else {
+        for (int v = 0; v < NV; ++v) a[h][v] = vfma(vset1(wr[h * ldw + j[v]]), x[v], a[h][v]);
+      }
+    }
   }
   for (int h = 0; h < NH; ++h)
     for (int v = 0; v < NV; ++v) vstore(acc + h * d + c0 + v * kVecWidth, a[h][v]);
 }
 
-template <int NH, class Rows>
-inline void acc_rows_nh(float* acc, int d, const float* w, int ldw, int groups, int group_size, const Rows& rows, int n) {
+template <int NH, bool OneGroup, class Rows>
+SKV_FORCEINLINE int acc_blocks(float* acc, int d, const float* w, int ldw, int groups, int group_size, Rows rows,
+                               int n) {
   int c = 0;
   for (; c + kAccVecs * kVecWidth <= d; c += kAccVecs * kVecWidth)
-    acc_block<NH, kAccVecs>(acc, d, w, ldw, groups, group_size, rows, n, c);
-  for (; c + kVecWidth <= d; c += kVecWidth) acc_block<NH, 1>(acc, d, w, ldw, groups, group_size, rows, n, c);
+    acc_block<NH, kAccVecs, OneGroup>(acc, d, w, ldw, groups, group_size, rows, n, c);
+  return c;
+}
+
+template <int NH, class Rows>
+inline void acc_rows_nh(float* acc, int d, const float* w, int ldw, int groups, int group_size, Rows rows, int n) {
+  // blocks start at multiples of kAccVecs vectors: each lies in one group when the groups are whole blocks
+  int c = group_size % (kAccVecs * kVecWidth) == 0 ? acc_blocks<NH, true>(acc, d, w, ldw, groups, group_size, rows, n)
+                                                   : acc_blocks<NH, false>(acc, d, w, ldw, groups, group_size, rows, n);
+  for (; c + kVecWidth <= d; c += kVecWidth) acc_block<NH, 1, true>(acc, d, w, ldw, groups, group_size, rows, n, c);
   for (; c < d; ++c) {
     const int jc = c / group_size;
     for (int h = 0; h < NH; ++h) {
@@ -152,7 +168,7 @@ inline void acc_rows_nh(float* acc, int d, const float* w, int ldw, int groups, 
 /// acc is [nh][d]; w is [nh][ldw] with `groups` weights per row (one per channel group of
 /// group_size channels; group_size >= kVecWidth, or groups == 1 and group_size == d).
 template <class Rows>
-inline void acc_rows(float* acc, int nh, int d, const float* w, int ldw, int groups, int group_size, const Rows& rows,
+inline void acc_rows(float* acc, int nh, int d, const float* w, int ldw, int groups, int group_size, Rows rows,
                      int n) {
   for (int h = 0; h < nh; h += kHeadBlock) {
     float* a = acc + static_cast<std::size_t>(h) * d;

@@ -6,7 +6,9 @@
 // codes fill Bits bytes, so a 128-bit lane can hold the bytes of 8 codes; a byte shuffle gives each
 // 16-bit slot the two bytes its code can span, a per-slot right shift and a mask leave the code
 // (AVX-512BW has a variable 16-bit shift; AVX2 multiplies by 2^(7-shift) and shifts right by 7).
-// Loads are masked, so nothing past a row's last code byte is read. The result equals
+// With AVX2, codes of 1, 2 and 4 bits, which fill whole bytes, are broadcast from a word and shifted
+// per 32-bit lane instead (also by PackedRows, which the float kernels read in place). Loads are
+// masked or exact, so nothing past a row's last code byte is read. The result equals
 // skv::unpack_code exactly (tests/host/test_decode.cpp checks every width with ==).
 #pragma once
 

@@ -16,7 +16,8 @@
 //                         paths above (the integer ones assume evenly spaced codes)
 //   sinks, residual window full-precision rows, same dot / accumulate kernels
 //   rotated keys          the query is rotated once per work item (O(D log D) per row)
-// Codes are unpacked with AVX-512 / AVX2 shuffles (detail/simd.hpp) into a tile in L1.
+// Codes are unpacked with AVX-512 / AVX2 shuffles (detail/simd.hpp) into a tile in L1, or, with
+// AVX2 and at most kHeadBlock rows, read in place by the float kernels (PackedRows).
 #pragma once
 
 #include <algorithm>
