@@ -19,6 +19,14 @@
 #define SKV_COMPILING_WITH_NVCC 0
 #endif
 
+// Before a __host__ __device__ function template that calls what it is given: whether the call
+// may run on the device depends on the argument (a host lambda in a host-only reference is fine).
+#if defined(__CUDACC__) && !defined(__HIPCC__)
+#define SKV_HD_TEMPLATE_CALLS_ARGUMENT _Pragma("nv_exec_check_disable")
+#else
+#define SKV_HD_TEMPLATE_CALLS_ARGUMENT
+#endif
+
 #if defined(__CUDA_ARCH__)
 #define SKV_FORCEINLINE __forceinline__
 #elif defined(__GNUC__) || defined(__clang__)

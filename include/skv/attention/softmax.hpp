@@ -69,6 +69,7 @@ struct SoftmaxState {
   }
 
   /// Adds one token with the given logit; value(c) returns its value in channel c.
+  SKV_HD_TEMPLATE_CALLS_ARGUMENT
   template <class ValueFn>
   SKV_HOST_DEVICE void add(T logit, ValueFn&& value) {
     if (logit > stats.max) {

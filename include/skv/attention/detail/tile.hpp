@@ -170,6 +170,17 @@ struct Tiles {
     }
   }
 
+  /// Turns n unpacked rows of Axis::Channel codes into values: (code - z[c]) * s[c].
+  static void dequantize_channel_rows(float* SKV_RESTRICT buf, int n, const float* SKV_RESTRICT s,
+                                      const float* SKV_RESTRICT z) {
+    for (int i = 0; i < n; ++i) {
+      float* row = buf + static_cast<std::size_t>(i) * kD;
+      int c = 0;
+      for (; c + kVecWidth <= kD; c += kVecWidth) vstore(row + c, vmul(vsub(vload(row + c), vload(z + c)), vload(s + c)));
+      for (; c < kD; ++c) row[c] = (row[c] - z[c]) * s[c];
+    }
+  }
+
   /// The codes of rows slot0..slot0+n as floats: the levels they stand for (Quantizer::level).
   template <class Q, class Block>
   static void unpack_tile(const Block& blk, int slot0, int n, float* buf) {
@@ -417,37 +428,45 @@ struct Tiles {
 #endif
     float* vbuf = sc.vbuf.data();
     float* p = sc.p.data();
+    // more rows than tokens (prefill): dequantize the tile once rather than fold or scale per row
+    const bool dequantize_tile = nh > n && !(kPackedValues && nh <= kHeadBlock);
     if constexpr (kFoldValues) {
-      constexpr int kJ = kValueGroups;
-      float* s = sc.ms.data();
-      float* z = sc.mz.data();
-      load_meta<VQ>(vb.scales(), vb.zeros(), slot * kJ, n * kJ, s, z);
-      float* w = sc.w.data();
-      for (int q = 0; q < nh; ++q) {
-        const float* pq = p + static_cast<std::size_t>(q) * kTile;
-        float* wq = w + static_cast<std::size_t>(q) * kTile * kJ;
-        float zs[kJ];
-        fold_weights(pq, s, z, n, wq, zs);
-        float* acc = st.acc + static_cast<std::size_t>(q) * kD;
-        for (int j = 0; j < kJ; ++j) {
-          const Vec vz = vset1(zs[j]);
-          int c = j * VQ::kGroupSize;
-          const int c_end = c + VQ::kGroupSize;
-          for (; c + kVecWidth <= c_end; c += kVecWidth) vstore(acc + c, vsub(vload(acc + c), vz));
-          for (; c < c_end; ++c) acc[c] -= zs[j];
+      if (!dequantize_tile) {
+        constexpr int kJ = kValueGroups;
+        float* s = sc.ms.data();
+        float* z = sc.mz.data();
+        load_meta<VQ>(vb.scales(), vb.zeros(), slot * kJ, n * kJ, s, z);
+        float* w = sc.w.data();
+        for (int q = 0; q < nh; ++q) {
+          const float* pq = p + static_cast<std::size_t>(q) * kTile;
+          float* wq = w + static_cast<std::size_t>(q) * kTile * kJ;
+          float zs[kJ];
+          fold_weights(pq, s, z, n, wq, zs);
+          float* acc = st.acc + static_cast<std::size_t>(q) * kD;
+          for (int j = 0; j < kJ; ++j) {
+            const Vec vz = vset1(zs[j]);
+            int c = j * VQ::kGroupSize;
+            const int c_end = c + VQ::kGroupSize;
+            for (; c + kVecWidth <= c_end; c += kVecWidth) vstore(acc + c, vsub(vload(acc + c), vz));
+            for (; c < c_end; ++c) acc[c] -= zs[j];
+          }
         }
+        with_code_rows<VQ, kPackedValues>(vb, slot, n, nh, vbuf, [&](const auto& codes) {
+          acc_rows(st.acc, nh, kD, w, kTile * kJ, kJ, VQ::kGroupSize, codes, n);
+        });
+        return;
       }
-      with_code_rows<VQ, kPackedValues>(vb, slot, n, nh, vbuf, [&](const auto& codes) {
-        acc_rows(st.acc, nh, kD, w, kTile * kJ, kJ, VQ::kGroupSize, codes, n);
-      });
-    } else if constexpr (VQ::kAxis == Axis::Token) {
-      unpack_tile<VQ>(vb, slot, n, vbuf);
-      dequantize_token_rows<VQ>(vb, slot, n, vbuf, sc.ms.data(), sc.mz.data());
-      acc_rows(st.acc, nh, kD, p, kTile, 1, kD, vbuf, kD, n);
-    } else {
+    }
+    if constexpr (VQ::kAxis == Axis::Channel) {
       float* s = sc.ms.data();
       float* z = sc.mz.data();
       load_meta<VQ>(vb.scales(), vb.zeros(), (slot / VQ::kGroupSize) * kD, kD, s, z);
+      if (dequantize_tile) {
+        unpack_tile<VQ>(vb, slot, n, vbuf);
+        dequantize_channel_rows(vbuf, n, s, z);
+        acc_rows(st.acc, nh, kD, p, kTile, 1, kD, vbuf, kD, n);
+        return;
+      }
       float* tmp = sc.tmp.data();
       std::fill(tmp, tmp + static_cast<std::size_t>(nh) * kD, 0.0f);
       with_code_rows<VQ, kPackedValues>(vb, slot, n, nh, vbuf,
@@ -460,6 +479,10 @@ struct Tiles {
         float* acc = st.acc + static_cast<std::size_t>(q) * kD;
         for (int c = 0; c < kD; ++c) acc[c] += s[c] * (tq[c] - z[c] * psum);
       }
+    } else {
+      unpack_tile<VQ>(vb, slot, n, vbuf);
+      dequantize_token_rows<VQ>(vb, slot, n, vbuf, sc.ms.data(), sc.mz.data());
+      acc_rows(st.acc, nh, kD, p, kTile, 1, kD, vbuf, kD, n);
     }
   }
 
@@ -480,6 +503,13 @@ struct Tiles {
         return;
       }
 #endif
+      if (rows > n && !(kPackedKeys && rows <= kHeadBlock)) {
+        // more rows than tokens: dequantize the tile once rather than scale every row's query
+        unpack_tile<KQ>(kb, slot, n, kbuf);
+        dequantize_channel_rows(kbuf, n, s, z);
+        dot_rows(sc.q0.data(), rows, kD, kbuf, kD, n, nullptr, sc.logits.data(), kTile);
+        return;
+      }
       for (int r = 0; r < rows; ++r) {
         const float* q0 = sc.q0.data() + static_cast<std::size_t>(r) * kD;
         float* qs = sc.qs.data() + static_cast<std::size_t>(r) * kD;
