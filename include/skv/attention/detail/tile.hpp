@@ -17,7 +17,8 @@
 //   sinks, residual window full-precision rows, same dot / accumulate kernels
 //   rotated keys          the query is rotated once per work item (O(D log D) per row)
 // Codes are unpacked with AVX-512 / AVX2 shuffles (detail/simd.hpp) into a tile in L1, or, with
-// AVX2 and at most kHeadBlock rows, read in place by the float kernels (PackedRows).
+// AVX2 and at most kHeadBlock rows, read in place by the float kernels (PackedRows). A tile with
+// more rows than tokens (prefill) is dequantized once instead, then weighted like a dense one.
 #pragma once
 
 #include <algorithm>
