@@ -188,13 +188,28 @@ struct Tiles {
     for (int i = 0; i < n; ++i) unpack_levels_f32<Q>(blk.row(slot0 + i), kD, buf + static_cast<std::size_t>(i) * kD);
   }
 
+  /// Whether the float kernels read codes in place (PackedRows) for `rows` query rows: when the
+  /// width allows it (Packed) and they pass over the codes once (at most kHeadBlock rows,
+  /// detail/kernels.hpp).
+  template <bool Packed>
+  static constexpr bool reads_in_place(int rows) {
+    return Packed && rows <= kHeadBlock;
+  }
+
+  /// Whether a tile of n tokens is dequantized once, (code - z) * s, for `rows` query rows: when
+  /// there are more rows than tokens (prefill) and the codes are not read in place anyway. Else
+  /// the scales go into each row's query (keys) or weights (values).
+  template <bool Packed>
+  static constexpr bool dequantize_once(int rows, int n) {
+    return rows > n && !reads_in_place<Packed>(rows);
+  }
+
   /// Calls f with the codes of rows slot0..slot0+n as a row source for the float kernels: read in
-  /// place (PackedRows) when Packed and the kernels pass over them once (at most kHeadBlock query
-  /// rows, detail/kernels.hpp), else unpacked into buf first.
+  /// place (reads_in_place), else unpacked into buf first.
   template <class Q, bool Packed, class Block, class F>
   static void with_code_rows(const Block& blk, int slot0, int n, int rows, float* buf, F&& f) {
     if constexpr (Packed) {
-      if (rows <= kHeadBlock) {
+      if (reads_in_place<Packed>(rows)) {
         f(PackedRows<Q::kBits>{blk.row(slot0), Block::L::kRowBytes});
         return;
       }
@@ -429,8 +444,7 @@ struct Tiles {
 #endif
     float* vbuf = sc.vbuf.data();
     float* p = sc.p.data();
-    // more rows than tokens (prefill): dequantize the tile once rather than fold or scale per row
-    const bool dequantize_tile = nh > n && !(kPackedValues && nh <= kHeadBlock);
+    const bool dequantize_tile = dequantize_once<kPackedValues>(nh, n);
     if constexpr (kFoldValues) {
       if (!dequantize_tile) {
         constexpr int kJ = kValueGroups;
@@ -504,8 +518,7 @@ struct Tiles {
         return;
       }
 #endif
-      if (rows > n && !(kPackedKeys && rows <= kHeadBlock)) {
-        // more rows than tokens: dequantize the tile once rather than scale every row's query
+      if (dequantize_once<kPackedKeys>(rows, n)) {
         unpack_tile<KQ>(kb, slot, n, kbuf);
         dequantize_channel_rows(kbuf, n, s, z);
         dot_rows(sc.q0.data(), rows, kD, kbuf, kD, n, nullptr, sc.logits.data(), kTile);
