@@ -1,6 +1,6 @@
 // The skv demo: which bits should keys and values get?
 //
-// On an LLM-like synthetic workload (examples/synthetic_kv.hpp: keys with per-channel offsets and
+// On an LLM-like synthetic workload (skv/calib/synthetic.hpp: keys with per-channel offsets and
 // consistent outlier channels, RoPE'd; values near-Gaussian with ~25x less energy; queries that read
 // the keys' outlier channels), it instantiates six quantized caches at compile time, four with
 // accuracy options (rotated keys, fp32 sink tokens, clipping search; docs/accuracy.md) and an
@@ -8,6 +8,7 @@
 // a Llama-3-8B-shaped model at 32k context, key and value MSE, attention-output error against fp64,
 // and CPU decode time. Then it answers, for peaked and for flat attention, whether K4V2 beats K2V4
 // at equal memory.
+#include <skv/calib/synthetic.hpp>
 #include <skv/skv.hpp>
 
 #include <chrono>
@@ -16,9 +17,9 @@
 #include <string>
 #include <vector>
 
-#include "synthetic_kv.hpp"
-
 namespace {
+
+namespace synthetic = skv::calib::synthetic;
 
 // Llama-3-8B: 32 layers, 8 KV heads, head_dim 128; one sequence of 32k tokens.
 constexpr double kLayers = 32, kKvHeads = 8, kContext = 32768;
@@ -44,7 +45,7 @@ double time_ms(F&& f) {
 }
 
 template <class Cache>
-Row measure(const char* name, const skv_demo::Workload& w, const std::vector<double>& ref) {
+Row measure(const char* name, const synthetic::Workload& w, const std::vector<double>& ref) {
   using L = typename Cache::Layout;
   Cache cache(w.kv_heads, w.tokens);
   cache.append(w.k.data(), w.v.data(), w.tokens);
@@ -69,12 +70,12 @@ Row measure(const char* name, const skv_demo::Workload& w, const std::vector<dou
           kLayers * kKvHeads * (kContext * Cache::bytes_per_token() + sinks * L::sink_bytes_per_token()) / kGiB,
           ke / n,
           ve / n,
-          skv_demo::relative_error(out, ref),
+          synthetic::relative_error(out, ref),
           ms};
 }
 
 // The unquantized baseline: plain fp32 attention over fp16-stored K/V (fp16 is what engines keep).
-Row baseline(const skv_demo::Workload& w, const std::vector<double>& ref) {
+Row baseline(const synthetic::Workload& w, const std::vector<double>& ref) {
   const int d = w.head_dim, group = w.q_heads / w.kv_heads;
   std::vector<float> k(w.k.size()), v(w.v.size());
   double ke = 0, ve = 0;
@@ -112,7 +113,7 @@ Row baseline(const skv_demo::Workload& w, const std::vector<double>& ref) {
   const double ms = time_ms(run);
   const double n = static_cast<double>(k.size());
   return {"fp16 (unquantized)", 16.0, kLayers * kKvHeads * kContext * 2 * d * 2 / kGiB, ke / n, ve / n,
-          skv_demo::relative_error(out, ref), ms};
+          synthetic::relative_error(out, ref), ms};
 }
 
 void print(const std::vector<Row>& rows) {
@@ -126,15 +127,15 @@ void print(const std::vector<Row>& rows) {
 }  // namespace
 
 int main() {
-  skv_demo::WorkloadOptions o;
+  synthetic::WorkloadOptions o;
   o.tokens = 4096;
   o.kv_heads = 8;
   o.group = 4;  // 32 query heads, as in Llama-3-8B
   o.head_dim = 128;
   o.logit_std = 3.0;  // peaked attention, as in real heads
-  const auto w = skv_demo::make_workload(o);
+  const auto w = synthetic::make_workload(o);
   std::vector<double> ref;
-  const double entropy = skv_demo::exact_attention(w, ref);
+  const double entropy = synthetic::exact_attention(w, ref);
 
   std::printf("skv demo: %d tokens, %d KV heads, %d query heads, head_dim %d; attention entropy %.2f nats "
               "(uniform: %.2f)\n",
@@ -174,8 +175,8 @@ int main() {
 
   // The same question with nearly uniform attention, where the premise no longer bites.
   o.logit_std = 0.05;
-  const auto flat = skv_demo::make_workload(o);
-  const double flat_entropy = skv_demo::exact_attention(flat, ref);
+  const auto flat = synthetic::make_workload(o);
+  const double flat_entropy = synthetic::exact_attention(flat, ref);
   const Row a = measure<skv::KVCache<4, 2>>("K4V2", flat, ref);
   const Row b = measure<skv::KVCache<2, 4>>("K2V4", flat, ref);
   std::printf("Nearly uniform attention (entropy %.2f nats): K4V2 error %.4f vs K2V4 %.4f -> %s\n", flat_entropy,

@@ -1,7 +1,7 @@
 // examples/cli/gen.hpp: synthetic K/V/Q dumps and tiny checkpoints for tests and the docs
 // (`skv gen-dump`, `skv gen-model`; hidden subcommands).
 //
-// The dump mimics what dump_kv.py records from a real model (see examples/synthetic_kv.hpp for the
+// The dump mimics what dump_kv.py records from a real model (see skv/calib/synthetic.hpp for the
 // reasoning): keys have per-channel offsets, a few large outlier channels on low-frequency RoPE
 // pairs and unit noise, RoPE'd at their position; values are zero-mean Gaussian; queries share the
 // keys' mean directions. The key/value energy ratio changes from layer to layer and head to head
@@ -18,7 +18,7 @@
 
 #include <skv/io/safetensors.hpp>
 
-#include "../synthetic_kv.hpp"  // skv_demo::detail::rope
+#include <skv/calib/synthetic.hpp>  // skv::calib::synthetic::rope
 
 namespace skv_cli {
 
@@ -64,11 +64,11 @@ inline void gen_dump(const std::string& path, const GenDumpOptions& o) {
           kr[c] = key_scale * (mean[static_cast<std::size_t>(c)] + spread[static_cast<std::size_t>(c)] * n01(rng));
           vr[c] = value_std * n01(rng);
         }
-        skv_demo::detail::rope(kr, d, s);
+        skv::calib::synthetic::rope(kr, d, s);
         for (int g = 0; g < o.q_per_kv; ++g) {
           float* qr = &q[(static_cast<std::size_t>(s) * hq + head * o.q_per_kv + g) * d];
           for (int c = 0; c < d; ++c) qr[c] = 0.15f * mean[static_cast<std::size_t>(c)] + n01(rng);
-          skv_demo::detail::rope(qr, d, s);
+          skv::calib::synthetic::rope(qr, d, s);
         }
       }
       // Scale this head's queries so the logits q.k / sqrt(d) of a query against all earlier keys

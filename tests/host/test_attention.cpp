@@ -1,4 +1,5 @@
 // Decode attention (the public CPU entry point and the reference) against fp64 on unquantized K/V.
+#include <skv/calib/synthetic.hpp>
 #include <skv/skv.hpp>
 
 #include <gtest/gtest.h>
@@ -9,9 +10,9 @@
 #include <random>
 #include <vector>
 
-#include "synthetic_kv.hpp"
-
 namespace test_attention {
+
+namespace synthetic = skv::calib::synthetic;
 
 struct Data {
   int n, kv_heads, q_heads, d;
@@ -120,7 +121,7 @@ TEST(Attention, EightBitKeysAndValuesAreWithinTwoPercent) {
   skv::cpu::decode_attention(cache, x.q.data(), 8, out.data());
   const auto ref = attention_fp64(x, 1.0 / std::sqrt(128.0), [&](int t, int h, int c) { return x.k[at(x, t, h, c)]; },
                                   [&](int t, int h, int c) { return x.v[at(x, t, h, c)]; });
-  const double err = skv_demo::relative_error(out, ref);
+  const double err = synthetic::relative_error(out, ref);
   EXPECT_LT(err, 2e-2);
   EXPECT_GT(err, 1e-5);  // it is quantized: not bit-identical to fp64
 }
@@ -210,32 +211,32 @@ TEST(Attention, BadArgumentsThrow) {
 
 TEST(Attention, LongContextStaysAccurate) {
   // 100k tokens: the softmax normaliser and the merge must not lose the signal
-  skv_demo::WorkloadOptions o;
+  synthetic::WorkloadOptions o;
   o.tokens = 100000;
   o.kv_heads = 1;
   o.group = 2;
   o.head_dim = 64;
   o.logit_std = 3.0;
-  const auto w = skv_demo::make_workload(o);
+  const auto w = synthetic::make_workload(o);
   std::vector<double> ref;
-  skv_demo::exact_attention(w, ref);
+  synthetic::exact_attention(w, ref);
   skv::KVCache<8, 8, 64> cache(1, o.tokens);
   cache.append(w.k.data(), w.v.data(), o.tokens);
   std::vector<float> out(w.q.size());
   skv::cpu::decode_attention(cache, w.q.data(), w.q_heads, out.data());
-  EXPECT_LT(skv_demo::relative_error(out, ref), 3e-2);
+  EXPECT_LT(synthetic::relative_error(out, ref), 3e-2);
 }
 
 // The paper's premise, tested where it applies: keys carry far more energy than values, and queries
 // read the keys' outlier channels with peaked attention. At equal memory (7.5 bits per element),
 // 4-bit keys with 2-bit values beat 2-bit keys with 4-bit values.
 template <class C>
-double attention_error(const skv_demo::Workload& w, const std::vector<double>& ref) {
+double attention_error(const synthetic::Workload& w, const std::vector<double>& ref) {
   C cache(w.kv_heads, w.tokens);
   cache.append(w.k.data(), w.v.data(), w.tokens);
   std::vector<float> out(w.q.size());
   skv::cpu::decode_attention(cache, w.q.data(), w.q_heads, out.data());
-  return skv_demo::relative_error(out, ref);
+  return synthetic::relative_error(out, ref);
 }
 
 struct Duel {
@@ -247,13 +248,13 @@ Duel duel(double logit_std, int seeds) {
   static_assert(skv::KVCache<4, 2>::bytes_per_token() == skv::KVCache<2, 4>::bytes_per_token(), "equal memory");
   Duel r;
   for (int s = 1; s <= seeds; ++s) {
-    skv_demo::WorkloadOptions o;
+    synthetic::WorkloadOptions o;
     o.tokens = 1024;
     o.logit_std = logit_std;
     o.seed = static_cast<unsigned>(s);
-    const auto w = skv_demo::make_workload(o);
+    const auto w = synthetic::make_workload(o);
     std::vector<double> ref;
-    r.entropy += skv_demo::exact_attention(w, ref) / seeds;
+    r.entropy += synthetic::exact_attention(w, ref) / seeds;
     const double a = attention_error<skv::KVCache<4, 2>>(w, ref), b = attention_error<skv::KVCache<2, 4>>(w, ref);
     r.k4v2 += a / seeds;
     r.k2v4 += b / seeds;
