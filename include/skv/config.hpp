@@ -37,6 +37,19 @@
 #define SKV_FORCEINLINE inline
 #endif
 
+// Before a loop with a small constant trip count (the CPU kernels' loops over heads, rows and
+// vectors): unroll it completely, so that arrays of accumulators indexed by it live in registers at
+// -O2 and -Os too, not only where -O3 unrolls by itself (nvcc: the host compiler decides).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define SKV_UNROLL
+#elif defined(__clang__)
+#define SKV_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define SKV_UNROLL _Pragma("GCC unroll 64")
+#else
+#define SKV_UNROLL
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define SKV_RESTRICT __restrict__
 #else

@@ -159,9 +159,9 @@ SKV_FORCEINLINE void vstore(bf16* p, Vec v) {
 /// out[i] = float(x[i]) for i < n (exact), converted a vector at a time.
 template <class T>
 inline void to_f32_row(const T* SKV_RESTRICT x, int n, float* SKV_RESTRICT out) {
-  int i = 0;
-  for (; i + kVecWidth <= n; i += kVecWidth) vstore(out + i, vload(x + i));
-  for (; i < n; ++i) out[i] = to_float(x[i]);
+  const int whole = n - n % kVecWidth;
+  for (int i = 0; i < whole; i += kVecWidth) vstore(out + i, vload(x + i));
+  for (int i = whole; i < n; ++i) out[i] = to_float(x[i]);
 }
 
 /// out[i] = T(x[i]) for i < n, rounded to nearest even.

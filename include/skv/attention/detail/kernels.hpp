@@ -45,39 +45,61 @@ struct FloatRows {
   SKV_FORCEINLINE FloatRows from(int r) const { return {data + r * stride, stride}; }
 };
 
+/// sum_{c0 <= t < d} q[t] * row 0 [t]: the scalar tail of a dot product (d not a multiple of the
+/// vector width). A function of its own, so that the forced unrolling of dot_block does not copy
+/// the loop (GCC's -Waggressive-loop-optimizations misreads the copies).
+template <class Rows>
+inline float dot_tail(const float* q, Rows rows, int c0, int d) {
+  float s = 0.0f;
+  for (int t = c0; t < d; ++t) s += q[t] * rows.at(0, t);
+  return s;
+}
+
 /// out[h * ldo + r] = dot(qs + h * D, row r) - bias[h] for NH heads and NR rows.
 template <int NH, int NR, class Rows>
 SKV_FORCEINLINE void dot_block(const float* SKV_RESTRICT qs, int d, Rows rows, const float* bias, float* out,
                                int ldo) {
   Vec acc[NH][NR][kDotSplit];
+  SKV_UNROLL
   for (int h = 0; h < NH; ++h)
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r)
+      SKV_UNROLL
       for (int k = 0; k < kDotSplit; ++k) acc[h][r][k] = vzero();
   int c = 0;
   for (; c + kVecWidth * kDotSplit <= d; c += kVecWidth * kDotSplit) {
+    SKV_UNROLL
     for (int k = 0; k < kDotSplit; ++k) {
       Vec x[NR];
+      SKV_UNROLL
       for (int r = 0; r < NR; ++r) x[r] = rows.load(r, c + k * kVecWidth);
+      SKV_UNROLL
       for (int h = 0; h < NH; ++h) {
         const Vec qv = vload(qs + h * d + c + k * kVecWidth);
+        SKV_UNROLL
         for (int r = 0; r < NR; ++r) acc[h][r][k] = vfma(qv, x[r], acc[h][r][k]);
       }
     }
   }
   for (; c + kVecWidth <= d; c += kVecWidth) {
     Vec x[NR];
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r) x[r] = rows.load(r, c);
+    SKV_UNROLL
     for (int h = 0; h < NH; ++h) {
       const Vec qv = vload(qs + h * d + c);
+      SKV_UNROLL
       for (int r = 0; r < NR; ++r) acc[h][r][0] = vfma(qv, x[r], acc[h][r][0]);
     }
   }
+  SKV_UNROLL
   for (int h = 0; h < NH; ++h) {
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r) {
       float s = vsum(acc[h][r][0]);
+      SKV_UNROLL
       for (int k = 1; k < kDotSplit; ++k) s += vsum(acc[h][r][k]);
-      const float* qh = qs + static_cast<std::size_t>(h) * d;
-      for (int t = c; t < d; ++t) s += qh[t] * rows.at(r, t);
+      if (c < d) s += dot_tail(qs + static_cast<std::size_t>(h) * d, rows.from(r), c, d);
       out[h * ldo + r] = s - (bias ? bias[h] : 0.0f);
     }
   }
@@ -120,23 +142,32 @@ SKV_FORCEINLINE void acc_block(float* SKV_RESTRICT acc, int d, const float* SKV_
                                int group_size, Rows rows, int n, int c0) {
   Vec a[NH][NV];
   int j[NV];
+  SKV_UNROLL
   for (int v = 0; v < NV; ++v) j[v] = (OneGroup ? c0 : c0 + v * kVecWidth) / group_size;
+  SKV_UNROLL
   for (int h = 0; h < NH; ++h)
+    SKV_UNROLL
     for (int v = 0; v < NV; ++v) a[h][v] = vload(acc + h * d + c0 + v * kVecWidth);
   for (int r = 0; r < n; ++r) {
     Vec x[NV];
+    SKV_UNROLL
     for (int v = 0; v < NV; ++v) x[v] = rows.load(r, c0 + v * kVecWidth);
     const float* wr = w + r * groups;
+    SKV_UNROLL
     for (int h = 0; h < NH; ++h) {
       if constexpr (OneGroup) {
         const Vec wv = vset1(wr[h * ldw + j[0]]);
+        SKV_UNROLL
         for (int v = 0; v < NV; ++v) a[h][v] = vfma(wv, x[v], a[h][v]);
       } else {
+        SKV_UNROLL
         for (int v = 0; v < NV; ++v) a[h][v] = vfma(vset1(wr[h * ldw + j[v]]), x[v], a[h][v]);
       }
     }
   }
+  SKV_UNROLL
   for (int h = 0; h < NH; ++h)
+    SKV_UNROLL
     for (int v = 0; v < NV; ++v) vstore(acc + h * d + c0 + v * kVecWidth, a[h][v]);
 }
 

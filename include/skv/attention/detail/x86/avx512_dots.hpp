@@ -39,23 +39,31 @@ template <int NH, int NR>
 SKV_FORCEINLINE void dot_block_i16(const std::int16_t* SKV_RESTRICT qi, int d, const std::uint16_t* SKV_RESTRICT codes,
                                    std::int32_t* out, int ldo) {
   __m512i acc[NH][NR];
+  SKV_UNROLL
   for (int h = 0; h < NH; ++h)
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r) acc[h][r] = _mm512_setzero_si512();
   for (int c = 0; c < d; c += 32) {
     __m512i x[NR];
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r) x[r] = _mm512_loadu_si512(codes + r * d + c);
+    SKV_UNROLL
     for (int h = 0; h < NH; ++h) {
       const __m512i qv = _mm512_loadu_si512(qi + h * d + c);
+      SKV_UNROLL
       for (int r = 0; r < NR; ++r) acc[h][r] = dpwssd(acc[h][r], qv, x[r]);
     }
   }
+  SKV_UNROLL
   for (int h = 0; h < NH; ++h) {
     std::int32_t sums[NR];
     if constexpr (NR == 4) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(sums), hsum4_epi32(acc[h][0], acc[h][1], acc[h][2], acc[h][3]));
     } else {
+      SKV_UNROLL
       for (int r = 0; r < NR; ++r) sums[r] = _mm512_reduce_add_epi32(acc[h][r]);
     }
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r) out[h * ldo + r] = sums[r];
   }
 }
@@ -99,23 +107,31 @@ template <int NH, int NR>
 SKV_FORCEINLINE void dot_block_u8(const std::int8_t* SKV_RESTRICT w, int d, const std::uint8_t* SKV_RESTRICT codes,
                                   std::int32_t* out, int ldo) {
   __m512i acc[NH][NR];
+  SKV_UNROLL
   for (int h = 0; h < NH; ++h)
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r) acc[h][r] = _mm512_setzero_si512();
   for (int c = 0; c < d; c += 64) {
     __m512i x[NR];
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r) x[r] = _mm512_loadu_si512(codes + r * d + c);
+    SKV_UNROLL
     for (int h = 0; h < NH; ++h) {
       const __m512i wv = _mm512_loadu_si512(w + h * d + c);
+      SKV_UNROLL
       for (int r = 0; r < NR; ++r) acc[h][r] = dpbusd(acc[h][r], x[r], wv);
     }
   }
+  SKV_UNROLL
   for (int h = 0; h < NH; ++h) {
     std::int32_t sums[NR];
     if constexpr (NR == 4) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(sums), hsum4_epi32(acc[h][0], acc[h][1], acc[h][2], acc[h][3]));
     } else {
+      SKV_UNROLL
       for (int r = 0; r < NR; ++r) sums[r] = _mm512_reduce_add_epi32(acc[h][r]);
     }
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r) out[h * ldo + r] = sums[r];
   }
 }
@@ -156,12 +172,16 @@ SKV_FORCEINLINE void acc_block_i16(const std::uint16_t* SKV_RESTRICT codes, int 
                                    std::int32_t* SKV_RESTRICT out) {
   __m512i lo[NH][NC], hi[NH][NC];
   int j[NC];
+  SKV_UNROLL
   for (int k = 0; k < NC; ++k) j[k] = (c0 + 32 * k) / group_size;
+  SKV_UNROLL
   for (int h = 0; h < NH; ++h)
+    SKV_UNROLL
     for (int k = 0; k < NC; ++k) lo[h][k] = hi[h][k] = _mm512_setzero_si512();
   for (int p = 0; p < npairs; ++p) {
     const std::uint16_t* a = codes + static_cast<std::size_t>(2 * p) * d + c0;
     __m512i xl[NC], xh[NC];
+    SKV_UNROLL
     for (int k = 0; k < NC; ++k) {
       const __m512i xa = _mm512_loadu_si512(a + 32 * k);
       const __m512i xb = _mm512_loadu_si512(a + d + 32 * k);
@@ -169,7 +189,9 @@ SKV_FORCEINLINE void acc_block_i16(const std::uint16_t* SKV_RESTRICT codes, int 
       xh[k] = _mm512_unpackhi_epi16(xa, xb);
     }
     const std::int32_t* wr = wp + p * groups;
+    SKV_UNROLL
     for (int h = 0; h < NH; ++h) {
+      SKV_UNROLL
       for (int k = 0; k < NC; ++k) {
         const __m512i w = _mm512_set1_epi32(wr[h * ldw + j[k]]);
         lo[h][k] = dpwssd(lo[h][k], xl[k], w);
@@ -180,7 +202,9 @@ SKV_FORCEINLINE void acc_block_i16(const std::uint16_t* SKV_RESTRICT codes, int 
   // lane l of lo holds channels 8l..8l+3 of the chunk, of hi 8l+4..8l+7: back to channel order
   const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
   const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  SKV_UNROLL
   for (int h = 0; h < NH; ++h) {
+    SKV_UNROLL
     for (int k = 0; k < NC; ++k) {
       std::int32_t* o = out + static_cast<std::size_t>(h) * d + c0 + 32 * k;
       _mm512_storeu_si512(o, _mm512_permutex2var_epi32(lo[h][k], i0, hi[h][k]));
@@ -294,11 +318,15 @@ SKV_FORCEINLINE void key_logits_i16(const std::int32_t* SKV_RESTRICT kt, const s
                                     const std::int32_t* SKV_RESTRICT qlo, const float* inv, const float* bias,
                                     float* SKV_RESTRICT logits) {
   __m512i acc[NR][NV], low[NR][NV];
+  SKV_UNROLL
   for (int r = 0; r < NR; ++r)
+    SKV_UNROLL
     for (int v = 0; v < NV; ++v) acc[r][v] = low[r][v] = _mm512_setzero_si512();
   for (int p = 0; p < PAIRS; ++p) {
     __m512i x[NV];
+    SKV_UNROLL
     for (int v = 0; v < NV; ++v) x[v] = _mm512_loadu_si512(kt + p * LDK + 16 * v);
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r) {
       // one broadcast per row and pair, used by every token vector (the load ports, not the
       // multipliers, would otherwise limit the loop)
@@ -308,6 +336,7 @@ SKV_FORCEINLINE void key_logits_i16(const std::int32_t* SKV_RESTRICT kt, const s
       } else {
         const __m512i qv = _mm512_set1_epi32(qp[r * PAIRS + p]);
         const __m512i lv = _mm512_set1_epi32(qlo[r * PAIRS + p]);
+        SKV_UNROLL
         for (int v = 0; v < NV; ++v) {
           dpwssd_acc(acc[r][v], x[v], qv);
           dpwssd_acc(low[r][v], x[v], lv);
@@ -316,8 +345,10 @@ SKV_FORCEINLINE void key_logits_i16(const std::int32_t* SKV_RESTRICT kt, const s
     }
   }
   const __m512 vlo = _mm512_set1_ps(1.0f / 32768.0f);
+  SKV_UNROLL
   for (int r = 0; r < NR; ++r) {
     const __m512 vs = _mm512_set1_ps(inv[r]), vb = _mm512_set1_ps(bias[r]);
+    SKV_UNROLL
     for (int v = 0; v < NV; ++v) {
       const __m512 dot = _mm512_fmadd_ps(_mm512_cvtepi32_ps(low[r][v]), vlo, _mm512_cvtepi32_ps(acc[r][v]));
       _mm512_storeu_ps(logits + r * LDL + 16 * v, _mm512_fmsub_ps(dot, vs, vb));
@@ -356,17 +387,22 @@ SKV_FORCEINLINE void value_acc_i16(const std::int32_t* SKV_RESTRICT vp, int p0, 
                                    const std::int32_t* SKV_RESTRICT wp, std::int32_t* SKV_RESTRICT out) {
   constexpr int NC = C0 + 64 <= D ? 2 : 1;
   __m512i lo[NR][NC], hi[NR][NC];
+  SKV_UNROLL
   for (int r = 0; r < NR; ++r)
+    SKV_UNROLL
     for (int k = 0; k < NC; ++k) lo[r][k] = hi[r][k] = _mm512_setzero_si512();
   for (int p = p0; p < p1; ++p) {
     __m512i xl[NC], xh[NC];
     const std::int32_t* row = vp + static_cast<std::size_t>(p) * D + C0;
+    SKV_UNROLL
     for (int k = 0; k < NC; ++k) {
       xl[k] = _mm512_loadu_si512(row + 32 * k);
       xh[k] = _mm512_loadu_si512(row + 32 * k + 16);
     }
     const std::int32_t* w = wp + p;
+    SKV_UNROLL
     for (int r = 0; r < NR; ++r) {
+      SKV_UNROLL
       for (int k = 0; k < NC; ++k) {
         const __m512i wv = _mm512_set1_epi32(w[r * LDW + (C0 + 32 * k) / G * LDG]);
         dpwssd_acc(lo[r][k], xl[k], wv);
@@ -377,7 +413,9 @@ SKV_FORCEINLINE void value_acc_i16(const std::int32_t* SKV_RESTRICT vp, int p0, 
   // lane l of lo holds channels 8l..8l+3 of the chunk, of hi 8l+4..8l+7: back to channel order
   const __m512i i0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
   const __m512i i1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  SKV_UNROLL
   for (int r = 0; r < NR; ++r) {
+    SKV_UNROLL
     for (int k = 0; k < NC; ++k) {
       std::int32_t* o = out + r * D + C0 + 32 * k;
       _mm512_storeu_si512(o, _mm512_permutex2var_epi32(lo[r][k], i0, hi[r][k]));
