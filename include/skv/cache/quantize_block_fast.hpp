@@ -221,6 +221,7 @@ inline void pack_row(const std::uint8_t* SKV_RESTRICT codes, int n, std::uint8_t
 #endif
   for (; i < n; i += 8) {
     std::uint64_t v = 0;
+    SKV_UNROLL
     for (int j = 0; j < 8; ++j) v |= static_cast<std::uint64_t>(codes[i + j]) << (8 * j);
     if (Bits < 8) {
       // 8 bytes of Bits bits -> 4 x 2*Bits -> 2 x 4*Bits -> 8*Bits contiguous bits
@@ -229,6 +230,7 @@ inline void pack_row(const std::uint8_t* SKV_RESTRICT codes, int n, std::uint8_t
       v = (v & 0x00000000FFFFFFFFull) | (v >> 32) << (4 * Bits);
     }
     std::uint8_t* o = out + (i / 8) * Bits;
+    SKV_UNROLL
     for (int b = 0; b < Bits; ++b) o[b] = static_cast<std::uint8_t>(v >> (8 * b));
   }
 }

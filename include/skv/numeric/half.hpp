@@ -49,7 +49,7 @@ SKV_HOST_DEVICE SKV_FORCEINLINE bool round_increment(std::uint32_t r, std::uint3
 
 }  // namespace detail
 
-SKV_HOST_DEVICE inline float to_float(fp16 h) {
+SKV_HOST_DEVICE SKV_FORCEINLINE float to_float(fp16 h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h.bits & 0x8000u) << 16;
   const std::uint32_t exp = (h.bits >> 10) & 0x1fu;
   const std::uint32_t man = h.bits & 0x3ffu;
@@ -62,7 +62,7 @@ SKV_HOST_DEVICE inline float to_float(fp16 h) {
   return detail::bits_float(sign | ((exp + 112u) << 23) | (man << 13));
 }
 
-SKV_HOST_DEVICE inline float to_float(bf16 b) { return detail::bits_float(static_cast<std::uint32_t>(b.bits) << 16); }
+SKV_HOST_DEVICE SKV_FORCEINLINE float to_float(bf16 b) { return detail::bits_float(static_cast<std::uint32_t>(b.bits) << 16); }
 
 SKV_HOST_DEVICE SKV_FORCEINLINE float to_float(float f) { return f; }
 

@@ -55,8 +55,20 @@ SKV_HOST_DEVICE SKV_FORCEINLINE constexpr T max_of(T a, T b) { return a < b ? b 
 template <class T>
 SKV_HOST_DEVICE SKV_FORCEINLINE constexpr T clamp_to(T x, T lo, T hi) { return x < lo ? lo : (hi < x ? hi : x); }
 SKV_HOST_DEVICE SKV_FORCEINLINE float abs_f(float x) { return x < 0.0f ? -x : x; }
-/// Round half up, identical on host and device (floorf is exact everywhere).
-SKV_HOST_DEVICE SKV_FORCEINLINE float round_half_up(float x) { return ::floorf(x + 0.5f); }
+/// floor(x), exact for every float. On the device floorf; on the host the same value without a call
+/// into libm (which -Os keeps): below 2^23 in magnitude through a truncating conversion; above it
+/// every float is an integer (infinities and NaN are returned as they are).
+SKV_HOST_DEVICE SKV_FORCEINLINE float floor_f(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::floorf(x);
+#else
+  if (!(abs_f(x) < 8388608.0f)) return x;
+  const float t = static_cast<float>(static_cast<int>(x));
+  return t > x ? t - 1.0f : t;  // -0.0 gives +0.0; round_half_up never passes it (x + 0.5 is never -0.0)
+#endif
+}
+/// Round half up, identical on host and device (both floors are exact).
+SKV_HOST_DEVICE SKV_FORCEINLINE float round_half_up(float x) { return floor_f(x + 0.5f); }
 
 /// Level `code` of the b-bit Lloyd-Max quantizer of a standard normal on a grid of 0..255: the
 /// levels L_i (+-0.4528, +-1.5104 at two bits) as round(255 (L_i - L_0) / (L_last - L_0)), one byte
