@@ -127,8 +127,9 @@ TEST(Window, MatchesReferenceOtherAxesAndWidths) {
 
 TEST(Window, LongCachesAndAnEmptyOne) {
   using C = skv::KVCache<2, 4, 128, skv::Sinks<4>>;
-  const C cache = make_cache<C>(1, 5000, 300, 60);
-  for (int w : {1, 33, 512, 4999, 5000, 6000}) check_window(cache, 4, 300, w, w == 512, 61, "5000 tokens");
+  // a 100-token chunk: 400 query rows, two query blocks of the schedule (kPrefillRows)
+  const C cache = make_cache<C>(1, 5000, 100, 60);
+  for (int w : {1, 33, 512, 4999, 5000, 6000}) check_window(cache, 4, 100, w, w == 512, 61, "5000 tokens");
   const C empty(1, 10);
   std::vector<float> q(4 * 128, 1.0f), out(q.size(), 7.0f);
   skv::cpu::DecodeOptions opt;
