@@ -283,4 +283,22 @@ TEST(Attention, ValuesFirstWinsWhenAttentionIsNearlyUniform) {
   EXPECT_EQ(d.k4v2_wins, 0);
 }
 
+// The synthetic workload refuses shapes it cannot draw instead of writing out of bounds.
+TEST(Attention, SyntheticWorkloadRejectsShapesItCannotDraw) {
+  synthetic::WorkloadOptions o;
+  o.tokens = 64;
+  o.head_dim = 32;
+  EXPECT_EQ(synthetic::make_workload(o).k.size(), 64u * 2 * 32);
+  o.head_dim = 16;  // the fourth outlier pair would be pair -2
+  EXPECT_THROW(synthetic::make_workload(o), skv::Error);
+  o.head_dim = 33;
+  EXPECT_THROW(synthetic::make_workload(o), skv::Error);
+  o.head_dim = 32;
+  o.tokens = 0;
+  EXPECT_THROW(synthetic::make_workload(o), skv::Error);
+  o.tokens = 64;
+  o.value_std = -1.0f;
+  EXPECT_THROW(synthetic::make_workload(o), skv::Error);
+}
+
 }  // namespace test_attention

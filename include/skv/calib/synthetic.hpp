@@ -18,7 +18,10 @@
 #include <cmath>
 #include <cstddef>
 #include <random>
+#include <string>
 #include <vector>
+
+#include <skv/error.hpp>
 
 namespace skv {
 namespace calib {
@@ -53,8 +56,16 @@ inline void rope(float* x, int d, int pos) {
   }
 }
 
-/// Draws a workload (deterministic in o.seed).
+/// Draws a workload (deterministic in o.seed). skv::Error for a shape it cannot draw.
 inline Workload make_workload(const WorkloadOptions& o) {
+  using skv::detail::require;
+  require(o.tokens >= 1 && o.kv_heads >= 1 && o.group >= 1,
+          "synthetic workload: tokens, kv_heads and group must be at least 1");
+  require(o.head_dim >= 20 && o.head_dim % 2 == 0,
+          "synthetic workload: head_dim must be even and at least 20 (RoPE pairs; the four outlier pairs are "
+          "d/2-1, d/2-4, d/2-7 and d/2-10), got " +
+              std::to_string(o.head_dim));
+  require(o.logit_std >= 0.0 && o.value_std >= 0.0f, "synthetic workload: logit_std and value_std must be >= 0");
   Workload w;
   w.tokens = o.tokens;
   w.kv_heads = o.kv_heads;
