@@ -131,10 +131,12 @@ def parse(name):
     if not (len(base) == 4 and base[0] == "k" and base[2] == "v" and base[1].isdigit() and base[3].isdigit()):
         sys.exit(f"{PROG}: {name}: expected kKvV[+rot][+sink4][+clip|+clipk|+clipv][+r<N>]")
     c = {"kb": int(base[1]), "vb": int(base[3]), "rot": False, "sinks": 0, "clipk": False, "clipv": False, "residual": 0,
-         "rotv": False, "lmk": False, "lmv": False}
+         "rotv": False, "lmk": False, "lmv": False, "ptk": False, "half_ring": False}
     for o in opts:
-        if o in ("rot", "rotv", "lmk", "lmv"):
+        if o in ("rot", "rotv", "lmk", "lmv", "ptk"):
             c[o] = True
+        elif o == "h16":
+            c["half_ring"] = True
         elif o == "sink4":
             c["sinks"] = 4
         elif o in ("clip", "clipk", "clipv"):
@@ -147,24 +149,46 @@ def parse(name):
     return c
 
 
-def run(model, ids, rope, kb, vb, rot, sinks, clipk, clipv, residual, rotv=False, lmk=False, lmv=False):
+def held_bits(T, hd, kb, vb, sinks, residual, ptk=False, half_ring=False, **_):
+    """Bits per element a cache of this configuration holds after T tokens, counted as skv allocates
+    them: whole 64-token pages of codes with fp16 scale and zero per group (keys per channel over 32
+    tokens, or per token over the head with +ptk; values per token over the head), a ring of
+    residual + 32 slots (residual + 1 with +ptk), and the sinks; ring and sinks in fp32 (fp16 with
+    +h16)."""
+    block = 1 if ptk else 32
+    q = max(0, (T - sinks - residual) // block * block)
+    pages = -(-q // 64)
+    key_meta, value_meta = 32.0 / (hd if ptk else 32), 32.0 / hd
+    codes = pages * 64 * (kb + vb + key_meta + value_meta) / 2
+    full = 16 if half_ring else 32
+    return (codes + (residual + block + sinks) * full) / T
+
+
+def run(model, ids, rope, kb, vb, rot, sinks, clipk, clipv, residual, rotv=False, lmk=False, lmv=False, ptk=False,
+        half_ring=False):
     T, hd, H, KV = len(ids), model.head_dim, model.n_head, model.n_kv
     g = H // KV
     R, Rv = rotation(hd), rotation(hd, seed=11)
     x = model.embed(ids)
     n = np.arange(1, T + 1)
-    quantized = np.where(n <= sinks + residual, 0, (n - sinks - residual) // 32 * 32)
+    block = 1 if ptk else 32  # tokens quantized together
+    quantized = np.where(n <= sinks + residual, 0, (n - sinks - residual) // block * block)
     s = np.arange(T)
     qmask = (s[None, :] >= sinks) & (s[None, :] < sinks + quantized[:, None])  # [query t, token s]
     causal = np.triu(np.full((T, T), -np.inf, dtype=np.float32), k=1)
     scale = np.float32(1.0 / np.sqrt(hd))
-    nq = (T - sinks) // 32 * 32
+    nq = (T - sinks) // block * block
     for layer in range(model.n_layers):
         q, k, v = model.qkv(layer, x, *rope)
+        if half_ring:  # every token outside the pages is held in fp16
+            k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
         kh, vh = k.copy(), v.copy()
         kk = k[sinks : sinks + nq] @ R.T if rot else k[sinks : sinks + nq]
-        kk = kk.reshape(nq // 32, 32, KV, hd)
-        kk = (codebook_groups(kk, kb, axis=1) if lmk else quantize_groups(kk, kb, clipk, axis=1)).reshape(nq, KV, hd)
+        if ptk:
+            kk = codebook_groups(kk, kb, axis=2) if lmk else quantize_groups(kk, kb, clipk, axis=2)
+        else:
+            kk = kk.reshape(nq // 32, 32, KV, hd)
+            kk = (codebook_groups(kk, kb, axis=1) if lmk else quantize_groups(kk, kb, clipk, axis=1)).reshape(nq, KV, hd)
         kh[sinks : sinks + nq] = kk @ R if rot else kk
         vv = v[sinks : sinks + nq] @ Rv.T if rotv else v[sinks : sinks + nq]
         vv = codebook_groups(vv, vb, axis=2) if lmv else quantize_groups(vv, vb, clipv, axis=2)
@@ -197,11 +221,11 @@ def main():
     ref_logp = np.concatenate([model.log_probs(ref[s : min(s + 256, T - 1)]) for s in range(0, T - 1, 256)])
     ref_nll = float(-ref_logp[np.arange(T - 1), np.asarray(ids[1:])].mean())
     print(f"{T} tokens; fp32 perplexity {np.exp(ref_nll):.4f}")
-    print(f"{'config':<28} {'ppl':>8} {'ppl ratio':>9} {'KL':>10} {'top-1':>7}")
+    print(f"{'config':<28} {'held':>6} {'ppl':>8} {'ppl ratio':>9} {'KL':>10} {'top-1':>7}")
     for name, c in configs:
         t0 = time.time()
         nll, kl, top1 = compare(model, ids, run(model, ids, rope, **c), ref_logp)
-        print(f"{name:<28} {np.exp(nll):8.4f} {np.exp(nll - ref_nll):9.4f} {kl:10.3e} {100 * top1:6.2f}%  "
+        print(f"{name:<28} {held_bits(T, model.head_dim, **c):6.3f} {np.exp(nll):8.4f} {np.exp(nll - ref_nll):9.4f} {kl:10.3e} {100 * top1:6.2f}%  "
               f"({time.time() - t0:.0f} s)", flush=True)
 
 

@@ -12,8 +12,11 @@ class CompiledConfig(TypedDict):
     head_dim: int
     residual: int
     rotate_keys: bool
+    rotate_values: bool
     sinks: int
     clip: bool
+    lloyd_max_values: bool
+    fp16_ring: bool
 
 class KVCache:
     """A quantized KV cache for one sequence (one layer); see help(skv.KVCache)."""
@@ -28,8 +31,11 @@ class KVCache:
         max_tokens: int,
         residual: Optional[int] = None,
         rotate_keys: Optional[bool] = None,
+        rotate_values: Optional[bool] = None,
         sinks: Optional[int] = None,
         clip: Optional[bool] = None,
+        lloyd_max_values: Optional[bool] = None,
+        fp16_ring: Optional[bool] = None,
         window: int = 0,
         max_chunk: int = 0,
         rollback: int = 0,
@@ -77,6 +83,12 @@ class KVCache:
     def sinks(self) -> int: ...
     @property
     def clip(self) -> bool: ...
+    @property
+    def rotate_values(self) -> bool: ...
+    @property
+    def lloyd_max_values(self) -> bool: ...
+    @property
+    def fp16_ring(self) -> bool: ...
     @property
     def sink_size(self) -> int: ...
     @property

@@ -7,6 +7,8 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -431,6 +433,8 @@ TEST(Options, RollbackWithRotatedValuesRestoresTheRotatedCopies) {
       skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::Sinks<4>>>>(50);
   check_rollback_from_history<
       skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>>(53);
+  check_rollback_from_history<skv::BasicKVCache<
+      KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Fp16Ring>>>(55);
 }
 
 // ---------------------------------------------------------------- sinks
@@ -644,6 +648,8 @@ TEST(Options, ChunkedAppendsWriteTheSameBytes) {
   check_chunked_append_bytes<skv::KVCache<2, 4, 128, skv::RotateKeys, skv::Sinks<4>, skv::ClipKeys, skv::ClipValues>>(33);
   check_chunked_append_bytes<skv::BasicKVCache<KQ2, VQ2, kD, 32, 64, skv::Options<skv::Sinks<40>, skv::ClipValues>>>(34);
   check_chunked_append_bytes<skv::KVCache<3, 2, 128, skv::RotateValues, skv::Sinks<4>, skv::ClipValues>>(37);
+  check_chunked_append_bytes<skv::KVCache<3, 3, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Fp16Ring>>(38);
+  check_chunked_append_bytes<skv::BasicKVCache<KQ2, VQ2, kD, 64, 64, skv::Options<skv::Fp16Ring, skv::ClipKeys>>>(39);
 }
 
 TEST(Options, Fp16AppendEqualsFloatAppendOfTheSameValues) {
@@ -664,6 +670,120 @@ TEST(Options, Fp16AppendEqualsFloatAppendOfTheSameValues) {
   ASSERT_EQ(std::memcmp(a.view().pages, b.view().pages, 2 * L::page_bytes(kHeads)), 0);
   for (int t = 0; t < n; ++t)
     for (int c = 0; c < kD; ++c) ASSERT_EQ(a.view().key(t, 1, c), b.view().key(t, 1, c)) << t;
+}
+
+// ---------------------------------------------------------------- fp16 ring
+
+/// x rounded to fp16 and widened back.
+std::vector<float> fp16_rounded(std::vector<float> x) {
+  for (float& e : x) e = skv::to_float(skv::to_fp16(e));
+  return x;
+}
+
+// An Fp16Ring cache holds what a float-ring cache holds for the fp16 rounding of its input: the same
+// page bytes, the same full-precision elements, the same attention outputs bit for bit, in half the
+// memory of the full-precision area.
+TEST(Options, Fp16RingHoldsTheFp16RoundingOfEachToken) {
+  using Half = skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::Sinks<4>, skv::Fp16Ring>>;
+  using Wide = skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::Sinks<4>>>;
+  using L = Half::Layout;
+  static_assert(std::is_same<L::FullPrecision, skv::fp16>::value && std::is_same<Wide::Layout::FullPrecision, float>::value,
+                "the full-precision element");
+  for (int n : {1, 3, 4, 37, 100, 131, 300}) {
+    const auto k = random_tensor(n, 60 + n, 4.0f), v = random_tensor(n, 61 + n, 1.0f, 0.5f);
+    const auto kr = fp16_rounded(k), vr = fp16_rounded(v);
+    Half half(kHeads, n);
+    Wide wide(kHeads, n);
+    half.append(k.data(), v.data(), n);
+    wide.append(kr.data(), vr.data(), n);
+    const auto a = half.view();
+    const auto b = wide.view();
+    const int pages = (half.quantized_size() + L::kPageSize - 1) / L::kPageSize;
+    ASSERT_EQ(std::memcmp(a.pages, b.pages, static_cast<std::size_t>(pages) * L::page_bytes(kHeads)), 0) << n;
+    for (int t = 0; t < n; ++t)
+      for (int h = 0; h < kHeads; ++h)
+        for (int c = 0; c < kD; ++c)
+          ASSERT_TRUE(a.key(t, h, c) == b.key(t, h, c) && a.value(t, h, c) == b.value(t, h, c)) << n << " " << t;
+    ASSERT_EQ(wide.memory_bytes() - half.memory_bytes(), L::residual_elements(kHeads) * (sizeof(float) - 2)) << n;
+    ASSERT_EQ(half.memory_bytes(),
+              static_cast<std::size_t>(pages) * L::page_bytes(kHeads) + L::residual_elements(kHeads) * 2) << n;
+    const auto q = random_tensor(3 * (kQHeads / kHeads), 62 + n);
+    std::vector<float> x(static_cast<std::size_t>(kQHeads) * kD), y(x.size());
+    skv::cpu::decode_attention(half, q.data(), kQHeads, x.data());
+    skv::cpu::decode_attention(wide, q.data(), kQHeads, y.data());
+    ASSERT_EQ(x, y) << n;
+    const int m = std::min(n, 3);
+    std::vector<float> px(static_cast<std::size_t>(m) * kQHeads * kD), py(px.size());
+    skv::cpu::prefill_attention(half, q.data(), m, kQHeads, px.data());
+    skv::cpu::prefill_attention(wide, q.data(), m, kQHeads, py.data());
+    ASSERT_EQ(px, py) << n;
+    expect_fast_matches_reference(half, q, "fp16 ring");
+  }
+  // the sinks count 16 bits each in the counted bits
+  EXPECT_DOUBLE_EQ(L::bits_per_element(2048), (L::bits_per_element() * 2044 + 16.0 * 4) / 2048);
+}
+
+// With the rotations, every full-precision element is the fp16 rounding of the rotated float one.
+TEST(Options, Fp16RingRoundsAfterTheRotations) {
+  using Opts = skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>;
+  using Half = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>,
+                                                                      skv::Fp16Ring>>;
+  using Wide = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, Opts>;
+  const int n = 200;  // 4 sinks, two quantized blocks, 132 ring tokens
+  const auto k = random_tensor(n, 70, 4.0f), v = random_tensor(n, 71);
+  Half half(kHeads, n);
+  Wide wide(kHeads, n);
+  half.append(k.data(), v.data(), n);
+  wide.append(k.data(), v.data(), n);
+  ASSERT_EQ(half.quantized_size(), 64);
+  const auto a = half.view();
+  const auto b = wide.view();
+  const auto r = [](float x) { return skv::to_float(skv::to_fp16(x)); };
+  for (int t : {0, 3, 68, 100, 199})
+    for (int h = 0; h < kHeads; ++h)
+      for (int c = 0; c < kD; ++c) {
+        ASSERT_EQ(a.key(t, h, c), r(b.key(t, h, c))) << t;
+        ASSERT_EQ(a.value(t, h, c), r(b.value(t, h, c))) << t;
+      }
+}
+
+TEST(Options, Fp16RingRejectsWhatItCannotHoldAndStaysUnchanged) {
+  using C = skv::KVCache<4, 2, 128, skv::Sinks<4>, skv::Fp16Ring>;
+  const int n = 80;
+  auto k = random_tensor(n, 80), v = random_tensor(n, 81);
+  C cache(kHeads, n);
+  cache.append(k.data(), v.data(), 10);
+  const C before = cache;
+  const std::size_t row = static_cast<std::size_t>(kHeads) * kD;
+  for (float bad : {std::nanf(""), 40000.0f, -1e30f}) {
+    for (std::size_t at : {std::size_t{10} * row + 3, std::size_t{75} * row + 100}) {
+      auto kb = k;
+      kb[at] = bad;
+      try {
+        cache.append(kb.data() + 10 * row, v.data() + 10 * row, n - 10);
+        FAIL() << "accepted " << bad;
+      } catch (const skv::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("keys at token " + std::to_string(at / row - 10)), std::string::npos)
+            << e.what();
+      }
+      ASSERT_EQ(cache.size(), 10);
+      for (int t = 0; t < 10; ++t)
+        for (int c = 0; c < kD; ++c) ASSERT_EQ(cache.view().key(t, 1, c), before.view().key(t, 1, c));
+    }
+  }
+  // bf16 input: narrowed to fp16 like float input
+  std::vector<skv::bf16> kb(k.size()), vb(v.size());
+  for (std::size_t i = 0; i < k.size(); ++i) {
+    kb[i] = skv::to_bf16(k[i]);
+    vb[i] = skv::to_bf16(v[i]);
+  }
+  C from_bf16(kHeads, n);
+  from_bf16.append(kb.data(), vb.data(), n);
+  for (int t = 0; t < n; ++t) {
+    if (t >= 4 && t < from_bf16.view().residual_begin()) continue;  // quantized
+    for (int c = 0; c < kD; c += 7)
+      ASSERT_EQ(from_bf16.view().key(t, 0, c), skv::to_float(skv::to_fp16(skv::to_float(kb[t * row + c])))) << t;
+  }
 }
 
 }  // namespace test_options

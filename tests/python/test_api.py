@@ -145,6 +145,33 @@ def test_lloyd_max_values_decode_in_the_models_basis_with_less_error(rng):
     assert lm.bits_per_element == even.bits_per_element and lm.memory_bytes == even.memory_bytes
 
 
+def test_fp16_ring_holds_the_fp16_rounding_in_half_the_memory(rng):
+    # an fp16 ring holds what the float32 ring holds for float16-rounded input, bit for bit, and
+    # attention is the same; the full-precision area takes half the bytes
+    n, hkv, hq, d = 300, 2, 8, 64
+    k, v = random_kv(rng, n, hkv, d)
+    q = rng.standard_normal((hq, d)).astype(np.float32)
+    opts = dict(residual=128, rotate_keys=True, rotate_values=True, sinks=4, lloyd_max_values=True)
+    half = skv.KVCache(key_bits=3, value_bits=3, head_dim=d, num_kv_heads=hkv, max_tokens=n, fp16_ring=True, **opts)
+    wide = skv.KVCache(key_bits=3, value_bits=3, head_dim=d, num_kv_heads=hkv, max_tokens=n, **opts)
+    assert half.fp16_ring and not wide.fp16_ring and "fp16_ring" in repr(half)
+    half.append(k, v)
+    wide.append(k, v)
+    area = half.full_precision()
+    assert area.dtype == np.float32 and area.size == wide.full_precision().size
+    np.testing.assert_array_equal(area, area.astype(np.float16).astype(np.float32))  # every element is an fp16
+    assert wide.memory_bytes - half.memory_bytes == area.size * 2
+    assert half.bits_per_element == wide.bits_per_element  # the codes and their metadata
+    # the rotated ring elements are the fp16 rounding of the float32 cache's
+    np.testing.assert_array_equal(area, wide.full_precision().astype(np.float16).astype(np.float32))
+    kh, vh = half.dequantize()
+    np.testing.assert_allclose(half.decode(q), attention_fp64(kh, vh, q, 1 / np.sqrt(d)), atol=2e-5 * np.abs(v).max())
+    # and 8-bit values in that set keep evenly spaced levels
+    c = skv.KVCache(key_bits=4, value_bits=8, head_dim=d, num_kv_heads=hkv, max_tokens=n, fp16_ring=True, **opts)
+    c.append(k, v)
+    assert np.abs(c.dequantize()[1] - v).max() < 0.02 * np.abs(v).max()
+
+
 def test_float16_input_gives_the_same_cache_as_float32(rng):
     k16, v16 = random_kv(rng, 200, 3, 64, dtype=np.float16)
     caches = []
@@ -182,16 +209,18 @@ def test_scale_argument(rng):
 
 def test_compiled_set_and_what_is_not_compiled():
     rows = skv.compiled()
-    # 16 pairs in 26 families, and 12 (values of at most 4 bits) in the 6 Lloyd-Max families
-    assert len(rows) == 16 * (3 * 2 * 4 + 2) + 12 * 3 * 2
+    # 16 pairs in 32 families, and 12 (values of at most 4 bits) in the 6 Lloyd-Max families
+    assert len(rows) == 16 * (3 * 2 * 5 + 2) + 12 * 3 * 2
     assert {"key_bits": 4, "value_bits": 2, "head_dim": 128, "residual": 0, "rotate_keys": False,
-            "rotate_values": False, "sinks": 0, "clip": False, "lloyd_max_values": False} in rows
+            "rotate_values": False, "sinks": 0, "clip": False, "lloyd_max_values": False, "fp16_ring": False} in rows
     assert {"key_bits": 3, "value_bits": 2, "head_dim": 64, "residual": 128, "rotate_keys": True,
-            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": False} in rows
+            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": False, "fp16_ring": False} in rows
     assert {"key_bits": 8, "value_bits": 3, "head_dim": 256, "residual": 0, "rotate_keys": True,
-            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True} in rows
+            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": False} in rows
+    assert {"key_bits": 4, "value_bits": 8, "head_dim": 64, "residual": 128, "rotate_keys": True,
+            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": True} in rows
     assert {(r["key_bits"], r["value_bits"]) for r in rows} == {(a, b) for a in (2, 3, 4, 8) for b in (2, 3, 4, 8)}
-    assert {r["value_bits"] for r in rows if r["lloyd_max_values"]} == {2, 3, 4}
+    assert {r["value_bits"] for r in rows if r["lloyd_max_values"] and not r["fp16_ring"]} == {2, 3, 4}
     with pytest.raises(ValueError, match="compiled pairs: k2v2, k2v3, k2v4, k3v2"):
         skv.KVCache(key_bits=4, value_bits=8, head_dim=128, num_kv_heads=1, max_tokens=8, rotate_keys=True,
                     rotate_values=True, sinks=4, lloyd_max_values=True)
@@ -205,7 +234,8 @@ def test_compiled_set_and_what_is_not_compiled():
     for bad in [dict(rotate_keys=True), dict(rotate_keys=True, sinks=0), dict(rotate_keys=False, sinks=4),
                 dict(sinks=2), dict(clip=True), dict(rotate_values=True),
                 dict(rotate_keys=True, rotate_values=True, sinks=4, clip=True), dict(lloyd_max_values=True),
-                dict(rotate_keys=True, sinks=4, lloyd_max_values=True)]:
+                dict(rotate_keys=True, sinks=4, lloyd_max_values=True), dict(fp16_ring=True),
+                dict(rotate_keys=True, rotate_values=True, sinks=4, fp16_ring=True)]:
         with pytest.raises(ValueError, match="compiled option sets"):
             skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8, **bad)
     with pytest.raises(ValueError, match="num_kv_heads"):

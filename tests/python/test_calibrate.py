@@ -91,7 +91,7 @@ def test_layer_sensitivity_table(tmp_path):
     t = calibrate.layer_sensitivity(model, ids, cands, context=512, sliding_cands=sliding)
     assert t["format"] == calibrate.FORMAT and t["context"] == 512 and t["tokens"] == 100
     assert t["options"] == {"rotate_keys": True, "rotate_values": False, "sinks": 4, "clip": False,
-                            "lloyd_max_values": False}
+                            "lloyd_max_values": False, "fp16_ring": False}
     assert [l["kind"] for l in t["layers"]] == ["sliding", "full", "sliding", "full"]
     for l in t["layers"]:
         names = {(c["key_bits"], c["value_bits"], c["residual"]): c for c in l["candidates"]}

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -33,6 +34,30 @@
 namespace skv {
 
 namespace detail {
+
+/// Stores n elements of a token row in the layout's full-precision area (or its history): widened
+/// to float, or, with Fp16Ring, copied (append narrows every token to fp16 first).
+template <class T, class Full>
+void store_full_row(const T* SKV_RESTRICT x, int n, Full* SKV_RESTRICT out) {
+  if constexpr (std::is_same<Full, float>::value) {
+    simd::to_f32_row(x, n, out);
+  } else {
+    static_assert(std::is_same<T, Full>::value, "skv: an Fp16Ring area takes tokens already narrowed to fp16");
+    std::memcpy(out, x, sizeof(Full) * static_cast<std::size_t>(n));
+  }
+}
+
+/// One key (Key) or value row of the caller's input as the layout stores it: widened, rotated with
+/// RotateKeys / RotateValues, and rounded to the full-precision type (fp16 with Fp16Ring).
+template <class Layout, bool Key, class T>
+void stored_row(const T* x, typename Layout::FullPrecision* out) {
+  constexpr int D = Layout::kHeadDim;
+  float row[D];
+  simd::to_f32_row(x, D, row);
+  if constexpr (Key && Layout::kRotateKeys) HadamardRotation<D, Layout::kRotationSeed>::apply(row);
+  if constexpr (!Key && Layout::kRotateValues) HadamardRotation<D, Layout::kValueRotationSeed>::apply(row);
+  simd::from_f32_row(row, D, out);
+}
 
 template <class Layout>
 void check_view(const SequenceView<Layout>& view) {
@@ -123,14 +148,14 @@ void append_to_ring(SequenceView<Layout>& view, const TK* keys, const TV* values
   const auto at = [&](int t, int h) { return static_cast<std::size_t>(t - t0) * token_floats + static_cast<std::size_t>(h) * D; };
   const auto to_ring = [&](int t) {
     for (int h = 0; h < heads; ++h) {
-      simd::to_f32_row(keys + at(t, h), D, view.residual_key(t, h));
-      simd::to_f32_row(values + at(t, h), D, view.residual_value(t, h));
+      store_full_row(keys + at(t, h), D, view.residual_key(t, h));
+      store_full_row(values + at(t, h), D, view.residual_value(t, h));
     }
   };
   for (int t = t0; t < t_end && t < kSinks; ++t) {
     for (int h = 0; h < heads; ++h) {
-      simd::to_f32_row(keys + at(t, h), D, view.sink_key(t, h));
-      simd::to_f32_row(values + at(t, h), D, view.sink_value(t, h));
+      store_full_row(keys + at(t, h), D, view.sink_key(t, h));
+      store_full_row(values + at(t, h), D, view.sink_value(t, h));
     }
   }
   // in token order: a block's new tokens take ring slots of tokens quantized before it
@@ -164,7 +189,8 @@ struct AppendOptions {
 ///
 /// Sink tokens and the tokens that stay in the residual window are copied (widened) to the
 /// full-precision area; blocks made only of new tokens are quantized straight from the input, with
-/// the bytes quantize_block would write from the ring.
+/// the bytes quantize_block would write from the ring. With Options<Fp16Ring> every token is first
+/// rounded to fp16 (after the rotations), so both paths see the same values.
 template <class Layout, class T>
 void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, const AppendOptions& opt = {}) {
   static_assert(std::is_same<T, float>::value || std::is_same<T, fp16>::value || std::is_same<T, bf16>::value,
@@ -209,21 +235,22 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
     rotated_keys = rotate(keys, "keys", check_keys, HadamardRotation<D, Layout::kRotationSeed>{});
   if constexpr (Layout::kRotateValues)
     rotated_values = rotate(values, "values", check_vals, HadamardRotation<D, Layout::kValueRotationSeed>{});
-  const auto run = [&](const auto* k, const auto* v) {
-    // the first error in input order (keys, then values), with its position
-    const auto fail = [&] {
-      check_keys(keys, "keys");
-      check_vals(values, "values");
-      const auto grown = [&](const char* what, double max_input) {
-        return std::string("; the rotation can grow an element up to sqrt(head_dim) times, so ") + what + " within +-" +
-               detail::number(max_input / std::sqrt(static_cast<double>(D))) + " always fit";
-      };
-      detail::check_values<typename Layout::KeyQuantizer>(k, count, view.num_kv_heads, D, "rotated keys",
-                                                          grown("keys", Layout::KeyQuantizer::kMaxInput));
-      detail::check_values<typename Layout::ValueQuantizer>(v, count, view.num_kv_heads, D, "rotated values",
-                                                            grown("values", Layout::ValueQuantizer::kMaxInput));
-      throw Error("append: a value out of range was detected but not located");  // unreachable
+  // k, v: the keys and values in the stored basis (rotated), of type T or float. Throws the first
+  // error in input order (keys, then values), with its position.
+  const auto fail = [&](const auto* k, const auto* v) {
+    check_keys(keys, "keys");
+    check_vals(values, "values");
+    const auto grown = [&](const char* what, double max_input) {
+      return std::string("; the rotation can grow an element up to sqrt(head_dim) times, so ") + what + " within +-" +
+             detail::number(max_input / std::sqrt(static_cast<double>(D))) + " always fit";
     };
+    detail::check_values<typename Layout::KeyQuantizer>(k, count, view.num_kv_heads, D, "rotated keys",
+                                                        grown("keys", Layout::KeyQuantizer::kMaxInput));
+    detail::check_values<typename Layout::ValueQuantizer>(v, count, view.num_kv_heads, D, "rotated values",
+                                                          grown("values", Layout::ValueQuantizer::kMaxInput));
+    throw Error("append: a value out of range was detected but not located");  // unreachable
+  };
+  const auto store = [&](const auto* k, const auto* v) {
     // tokens bound for the full-precision area are checked before anything is written; blocks of
     // new tokens are checked in the pass that quantizes them (into slots past the quantized
     // length: no token changes if it fails)
@@ -238,9 +265,34 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
       return simd::all_within(k + off, len, Layout::KeyQuantizer::kMaxInput) &&
              simd::all_within(v + off, len, Layout::ValueQuantizer::kMaxInput);
     };
-    if (!in_range(t0, ring_end) || !in_range(tail, t_end)) fail();
-    if (!detail::quantize_direct_blocks(view, k, v, t0, direct, q_after, threads)) fail();
+    if (!in_range(t0, ring_end) || !in_range(tail, t_end)) fail(k, v);
+    if (!detail::quantize_direct_blocks(view, k, v, t0, direct, q_after, threads)) fail(k, v);
     detail::append_to_ring(view, k, v, n, direct);
+  };
+  const auto run = [&](const auto* k, const auto* v) {
+    using TK = std::remove_cv_t<std::remove_reference_t<decltype(*k)>>;
+    using TV = std::remove_cv_t<std::remove_reference_t<decltype(*v)>>;
+    if constexpr (Layout::kFp16Ring && !(std::is_same<TK, fp16>::value && std::is_same<TV, fp16>::value)) {
+      // narrowed once, so that a token quantized straight from the input and one quantized from the
+      // ring later have the same fp16 values; a value out of range is reported by `store` in the
+      // input's own terms (in range, the narrowing is finite: kMaxInput < the fp16 maximum)
+      if (!simd::all_within(k, count, Layout::KeyQuantizer::kMaxInput) ||
+          !simd::all_within(v, count, Layout::ValueQuantizer::kMaxInput))
+        fail(k, v);
+      const auto narrow = [&](const auto* x) {
+        std::vector<fp16> h(count);
+        float row[Layout::kHeadDim];
+        for (std::size_t i = 0; i < count; i += Layout::kHeadDim) {
+          simd::to_f32_row(x + i, Layout::kHeadDim, row);
+          simd::from_f32_row(row, Layout::kHeadDim, h.data() + i);
+        }
+        return h;
+      };
+      const std::vector<fp16> k16 = narrow(k), v16 = narrow(v);
+      store(k16.data(), v16.data());
+    } else {
+      store(k, v);
+    }
   };
   const auto with_values = [&](const auto* k) {
     if constexpr (Layout::kRotateValues) {

@@ -47,7 +47,7 @@ struct Retention {
   /// Attend to longer prompts chunk by chunk.
   int max_chunk = 0;
   /// Tokens truncate() can always take back (rejected draft tokens), beyond the Residual + 32 the
-  /// ring holds anyway: the cache keeps the float copies of that many more tokens.
+  /// ring holds anyway: the cache keeps the full-precision copies of that many more tokens.
   int rollback = 0;
 };
 
@@ -56,12 +56,14 @@ struct Retention {
 ///   HeadDim       elements per head
 ///   PageSize      tokens per page (a power of two, a multiple of every Channel-axis group)
 ///   Residual      extra recent tokens kept in full precision beyond the incomplete block
-///   Opts          skv::Options<...>: RotateKeys, RotateValues, Sinks<N>, ClipKeys, ClipValues (cache/options.hpp)
+///   Opts          skv::Options<...>: RotateKeys, RotateValues, Sinks<N>, ClipKeys, ClipValues, Fp16Ring
+///                 (cache/options.hpp)
 template <class KeyQ, class ValueQ, int HeadDim = 128, int PageSize = 64, int Residual = 0, class Opts = Options<>>
 class BasicKVCache {
  public:
   using Layout = CacheLayout<KeyQ, ValueQ, HeadDim, PageSize, Residual, Opts>;
   using View = SequenceView<Layout>;
+  using Full = typename Layout::FullPrecision;  ///< element of the ring, the sinks and the history
   using KeyQuantizer = KeyQ;
   using ValueQuantizer = ValueQ;
 
@@ -111,9 +113,9 @@ class BasicKVCache {
     }
     // validated in 64 bits before anything is allocated (both products fit: int * 2^24 at most)
     const std::size_t page_bytes = Layout::page_bytes(num_kv_heads);
-    const std::size_t floats = Layout::residual_floats(num_kv_heads);
+    const std::size_t elements = Layout::residual_elements(num_kv_heads);
     detail::require(page_bytes <= kMaxReservedBytes / (num_pages_ + 1) &&
-                        floats <= kMaxReservedBytes / sizeof(float) - page_bytes * num_pages_ / sizeof(float),
+                        elements <= kMaxReservedBytes / sizeof(Full) - page_bytes * num_pages_ / sizeof(Full),
                     "a cache of " + std::to_string(num_kv_heads) + " KV heads and " + std::to_string(max_tokens) +
                         " tokens would reserve more than 2^40 bytes");
     pool_bytes_ = page_bytes * num_pages_;
@@ -122,8 +124,8 @@ class BasicKVCache {
       pool_.reset(static_cast<std::uint8_t*>(std::calloc(pool_bytes_ + 64, 1)));
       detail::require(pool_ != nullptr, "out of memory allocating " + std::to_string(pool_bytes_) + " bytes");
       table_.resize(static_cast<std::size_t>(num_pages_) + 1);  // +1: never empty, so data() is never null
-      residual_.assign(floats, 0.0f);
-      history_.assign(2 * static_cast<std::size_t>(history_slots()) * token_floats(), 0.0f);
+      residual_.assign(elements, Full{});
+      history_.assign(2 * static_cast<std::size_t>(history_slots()) * token_floats(), Full{});
     } catch (const std::bad_alloc&) {
       throw Error("out of memory allocating a cache of " + std::to_string(num_kv_heads) + " KV heads and " +
                   std::to_string(max_tokens) + " tokens");
@@ -165,7 +167,7 @@ class BasicKVCache {
 
   /// Forgets the tokens after the first n: rejected draft tokens of speculative decoding, a rewound
   /// conversation. Quantized blocks are never re-quantized, so a block that completed after token n
-  /// is taken back from the tokens' float copies: the ring still holds the last Residual + 32 tokens,
+  /// is taken back from the tokens' full-precision copies: the ring still holds the last Residual + 32 tokens,
   /// and Retention::rollback keeps that many more (also of a long append, whose blocks are quantized
   /// straight from its input). Throws skv::Error, changing nothing, when a copy is gone (a rollback
   /// deeper than that) or, in a window cache, when the pages of the window at n were handed back.
@@ -177,8 +179,8 @@ class BasicKVCache {
     const View v = view();
     for (int t = std::max(from, Layout::kSinkTokens); t < std::min(n, ring_from_); ++t)
       for (int h = 0; h < num_kv_heads_; ++h) {  // back from the history into the ring
-        std::memcpy(v.residual_key(t, h), history_key(t, h), sizeof(float) * HeadDim);
-        std::memcpy(v.residual_value(t, h), history_value(t, h), sizeof(float) * HeadDim);
+        std::memcpy(v.residual_key(t, h), history_key(t, h), sizeof(Full) * HeadDim);
+        std::memcpy(v.residual_value(t, h), history_value(t, h), sizeof(Full) * HeadDim);
       }
     ring_from_ = std::min(ring_from_, std::max(from, Layout::kSinkTokens));
     ring_from_ = std::min(ring_from_, n);
@@ -207,10 +209,10 @@ class BasicKVCache {
   std::size_t memory_bytes() const {
     const int q = quantized_size();
     const int pages = q == 0 ? 0 : (q - 1) / PageSize + 1 - first_page_;
-    return static_cast<std::size_t>(pages) * Layout::page_bytes(num_kv_heads_) + float_bytes();
+    return static_cast<std::size_t>(pages) * Layout::page_bytes(num_kv_heads_) + full_bytes();
   }
   /// Bytes reserved for max_tokens: every page, the full-precision area and the rollback history.
-  std::size_t reserved_bytes() const { return pool_bytes_ + float_bytes(); }
+  std::size_t reserved_bytes() const { return pool_bytes_ + full_bytes(); }
 
   /// A view of this cache (valid while the cache lives and is not moved). Read it for attention;
   /// to append through it, call skv::append on a copy and the cache's own size will not follow.
@@ -218,7 +220,7 @@ class BasicKVCache {
     View v;
     v.pages = pool_.get();
     v.block_table = table_.data();
-    v.residual = const_cast<float*>(residual_.data());
+    v.residual = const_cast<Full*>(residual_.data());
     v.num_pages = num_pages_;
     v.max_pages = num_pages_;
     v.num_kv_heads = num_kv_heads_;
@@ -232,17 +234,17 @@ class BasicKVCache {
     void operator()(std::uint8_t* p) const { std::free(p); }
   };
 
-  std::size_t float_bytes() const { return (residual_.size() + history_.size()) * sizeof(float); }
+  std::size_t full_bytes() const { return (residual_.size() + history_.size()) * sizeof(Full); }
   std::size_t token_floats() const { return static_cast<std::size_t>(num_kv_heads_) * HeadDim; }
   /// Tokens the history holds: rollback, plus one block, since after a long append the ring holds
   /// only Residual tokens past its last quantized block.
   int history_slots() const { return keep_.rollback > 0 ? keep_.rollback + Layout::kBlockTokens : 0; }
   /// The history's copy of token t (t >= kSinkTokens), in slot (t - kSinkTokens) % rollback.
-  float* history_key(int t, int h) {
+  Full* history_key(int t, int h) {
     return history_.data() +
            (static_cast<std::size_t>((t - Layout::kSinkTokens) % history_slots()) * num_kv_heads_ + h) * HeadDim;
   }
-  float* history_value(int t, int h) {
+  Full* history_value(int t, int h) {
     return history_key(t, h) + static_cast<std::size_t>(history_slots()) * token_floats();
   }
 
@@ -270,7 +272,7 @@ class BasicKVCache {
       std::memcpy(pages.data() + i * page_bytes, pool_.get() + static_cast<std::size_t>(table_[i]) * page_bytes,
                   page_bytes);
     const std::vector<std::int32_t> table = table_;
-    const std::vector<float> ring = whole ? residual_ : std::vector<float>(), history = whole ? history_ : ring;
+    const std::vector<Full> ring = whole ? residual_ : std::vector<Full>(), history = whole ? history_ : ring;
     const int first_page = first_page_, length = length_, ring_from = ring_from_, history_from = history_from_;
     try {
       for (int done = 0; done < n;) {
@@ -317,7 +319,7 @@ class BasicKVCache {
     const int from = std::min(n, Layout::residual_begin(n));
     if (from < history_from_ && from >= Layout::kSinkTokens)
       return "cannot truncate to " + std::to_string(n) + " tokens: tokens from " + std::to_string(from) +
-             " were quantized, and their float copies start at token " + std::to_string(history_from_) +
+             " were quantized, and their full-precision copies start at token " + std::to_string(history_from_) +
              " (the ring holds Residual + 32 tokens, Retention::rollback more)";
     if (first_page_ > 0) {  // the next query (position n) reads from n - window + 1 on
       const long long j = static_cast<long long>(n) - keep_.window + 1 - Layout::kSinkTokens;
@@ -328,7 +330,7 @@ class BasicKVCache {
     return {};
   }
 
-  /// One skv::append whose pages are all held. Keeps the float copies truncate() needs: the ring
+  /// One skv::append whose pages are all held. Keeps the full-precision copies truncate() needs: the ring
   /// holds tokens [ring_from_, length) (and the sinks), the history tokens [history_from_, ring_from_).
   template <class T>
   void append_piece(const T* k, const T* v, int n, const AppendOptions& opt) {
@@ -336,43 +338,40 @@ class BasicKVCache {
     const int t0 = length_, t_end = length_ + n;
     const int q_after = Layout::quantized_length(t_end);
     // blocks quantized straight from the input, or a chunk longer than the ring, leave no
-    // contiguous float copies behind the ring
+    // contiguous full-precision copies behind the ring
     const bool gap = detail::first_direct_block<Layout>(t0, t_end) < q_after || t_end - kCap > t0;
     // tokens this append pushes out of the ring that the history keeps (copied before the ring is
     // written, stored once the append succeeded)
     const int ring_after = std::max(ring_from_, t_end - kCap);
     const int keep_from = std::max({ring_from_, ring_after - history_slots(), kSinks});
     const int kept = gap ? 0 : std::max(0, ring_after - keep_from);
-    std::vector<float> out(2 * static_cast<std::size_t>(kept) * token_floats());
+    std::vector<Full> out(2 * static_cast<std::size_t>(kept) * token_floats());
     View v_ = view();
     const auto row = [&](int i, int h) { return (static_cast<std::size_t>(i) * num_kv_heads_ + h) * HeadDim; };
     for (int i = 0; i < kept; ++i)
       for (int h = 0; h < num_kv_heads_; ++h) {
-        std::memcpy(out.data() + row(i, h), v_.residual_key(keep_from + i, h), sizeof(float) * HeadDim);
-        std::memcpy(out.data() + row(kept + i, h), v_.residual_value(keep_from + i, h), sizeof(float) * HeadDim);
+        std::memcpy(out.data() + row(i, h), v_.residual_key(keep_from + i, h), sizeof(Full) * HeadDim);
+        std::memcpy(out.data() + row(kept + i, h), v_.residual_value(keep_from + i, h), sizeof(Full) * HeadDim);
       }
     skv::append(v_, k, v, n, opt);
     length_ = v_.length;
     if (gap) {
-      // the ring holds the tail; the history takes the float copies of the `rollback` input tokens
+      // the ring holds the tail; the history takes the full-precision copies of the `rollback` input tokens
       // before it straight from the input (rotated as the ring stores them)
       ring_from_ = std::max(ring_after, kSinks + q_after);
       history_from_ = std::max({kSinks, t0, ring_from_ - history_slots()});
       for (int t = history_from_; t < ring_from_; ++t)
         for (int h = 0; h < num_kv_heads_; ++h) {
           const std::size_t at = static_cast<std::size_t>(t - t0) * token_floats() + static_cast<std::size_t>(h) * HeadDim;
-          simd::to_f32_row(k + at, HeadDim, history_key(t, h));
-          simd::to_f32_row(v + at, HeadDim, history_value(t, h));
-          if constexpr (Layout::kRotateKeys) HadamardRotation<HeadDim, Layout::kRotationSeed>::apply(history_key(t, h));
-          if constexpr (Layout::kRotateValues)
-            HadamardRotation<HeadDim, Layout::kValueRotationSeed>::apply(history_value(t, h));
+          detail::stored_row<Layout, true>(k + at, history_key(t, h));
+          detail::stored_row<Layout, false>(v + at, history_value(t, h));
         }
       return;
     }
     for (int i = 0; i < kept; ++i)
       for (int h = 0; h < num_kv_heads_; ++h) {
-        std::memcpy(history_key(keep_from + i, h), out.data() + row(i, h), sizeof(float) * HeadDim);
-        std::memcpy(history_value(keep_from + i, h), out.data() + row(kept + i, h), sizeof(float) * HeadDim);
+        std::memcpy(history_key(keep_from + i, h), out.data() + row(i, h), sizeof(Full) * HeadDim);
+        std::memcpy(history_value(keep_from + i, h), out.data() + row(kept + i, h), sizeof(Full) * HeadDim);
       }
     ring_from_ = ring_after;
     history_from_ = std::max(history_from_, ring_after - history_slots());
@@ -382,14 +381,14 @@ class BasicKVCache {
   int max_tokens_;
   Retention keep_;
   int first_page_ = 0;    ///< logical page of table_[0]: the pages before it were handed back
-  int ring_from_ = 0;     ///< the ring holds the float copies of tokens [ring_from_, length_)
+  int ring_from_ = 0;     ///< the ring holds the full-precision copies of tokens [ring_from_, length_)
   int history_from_ = 0;  ///< the history holds tokens [history_from_, ring_from_)
   int num_pages_ = 0;
   std::size_t pool_bytes_ = 0;
   std::unique_ptr<std::uint8_t, FreeDeleter> pool_;
   std::vector<std::int32_t> table_;
-  std::vector<float> residual_;
-  std::vector<float> history_;  ///< [2][history_slots()][num_kv_heads][HeadDim]: keys, then values
+  std::vector<Full> residual_;
+  std::vector<Full> history_;  ///< [2][history_slots()][num_kv_heads][HeadDim]: keys, then values
   int length_ = 0;
 };
 

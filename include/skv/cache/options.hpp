@@ -14,6 +14,10 @@
 //                few large channels (as in KVLinC and TurboQuant); exact arithmetic is unchanged.
 //   Sinks<N>     the first N tokens of a sequence are kept in full precision (float) and never
 //                quantized: attention sinks draw a large share of the attention.
+//   Fp16Ring     the full-precision area (the residual ring with the partial key group, and the
+//                sinks) holds fp16 instead of float: half its memory. Every token is rounded to fp16
+//                (after the rotations) before it is stored or quantized, so what a cache holds does
+//                not depend on how its appends were split. CPU only: the CUDA cache refuses it.
 //   ClipKeys     each group's range is chosen by a search over shrunken ranges (ratios 1, 0.95, ...,
 //   ClipValues   0.55 of the half-width around the midpoint) for the lowest squared error; the
 //                search is exact over its candidates, so a group's error never grows.
@@ -53,6 +57,9 @@ struct Sinks {
 struct ClipKeys {};
 struct ClipValues {};
 
+/// Hold the ring and the sinks in fp16 instead of float.
+struct Fp16Ring {};
+
 namespace detail {
 
 /// What each option sets; an unknown type is a compile-time error naming it.
@@ -60,11 +67,11 @@ template <class Opt>
 struct OptionTraits {
   static_assert(sizeof(Opt) == 0,
                 "skv::Options: every option must be skv::RotateKeys(WithSeed), skv::RotateValues(WithSeed), "
-                "skv::Sinks<N>, skv::ClipKeys or skv::ClipValues");
+                "skv::Sinks<N>, skv::ClipKeys, skv::ClipValues or skv::Fp16Ring");
 };
 
 template <bool Rotate, std::uint64_t Seed, int SinkTokens, bool ClipK, bool ClipV, bool RotateV = false,
-          std::uint64_t SeedV = kDefaultValueRotationSeed>
+          std::uint64_t SeedV = kDefaultValueRotationSeed, bool HalfRing = false>
 struct OptionValues {
   static constexpr bool kRotateKeys = Rotate;
   static constexpr std::uint64_t kRotationSeed = Seed;
@@ -73,36 +80,44 @@ struct OptionValues {
   static constexpr bool kClipValues = ClipV;
   static constexpr bool kRotateValues = RotateV;
   static constexpr std::uint64_t kValueRotationSeed = SeedV;
+  static constexpr bool kFp16Ring = HalfRing;
 };
 
 template <std::uint64_t S>
 struct OptionTraits<RotateKeysWithSeed<S>> {
   template <class A>
   using apply = OptionValues<true, S, A::kSinkTokens, A::kClipKeys, A::kClipValues, A::kRotateValues,
-                             A::kValueRotationSeed>;
+                             A::kValueRotationSeed, A::kFp16Ring>;
 };
 template <std::uint64_t S>
 struct OptionTraits<RotateValuesWithSeed<S>> {
   template <class A>
-  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues, true, S>;
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues, true, S, A::kFp16Ring>;
 };
 template <int N>
 struct OptionTraits<Sinks<N>> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, N, A::kClipKeys, A::kClipValues, A::kRotateValues,
-                             A::kValueRotationSeed>;
+                             A::kValueRotationSeed, A::kFp16Ring>;
 };
 template <>
 struct OptionTraits<ClipKeys> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, true, A::kClipValues, A::kRotateValues,
-                             A::kValueRotationSeed>;
+                             A::kValueRotationSeed, A::kFp16Ring>;
 };
 template <>
 struct OptionTraits<ClipValues> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, true, A::kRotateValues,
-                             A::kValueRotationSeed>;
+                             A::kValueRotationSeed, A::kFp16Ring>;
+};
+
+template <>
+struct OptionTraits<Fp16Ring> {
+  template <class A>
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues,
+                             A::kRotateValues, A::kValueRotationSeed, true>;
 };
 
 template <class Acc, class... Opts>

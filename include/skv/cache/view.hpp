@@ -2,8 +2,8 @@
 //
 // The engine owns the memory: a pool of pages (CacheLayout::page_bytes(num_kv_heads) each), a block
 // table mapping the sequence's logical pages to pool pages, and the sequence's full-precision area
-// (CacheLayout::residual_floats(num_kv_heads) floats: the residual ring and the sink tokens). The
-// view only points at them, so it can be passed by value into a kernel. Reading is host and device;
+// (CacheLayout::residual_elements(num_kv_heads) elements of CacheLayout::FullPrecision, float or
+// fp16: the residual ring and the sink tokens). The view only points at them, so it can be passed by value into a kernel. Reading is host and device;
 // appending is skv::append (append.hpp).
 //
 // Sliding windows: a sequence whose attention only reaches back a window of tokens may hand the
@@ -32,10 +32,11 @@ struct SequenceView {
   using L = Layout;
   using KeyBlock = typename L::KeyBlock;
   using ValueBlock = typename L::ValueBlock;
+  using Full = typename L::FullPrecision;  ///< float, or fp16 with Options<Fp16Ring>
 
   std::uint8_t* pages = nullptr;             ///< base of the page pool
   const std::int32_t* block_table = nullptr;  ///< pool page of each logical page of this sequence
-  float* residual = nullptr;                 ///< this sequence's full-precision area (ring + sinks)
+  Full* residual = nullptr;                  ///< this sequence's full-precision area (ring + sinks)
   int num_pages = 0;                         ///< pages in the pool (every table entry must be below)
   int max_pages = 0;                         ///< entries in block_table
   int num_kv_heads = 0;
@@ -69,31 +70,31 @@ struct SequenceView {
   SKV_HOST_DEVICE ValueBlock values(int j, int h) const { return ValueBlock{head_block(j, h) + L::Keys::kBytes}; }
 
   /// Full-precision key / value of a sink token (token < kSinkTokens).
-  SKV_HOST_DEVICE float* sink_key(int token, int h) const { return residual + L::sink_key_offset(token, h, num_kv_heads); }
-  SKV_HOST_DEVICE float* sink_value(int token, int h) const {
+  SKV_HOST_DEVICE Full* sink_key(int token, int h) const { return residual + L::sink_key_offset(token, h, num_kv_heads); }
+  SKV_HOST_DEVICE Full* sink_value(int token, int h) const {
     return residual + L::sink_value_offset(token, h, num_kv_heads);
   }
   /// Full-precision key / value of a token in the residual window (token >= residual_begin()).
-  SKV_HOST_DEVICE float* residual_key(int token, int h) const {
+  SKV_HOST_DEVICE Full* residual_key(int token, int h) const {
     return residual + L::residual_key_offset(token, h, num_kv_heads);
   }
-  SKV_HOST_DEVICE float* residual_value(int token, int h) const {
+  SKV_HOST_DEVICE Full* residual_value(int token, int h) const {
     return residual + L::residual_value_offset(token, h, num_kv_heads);
   }
 
   /// Element `c` of key / value `token` as attention sees it (dequantized or full precision; keys /
   /// values in the rotated basis when the layout rotates them).
   SKV_HOST_DEVICE float key(int token, int h, int c) const {
-    if (token < L::kSinkTokens) return sink_key(token, h)[c];
+    if (token < L::kSinkTokens) return to_float(sink_key(token, h)[c]);
     const int j = token - L::kSinkTokens;
     if (j < quantized_length()) return keys(j, h).dequantize(j % L::kPageSize, c);
-    return residual_key(token, h)[c];
+    return to_float(residual_key(token, h)[c]);
   }
   SKV_HOST_DEVICE float value(int token, int h, int c) const {
-    if (token < L::kSinkTokens) return sink_value(token, h)[c];
+    if (token < L::kSinkTokens) return to_float(sink_value(token, h)[c]);
     const int j = token - L::kSinkTokens;
     if (j < quantized_length()) return values(j, h).dequantize(j % L::kPageSize, c);
-    return residual_value(token, h)[c];
+    return to_float(residual_value(token, h)[c]);
   }
 };
 

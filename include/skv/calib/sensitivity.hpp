@@ -50,7 +50,7 @@ struct SensitivityTable {
   int context = 0, tokens = 0;
   std::string model, objective;
   /// cache options the candidates were measured with (rotate_keys, rotate_values, sinks, clip,
-  /// lloyd_max_values)
+  /// lloyd_max_values, fp16_ring)
   nlohmann::json options;
   std::vector<LoopLayer> layers;
 };

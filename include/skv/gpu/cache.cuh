@@ -38,9 +38,10 @@ namespace gpu {
 template <class Layout>
 struct BatchView {
   using L = Layout;
-  static_assert(L::kSinkTokens == 0 && !L::kRotateKeys && !L::kRotateValues && !L::kClipKeys && !L::kClipValues,
+  static_assert(L::kSinkTokens == 0 && !L::kRotateKeys && !L::kRotateValues && !L::kClipKeys && !L::kClipValues &&
+                    !L::kFp16Ring,
                 "skv::gpu: the CUDA kernels do not support Options (RotateKeys, RotateValues, Sinks, ClipKeys, "
-                "ClipValues) yet; use them with the CPU cache");
+                "ClipValues, Fp16Ring) yet; use them with the CPU cache");
   static_assert(!L::ValueQuantizer::kCodebook,
                 "skv::gpu: the CUDA kernels do not read codebook values (Scheme::LloydMax) yet; use them with the "
                 "CPU cache");
