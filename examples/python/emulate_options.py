@@ -28,6 +28,13 @@ have yet, measured here before they are built (issue: accuracy in the loop):
     +lmv    values coded with the Lloyd-Max codebook of a standard normal (TurboQuant's non-uniform
             levels) after standardizing each group by its mean and standard deviation (two fp16
             numbers, the metadata of scale and zero); +lmk does the same for the key groups
+    +ptk    keys quantized per token over the head (after the rotation with +rot), as values are:
+            no partial key group waits in the ring (a layout skv's CPU kernels read, the GPU not)
+    +h16    the ring and the sinks in fp16 (skv::Fp16Ring): every exact token rounded to fp16
+
+The `held` column counts bits per element as an skv cache holds them after the text: whole pages of
+64 tokens (codes, fp16 scale and zero per group), the ring's residual + 32 slots (residual + 1 with
++ptk) and the sinks, in fp32 (fp16 with +h16).
 """
 
 import argparse

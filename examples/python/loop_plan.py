@@ -28,7 +28,8 @@ token_by_token=True appends and attends one token at a time inside the forward, 
 calls of token-by-token generation (docs/accuracy.md).
 
 Configurations (eval --configs): fp32, or kKvV with options +rot, +rotv (rotated values), +lmv
-(Lloyd-Max value levels, with +rot+rotv+sink4), +sink4, +clip, +r<N> (residual window), or
+(Lloyd-Max value levels, with +rot+rotv+sink4), +h16 (the ring and the sinks in fp16, with
++rot+rotv+lmv+sink4), +sink4, +clip, +r<N> (residual window), or
 "plan:FILE" (each plan JSON given with --plan is evaluated too).
 A plan's caches use the options recorded in it (those its sensitivity table was measured with, and
 each layer's rotate_values); kKvV without any option uses rotated keys and 4 sinks, the Python
