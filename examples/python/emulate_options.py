@@ -138,12 +138,14 @@ def parse(name):
     if not (len(base) == 4 and base[0] == "k" and base[2] == "v" and base[1].isdigit() and base[3].isdigit()):
         sys.exit(f"{PROG}: {name}: expected kKvV[+rot][+sink4][+clip|+clipk|+clipv][+r<N>]")
     c = {"kb": int(base[1]), "vb": int(base[3]), "rot": False, "sinks": 0, "clipk": False, "clipv": False, "residual": 0,
-         "rotv": False, "lmk": False, "lmv": False, "ptk": False, "half_ring": False}
+         "rotv": False, "lmk": False, "lmv": False, "ptk": False, "half_ring": False, "q8_ring": False}
     for o in opts:
         if o in ("rot", "rotv", "lmk", "lmv", "ptk"):
             c[o] = True
         elif o == "h16":
             c["half_ring"] = True
+        elif o == "q8":
+            c["q8_ring"] = True
         elif o == "sink4":
             c["sinks"] = 4
         elif o in ("clip", "clipk", "clipv"):
@@ -156,7 +158,7 @@ def parse(name):
     return c
 
 
-def held_bits(T, hd, kb, vb, sinks, residual, ptk=False, half_ring=False, **_):
+def held_bits(T, hd, kb, vb, sinks, residual, ptk=False, half_ring=False, q8_ring=False, **_):
     """Bits per element a cache of this configuration holds after T tokens, counted as skv allocates
     them: whole 64-token pages of codes with fp16 scale and zero per group (keys per channel over 32
     tokens, or per token over the head with +ptk; values per token over the head), a ring of
@@ -168,11 +170,13 @@ def held_bits(T, hd, kb, vb, sinks, residual, ptk=False, half_ring=False, **_):
     key_meta, value_meta = 32.0 / (hd if ptk else 32), 32.0 / hd
     codes = pages * 64 * (kb + vb + key_meta + value_meta) / 2
     full = 16 if half_ring else 32
+    if q8_ring:  # the ring per token at 8 bits with an fp16 scale and zero; fp16 sinks
+        return (codes + (residual + block) * (8 + 32.0 / hd) + sinks * 16) / T
     return (codes + (residual + block + sinks) * full) / T
 
 
 def run(model, ids, rope, kb, vb, rot, sinks, clipk, clipv, residual, rotv=False, lmk=False, lmv=False, ptk=False,
-        half_ring=False):
+        half_ring=False, q8_ring=False):
     T, hd, H, KV = len(ids), model.head_dim, model.n_head, model.n_kv
     g = H // KV
     R, Rv = rotation(hd), rotation(hd, seed=11)
@@ -189,6 +193,13 @@ def run(model, ids, rope, kb, vb, rot, sinks, clipk, clipv, residual, rotv=False
         q, k, v = model.qkv(layer, x, *rope)
         if half_ring:  # every token outside the pages is held in fp16
             k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+        if q8_ring:  # every token outside the pages is held at 8 bits per token (the sinks too, for simplicity)
+            kq = k @ R.T if rot else k
+            kq = quantize_groups(kq, 8, False, axis=2)
+            k = kq @ R if rot else kq
+            vq = v @ Rv.T if rotv else v
+            vq = quantize_groups(vq, 8, False, axis=2)
+            v = vq @ Rv if rotv else vq
         kh, vh = k.copy(), v.copy()
         kk = k[sinks : sinks + nq] @ R.T if rot else k[sinks : sinks + nq]
         if ptk:
