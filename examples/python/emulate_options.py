@@ -31,6 +31,8 @@ have yet, measured here before they are built (issue: accuracy in the loop):
     +ptk    keys quantized per token over the head (after the rotation with +rot), as values are:
             no partial key group waits in the ring (a layout skv's CPU kernels read, the GPU not)
     +h16    the ring and the sinks in fp16 (skv::Fp16Ring): every exact token rounded to fp16
+    +q8     the ring and the sinks at 8 bits per token (fp16 scale and zero per token and head),
+            a tier skv does not have yet; held bits count the sinks in fp16
 
 The `held` column counts bits per element as an skv cache holds them after the text: whole pages of
 64 tokens (codes, fp16 scale and zero per group), the ring's residual + 32 slots (residual + 1 with
