@@ -687,7 +687,8 @@ TEST(Options, Fp16RingHoldsTheFp16RoundingOfEachToken) {
   using Half = skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::Sinks<4>, skv::Fp16Ring>>;
   using Wide = skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::Sinks<4>>>;
   using L = Half::Layout;
-  static_assert(std::is_same<L::FullPrecision, skv::fp16>::value && std::is_same<Wide::Layout::FullPrecision, float>::value,
+  static_assert(std::is_same<L::FullPrecision, skv::fp16>::value &&
+                    std::is_same<Wide::Layout::FullPrecision, float>::value,
                 "the full-precision element");
   for (int n : {1, 3, 4, 37, 100, 131, 300}) {
     const auto k = random_tensor(n, 60 + n, 4.0f), v = random_tensor(n, 61 + n, 1.0f, 0.5f);

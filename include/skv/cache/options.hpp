@@ -12,8 +12,8 @@
 //                stored; the attention output, a weighted sum of stored values, is multiplied by R_v^T
 //                once per query row. Per-token value groups then see a flat distribution instead of a
 //                few large channels (as in KVLinC and TurboQuant); exact arithmetic is unchanged.
-//   Sinks<N>     the first N tokens of a sequence are kept in full precision (float) and never
-//                quantized: attention sinks draw a large share of the attention.
+//   Sinks<N>     the first N tokens of a sequence are kept in full precision (float; fp16 with
+//                Fp16Ring) and never quantized: attention sinks draw a large share of the attention.
 //   Fp16Ring     the full-precision area (the residual ring with the partial key group, and the
 //                sinks) holds fp16 instead of float: half its memory. Every token is rounded to fp16
 //                (after the rotations) before it is stored or quantized, so what a cache holds does
@@ -92,7 +92,8 @@ struct OptionTraits<RotateKeysWithSeed<S>> {
 template <std::uint64_t S>
 struct OptionTraits<RotateValuesWithSeed<S>> {
   template <class A>
-  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues, true, S, A::kFp16Ring>;
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues, true, S,
+                             A::kFp16Ring>;
 };
 template <int N>
 struct OptionTraits<Sinks<N>> {

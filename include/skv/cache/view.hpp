@@ -3,8 +3,8 @@
 // The engine owns the memory: a pool of pages (CacheLayout::page_bytes(num_kv_heads) each), a block
 // table mapping the sequence's logical pages to pool pages, and the sequence's full-precision area
 // (CacheLayout::residual_elements(num_kv_heads) elements of CacheLayout::FullPrecision, float or
-// fp16: the residual ring and the sink tokens). The view only points at them, so it can be passed by value into a kernel. Reading is host and device;
-// appending is skv::append (append.hpp).
+// fp16: the residual ring and the sink tokens). The view only points at them, so it can be passed by
+// value into a kernel. Reading is host and device; appending is skv::append (append.hpp).
 //
 // Sliding windows: a sequence whose attention only reaches back a window of tokens may hand the
 // pages before the window back to its pool. `first_page` says how many: block_table[0] then maps
