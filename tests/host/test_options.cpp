@@ -675,8 +675,9 @@ TEST(Options, Fp16AppendEqualsFloatAppendOfTheSameValues) {
 // ---------------------------------------------------------------- fp16 ring
 
 /// x rounded to fp16 and widened back.
+float fp16_round(float x) { return skv::to_float(skv::to_fp16(x)); }
 std::vector<float> fp16_rounded(std::vector<float> x) {
-  for (float& e : x) e = skv::to_float(skv::to_fp16(e));
+  for (float& e : x) e = fp16_round(e);
   return x;
 }
 
@@ -726,10 +727,9 @@ TEST(Options, Fp16RingHoldsTheFp16RoundingOfEachToken) {
 
 // With the rotations, every full-precision element is the fp16 rounding of the rotated float one.
 TEST(Options, Fp16RingRoundsAfterTheRotations) {
-  using Opts = skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>;
   using Half = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>,
                                                                       skv::Fp16Ring>>;
-  using Wide = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, Opts>;
+  using Wide = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>;
   const int n = 200;  // 4 sinks, two quantized blocks, 132 ring tokens
   const auto k = random_tensor(n, 70, 4.0f), v = random_tensor(n, 71);
   Half half(kHeads, n);
@@ -739,12 +739,11 @@ TEST(Options, Fp16RingRoundsAfterTheRotations) {
   ASSERT_EQ(half.quantized_size(), 64);
   const auto a = half.view();
   const auto b = wide.view();
-  const auto r = [](float x) { return skv::to_float(skv::to_fp16(x)); };
   for (int t : {0, 3, 68, 100, 199})
     for (int h = 0; h < kHeads; ++h)
       for (int c = 0; c < kD; ++c) {
-        ASSERT_EQ(a.key(t, h, c), r(b.key(t, h, c))) << t;
-        ASSERT_EQ(a.value(t, h, c), r(b.value(t, h, c))) << t;
+        ASSERT_EQ(a.key(t, h, c), fp16_round(b.key(t, h, c))) << t;
+        ASSERT_EQ(a.value(t, h, c), fp16_round(b.value(t, h, c))) << t;
       }
 }
 
@@ -783,7 +782,7 @@ TEST(Options, Fp16RingRejectsWhatItCannotHoldAndStaysUnchanged) {
   for (int t = 0; t < n; ++t) {
     if (t >= 4 && t < from_bf16.view().residual_begin()) continue;  // quantized
     for (int c = 0; c < kD; c += 7)
-      ASSERT_EQ(from_bf16.view().key(t, 0, c), skv::to_float(skv::to_fp16(skv::to_float(kb[t * row + c])))) << t;
+      ASSERT_EQ(from_bf16.view().key(t, 0, c), fp16_round(skv::to_float(kb[t * row + c]))) << t;
   }
 }
 

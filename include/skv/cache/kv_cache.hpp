@@ -125,7 +125,7 @@ class BasicKVCache {
       detail::require(pool_ != nullptr, "out of memory allocating " + std::to_string(pool_bytes_) + " bytes");
       table_.resize(static_cast<std::size_t>(num_pages_) + 1);  // +1: never empty, so data() is never null
       residual_.assign(elements, Full{});
-      history_.assign(2 * static_cast<std::size_t>(history_slots()) * token_floats(), Full{});
+      history_.assign(2 * static_cast<std::size_t>(history_slots()) * token_elements(), Full{});
     } catch (const std::bad_alloc&) {
       throw Error("out of memory allocating a cache of " + std::to_string(num_kv_heads) + " KV heads and " +
                   std::to_string(max_tokens) + " tokens");
@@ -235,7 +235,7 @@ class BasicKVCache {
   };
 
   std::size_t full_bytes() const { return (residual_.size() + history_.size()) * sizeof(Full); }
-  std::size_t token_floats() const { return static_cast<std::size_t>(num_kv_heads_) * HeadDim; }
+  std::size_t token_elements() const { return static_cast<std::size_t>(num_kv_heads_) * HeadDim; }
   /// Tokens the history holds: rollback, plus one block, since after a long append the ring holds
   /// only Residual tokens past its last quantized block.
   int history_slots() const { return keep_.rollback > 0 ? keep_.rollback + Layout::kBlockTokens : 0; }
@@ -245,7 +245,7 @@ class BasicKVCache {
            (static_cast<std::size_t>((t - Layout::kSinkTokens) % history_slots()) * num_kv_heads_ + h) * HeadDim;
   }
   Full* history_value(int t, int h) {
-    return history_key(t, h) + static_cast<std::size_t>(history_slots()) * token_floats();
+    return history_key(t, h) + static_cast<std::size_t>(history_slots()) * token_elements();
   }
 
   template <class T>
@@ -278,7 +278,7 @@ class BasicKVCache {
       for (int done = 0; done < n;) {
         const int m = std::min(piece, n - done);
         hand_back(pages_through(length_ + m) - first_page_ - num_pages_);
-        append_piece(k + done * token_floats(), v + done * token_floats(), m, opt);
+        append_piece(k + done * token_elements(), v + done * token_elements(), m, opt);
         done += m;
       }
     } catch (...) {
@@ -345,7 +345,7 @@ class BasicKVCache {
     const int ring_after = std::max(ring_from_, t_end - kCap);
     const int keep_from = std::max({ring_from_, ring_after - history_slots(), kSinks});
     const int kept = gap ? 0 : std::max(0, ring_after - keep_from);
-    std::vector<Full> out(2 * static_cast<std::size_t>(kept) * token_floats());
+    std::vector<Full> out(2 * static_cast<std::size_t>(kept) * token_elements());
     View v_ = view();
     const auto row = [&](int i, int h) { return (static_cast<std::size_t>(i) * num_kv_heads_ + h) * HeadDim; };
     for (int i = 0; i < kept; ++i)
@@ -362,7 +362,7 @@ class BasicKVCache {
       history_from_ = std::max({kSinks, t0, ring_from_ - history_slots()});
       for (int t = history_from_; t < ring_from_; ++t)
         for (int h = 0; h < num_kv_heads_; ++h) {
-          const std::size_t at = static_cast<std::size_t>(t - t0) * token_floats() + static_cast<std::size_t>(h) * HeadDim;
+          const std::size_t at = static_cast<std::size_t>(t - t0) * token_elements() + static_cast<std::size_t>(h) * HeadDim;
           detail::stored_row<Layout, true>(k + at, history_key(t, h));
           detail::stored_row<Layout, false>(v + at, history_value(t, h));
         }
