@@ -435,6 +435,8 @@ TEST(Options, RollbackWithRotatedValuesRestoresTheRotatedCopies) {
       skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>>(53);
   check_rollback_from_history<skv::BasicKVCache<
       KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Fp16Ring>>>(55);
+  check_rollback_from_history<skv::BasicKVCache<
+      KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Int8Ring>>>(57);
 }
 
 // ---------------------------------------------------------------- sinks
@@ -650,6 +652,8 @@ TEST(Options, ChunkedAppendsWriteTheSameBytes) {
   check_chunked_append_bytes<skv::KVCache<3, 2, 128, skv::RotateValues, skv::Sinks<4>, skv::ClipValues>>(37);
   check_chunked_append_bytes<skv::KVCache<3, 3, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Fp16Ring>>(38);
   check_chunked_append_bytes<skv::BasicKVCache<KQ2, VQ2, kD, 64, 64, skv::Options<skv::Fp16Ring, skv::ClipKeys>>>(39);
+  check_chunked_append_bytes<skv::KVCache<3, 3, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Int8Ring>>(40);
+  check_chunked_append_bytes<skv::BasicKVCache<KQ2, VQ2, kD, 64, 64, skv::Options<skv::Int8Ring, skv::ClipValues>>>(41);
 }
 
 TEST(Options, Fp16AppendEqualsFloatAppendOfTheSameValues) {
@@ -747,8 +751,10 @@ TEST(Options, Fp16RingRoundsAfterTheRotations) {
       }
 }
 
-TEST(Options, Fp16RingRejectsWhatItCannotHoldAndStaysUnchanged) {
-  using C = skv::KVCache<4, 2, 128, skv::Sinks<4>, skv::Fp16Ring>;
+/// NaN, Inf and values past the quantizers' range are refused with their position, whether bound for
+/// the ring or for a block, and the cache keeps every token.
+template <class C>
+void check_ring_rejects_and_stays_unchanged() {
   const int n = 80;
   auto k = random_tensor(n, 80), v = random_tensor(n, 81);
   C cache(kHeads, n);
@@ -771,6 +777,14 @@ TEST(Options, Fp16RingRejectsWhatItCannotHoldAndStaysUnchanged) {
         for (int c = 0; c < kD; ++c) ASSERT_EQ(cache.view().key(t, 1, c), before.view().key(t, 1, c));
     }
   }
+}
+
+TEST(Options, Fp16RingRejectsWhatItCannotHoldAndStaysUnchanged) {
+  using C = skv::KVCache<4, 2, 128, skv::Sinks<4>, skv::Fp16Ring>;
+  check_ring_rejects_and_stays_unchanged<C>();
+  const int n = 80;
+  const std::size_t row = static_cast<std::size_t>(kHeads) * kD;
+  const auto k = random_tensor(n, 80), v = random_tensor(n, 81);
   // bf16 input: narrowed to fp16 like float input
   std::vector<skv::bf16> kb(k.size()), vb(v.size());
   for (std::size_t i = 0; i < k.size(); ++i) {
@@ -784,6 +798,174 @@ TEST(Options, Fp16RingRejectsWhatItCannotHoldAndStaysUnchanged) {
     for (int c = 0; c < kD; c += 7)
       ASSERT_EQ(from_bf16.view().key(t, 0, c), fp16_round(skv::to_float(kb[t * row + c]))) << t;
   }
+}
+
+// ---------------------------------------------------------------- 8-bit ring
+
+template <int D>
+using Row8 = skv::RingRow<std::uint8_t, D>;
+
+/// One row through the 8-bit ring: its zero and step, and every element within one step of the
+/// input, in [zero, max] (so an accepted row decodes in range), the step at most range / 255 grown
+/// by the fp16 roundings of the zero (down) and the step (up).
+template <int D>
+void check_row8(const float* x, const char* what) {
+  std::uint8_t row[Row8<D>::kElements];
+  float y[D];
+  Row8<D>::store(x, row);
+  Row8<D>::load(row, y);
+  const float lo = *std::min_element(x, x + D), hi = *std::max_element(x, x + D);
+  const float z = Row8<D>::zero(row), s = Row8<D>::step(row);
+  const double ulp_lo = std::max(std::ldexp(1.0, -24), std::ldexp(1.0, std::ilogb(std::max(std::fabs(lo), 6.1e-5f)) - 10));
+  ASSERT_LE(z, lo) << what;
+  ASSERT_GT(z, lo - ulp_lo) << what;
+  ASSERT_LE(s, (double(hi) - z) / 255 * (1 + std::ldexp(1.0, -10)) + std::ldexp(1.0, -24)) << what;
+  for (int c = 0; c < D; ++c) {
+    ASSERT_EQ(y[c], Row8<D>::element(row, c)) << what;
+    ASSERT_EQ(y[c], z + float(row[c]) * s) << what;
+    ASSERT_GE(y[c], z) << what;
+    ASSERT_LE(y[c], hi) << what << " " << c;
+    ASSERT_LE(std::fabs(double(y[c]) - x[c]), double(s) * (1 + 1e-6)) << what << " element " << c;
+  }
+}
+
+TEST(Options, Int8RingRowsStayWithinOneStepOfTheirInput) {
+  std::mt19937 rng(90);
+  std::normal_distribution<float> g;
+  std::vector<float> x(kD);
+  for (float scale : {1e-3f, 1.0f, 37.0f, 100.0f}) {  // |x| stays within the 32752 of the contract
+    for (int rep = 0; rep < 50; ++rep) {
+      for (float& e : x) e = g(rng) * scale;
+      check_row8<kD>(x.data(), "random");
+      x[rep % kD] *= 40;  // an outlier channel
+      check_row8<kD>(x.data(), "outlier");
+      for (float& e : x) e = std::fabs(e) + 100.0f;  // all positive, far from zero
+      check_row8<kD>(x.data(), "positive");
+    }
+  }
+  std::fill(x.begin(), x.end(), 0.75f);  // constant and fp16: exact
+  check_row8<kD>(x.data(), "constant");
+  for (float e : x) ASSERT_EQ(e, 0.75f);
+  std::uint8_t row[Row8<kD>::kElements];
+  float y[kD];
+  Row8<kD>::store(x.data(), row);
+  Row8<kD>::load(row, y);
+  for (int c = 0; c < kD; ++c) ASSERT_EQ(y[c], 0.75f);
+  std::fill(x.begin(), x.end(), 0.1f);  // constant, not fp16: within its ulp
+  check_row8<kD>(x.data(), "constant 0.1");
+  for (int c = 0; c < kD; ++c) x[c] = 100.0f + 1e-4f * static_cast<float>(c);  // a range far below the zero's fp16 ulp
+  check_row8<kD>(x.data(), "narrow");
+  for (int c = 0; c < kD; ++c) x[c] = c % 2 ? 32752.0f : -32752.0f;  // the quantizers' limits
+  check_row8<kD>(x.data(), "limits");
+  for (int c = 0; c < kD; ++c) x[c] = 32752.0f - static_cast<float>(c) * 0.37f;
+  check_row8<kD>(x.data(), "near the limit");
+  for (int c = 0; c < 64; ++c) x[c] = std::ldexp(float(c), -30);  // subnormal zero and step
+  check_row8<64>(x.data(), "tiny");
+}
+
+/// x's rows ([n][kHeads][kD]) as the 8-bit ring holds them.
+std::vector<float> int8_rounded(std::vector<float> x) {
+  std::uint8_t row[Row8<kD>::kElements];
+  for (std::size_t i = 0; i < x.size(); i += kD) {
+    Row8<kD>::store(x.data() + i, row);
+    Row8<kD>::load(row, x.data() + i);
+  }
+  return x;
+}
+
+// An Int8Ring cache holds what a float-ring cache holds for the 8-bit rounding of each input row:
+// the same page bytes, elements and attention outputs bit for bit, in about a quarter of the memory
+// of the full-precision area.
+TEST(Options, Int8RingHoldsTheRowRoundingOfEachToken) {
+  using Byte = skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::Sinks<4>, skv::Int8Ring>>;
+  using Wide = skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::Sinks<4>>>;
+  using L = Byte::Layout;
+  static_assert(std::is_same<L::FullPrecision, std::uint8_t>::value && L::kRingRow == kD + 4 && !L::kFloatRing,
+                "the 8-bit area");
+  for (int n : {1, 3, 4, 37, 100, 131, 300}) {
+    const auto k = random_tensor(n, 160 + n, 4.0f), v = random_tensor(n, 161 + n, 1.0f, 0.5f);
+    const auto kr = int8_rounded(k), vr = int8_rounded(v);
+    Byte byte(kHeads, n);
+    Wide wide(kHeads, n);
+    byte.append(k.data(), v.data(), n);
+    wide.append(kr.data(), vr.data(), n);
+    const auto a = byte.view();
+    const auto b = wide.view();
+    const int pages = (byte.quantized_size() + L::kPageSize - 1) / L::kPageSize;
+    ASSERT_EQ(std::memcmp(a.pages, b.pages, static_cast<std::size_t>(pages) * L::page_bytes(kHeads)), 0) << n;
+    for (int t = 0; t < n; ++t)
+      for (int h = 0; h < kHeads; ++h)
+        for (int c = 0; c < kD; ++c)
+          ASSERT_TRUE(a.key(t, h, c) == b.key(t, h, c) && a.value(t, h, c) == b.value(t, h, c)) << n << " " << t;
+    // [2][64 + 32 + 4][kHeads][kD + 4] bytes against as many floats of kD
+    ASSERT_EQ(L::residual_elements(kHeads), 2u * 100 * kHeads * (kD + 4));
+    ASSERT_EQ(byte.memory_bytes(), static_cast<std::size_t>(pages) * L::page_bytes(kHeads) + L::residual_elements(kHeads))
+        << n;
+    ASSERT_EQ(wide.memory_bytes() - byte.memory_bytes(), 2u * 100 * kHeads * (4 * kD - (kD + 4))) << n;
+    const auto q = random_tensor(3 * (kQHeads / kHeads), 162 + n);
+    std::vector<float> x(static_cast<std::size_t>(kQHeads) * kD), y(x.size());
+    skv::cpu::decode_attention(byte, q.data(), kQHeads, x.data());
+    skv::cpu::decode_attention(wide, q.data(), kQHeads, y.data());
+    ASSERT_EQ(x, y) << n;
+    const int m = std::min(n, 3);
+    std::vector<float> px(static_cast<std::size_t>(m) * kQHeads * kD), py(px.size());
+    skv::cpu::prefill_attention(byte, q.data(), m, kQHeads, px.data());
+    skv::cpu::prefill_attention(wide, q.data(), m, kQHeads, py.data());
+    ASSERT_EQ(px, py) << n;
+    expect_fast_matches_reference(byte, q, "8-bit ring");
+  }
+  // the sinks count 8 + 32 / kD bits each in the counted bits
+  EXPECT_DOUBLE_EQ(L::ring_bits_per_element(), 8.0 + 32.0 / kD);
+  EXPECT_DOUBLE_EQ(L::bits_per_element(2048), (L::bits_per_element() * 2044 + (8.0 + 32.0 / kD) * 4) / 2048);
+}
+
+// With the rotations, every sink and ring element is the 8-bit rounding of the rotated float row.
+TEST(Options, Int8RingRoundsAfterTheRotations) {
+  using Byte = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>,
+                                                                      skv::Int8Ring>>;
+  using Wide = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>;
+  const int n = 200;  // 4 sinks, two quantized blocks, 132 ring tokens
+  const auto k = random_tensor(n, 170, 4.0f), v = random_tensor(n, 171);
+  Byte byte(kHeads, n);
+  Wide wide(kHeads, n);
+  byte.append(k.data(), v.data(), n);
+  wide.append(k.data(), v.data(), n);
+  ASSERT_EQ(byte.quantized_size(), 64);
+  const auto a = byte.view();
+  const auto b = wide.view();
+  for (int t : {0, 3, 68, 100, 199})
+    for (int h = 0; h < kHeads; ++h) {
+      std::vector<float> kw(kD), vw(kD);
+      for (int c = 0; c < kD; ++c) {
+        kw[c] = b.key(t, h, c);  // the rotated float rows
+        vw[c] = b.value(t, h, c);
+      }
+      std::uint8_t row[Row8<kD>::kElements];
+      float y[kD];
+      Row8<kD>::store(kw.data(), row);
+      Row8<kD>::load(row, y);
+      for (int c = 0; c < kD; ++c) ASSERT_EQ(a.key(t, h, c), y[c]) << t;
+      Row8<kD>::store(vw.data(), row);
+      Row8<kD>::load(row, y);
+      for (int c = 0; c < kD; ++c) ASSERT_EQ(a.value(t, h, c), y[c]) << t;
+    }
+}
+
+TEST(Options, Int8RingRejectsWhatItCannotHoldAndStaysUnchanged) {
+  check_ring_rejects_and_stays_unchanged<skv::KVCache<4, 2, 128, skv::Sinks<4>, skv::Int8Ring>>();
+  check_ring_rejects_and_stays_unchanged<skv::KVCache<3, 2, 128, skv::RotateValues, skv::Int8Ring>>();
+  // the quantizers' limits themselves are accepted: a row decodes within its input's range
+  auto k = random_tensor(100, 91), v = random_tensor(100, 92);
+  for (std::size_t i = 0; i < k.size(); i += 97) {
+    k[i] = 32752.0f;
+    v[i] = -32752.0f;
+  }
+  skv::KVCache<4, 2, 128, skv::Int8Ring> cache(kHeads, 100);
+  cache.append(k.data(), v.data(), 100);
+  EXPECT_EQ(cache.size(), 100);
+  const float top = cache.view().key(96, 0, 62);  // 96 * 256 + 62 = 97 * 254, in the ring
+  EXPECT_LE(top, 32752.0f);
+  EXPECT_GE(top, 32752.0f * (1 - 2.0f / 255));
 }
 
 }  // namespace test_options

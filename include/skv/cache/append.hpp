@@ -35,20 +35,25 @@ namespace skv {
 
 namespace detail {
 
-/// Stores n elements of a token row in the layout's full-precision area (or its history): widened
-/// to float, or, with Fp16Ring, copied (append narrows every token to fp16 first).
-template <class T, class Full>
-void store_full_row(const T* SKV_RESTRICT x, int n, Full* SKV_RESTRICT out) {
-  if constexpr (std::is_same<Full, float>::value) {
-    simd::to_f32_row(x, n, out);
+/// Stores one token row (HeadDim elements of T) in the layout's full-precision area (or its
+/// history) through Layout::Ring: copied when T is the area's element type, else widened to float
+/// and stored (rounded to fp16 with Fp16Ring, encoded with Int8Ring).
+template <class Layout, class T>
+void store_full_row(const T* SKV_RESTRICT x, typename Layout::FullPrecision* SKV_RESTRICT out) {
+  constexpr int D = Layout::kHeadDim;
+  if constexpr (std::is_same<T, typename Layout::FullPrecision>::value) {
+    std::memcpy(out, x, Layout::Ring::kBytes);
+  } else if constexpr (Layout::kFloatRing) {
+    simd::to_f32_row(x, D, out);
   } else {
-    static_assert(std::is_same<T, Full>::value, "skv: an Fp16Ring area takes tokens already narrowed to fp16");
-    std::memcpy(out, x, sizeof(Full) * static_cast<std::size_t>(n));
+    float row[D];
+    simd::to_f32_row(x, D, row);
+    Layout::Ring::store(row, out);
   }
 }
 
 /// One key (Key) or value row of the caller's input as the layout stores it: widened, rotated with
-/// RotateKeys / RotateValues, and rounded to the full-precision type (fp16 with Fp16Ring).
+/// RotateKeys / RotateValues, and stored through Layout::Ring.
 template <class Layout, bool Key, class T>
 void stored_row(const T* x, typename Layout::FullPrecision* out) {
   constexpr int D = Layout::kHeadDim;
@@ -56,7 +61,7 @@ void stored_row(const T* x, typename Layout::FullPrecision* out) {
   simd::to_f32_row(x, D, row);
   if constexpr (Key && Layout::kRotateKeys) HadamardRotation<D, Layout::kRotationSeed>::apply(row);
   if constexpr (!Key && Layout::kRotateValues) HadamardRotation<D, Layout::kValueRotationSeed>::apply(row);
-  simd::from_f32_row(row, D, out);
+  Layout::Ring::store(row, out);
 }
 
 template <class Layout>
@@ -148,14 +153,14 @@ void append_to_ring(SequenceView<Layout>& view, const TK* keys, const TV* values
   const auto at = [&](int t, int h) { return static_cast<std::size_t>(t - t0) * token_floats + static_cast<std::size_t>(h) * D; };
   const auto to_ring = [&](int t) {
     for (int h = 0; h < heads; ++h) {
-      store_full_row(keys + at(t, h), D, view.residual_key(t, h));
-      store_full_row(values + at(t, h), D, view.residual_value(t, h));
+      store_full_row<Layout>(keys + at(t, h), view.residual_key(t, h));
+      store_full_row<Layout>(values + at(t, h), view.residual_value(t, h));
     }
   };
   for (int t = t0; t < t_end && t < kSinks; ++t) {
     for (int h = 0; h < heads; ++h) {
-      store_full_row(keys + at(t, h), D, view.sink_key(t, h));
-      store_full_row(values + at(t, h), D, view.sink_value(t, h));
+      store_full_row<Layout>(keys + at(t, h), view.sink_key(t, h));
+      store_full_row<Layout>(values + at(t, h), view.sink_value(t, h));
     }
   }
   // in token order: a block's new tokens take ring slots of tokens quantized before it
@@ -189,8 +194,9 @@ struct AppendOptions {
 ///
 /// Sink tokens and the tokens that stay in the residual window are copied (widened) to the
 /// full-precision area; blocks made only of new tokens are quantized straight from the input, with
-/// the bytes quantize_block would write from the ring. With Options<Fp16Ring> every token is first
-/// rounded to fp16 (after the rotations), so both paths see the same values.
+/// the bytes quantize_block would write from the ring. With Options<Fp16Ring> / Options<Int8Ring>
+/// every token is first rounded through the area's row format (after the rotations), so both paths
+/// see the same values.
 template <class Layout, class T>
 void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, const AppendOptions& opt = {}) {
   static_assert(std::is_same<T, float>::value || std::is_same<T, fp16>::value || std::is_same<T, bf16>::value,
@@ -250,7 +256,9 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
                                                           grown("values", Layout::ValueQuantizer::kMaxInput));
     throw Error("append: a value out of range was detected but not located");  // unreachable
   };
-  const auto store = [&](const auto* k, const auto* v) {
+  // k, v: what the full-precision area stores (through Layout::Ring); qk, qv: the same tokens as the
+  // area holds them, which blocks of new tokens quantize straight from
+  const auto store = [&](const auto* k, const auto* v, const auto* qk, const auto* qv) {
     // tokens bound for the full-precision area are checked before anything is written; blocks of
     // new tokens are checked in the pass that quantizes them (into slots past the quantized
     // length: no token changes if it fails)
@@ -266,32 +274,35 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
              simd::all_within(v + off, len, Layout::ValueQuantizer::kMaxInput);
     };
     if (!in_range(t0, ring_end) || !in_range(tail, t_end)) fail(k, v);
-    if (!detail::quantize_direct_blocks(view, k, v, t0, direct, q_after, threads)) fail(k, v);
+    if (!detail::quantize_direct_blocks(view, qk, qv, t0, direct, q_after, threads)) fail(k, v);
     detail::append_to_ring(view, k, v, n, direct);
   };
   const auto run = [&](const auto* k, const auto* v) {
     using TK = std::remove_cv_t<std::remove_reference_t<decltype(*k)>>;
     using TV = std::remove_cv_t<std::remove_reference_t<decltype(*v)>>;
-    if constexpr (Layout::kFp16Ring && !(std::is_same<TK, fp16>::value && std::is_same<TV, fp16>::value)) {
-      // narrowed once, so that a token quantized straight from the input and one quantized from the
-      // ring later have the same fp16 values; a value out of range is reported by `store` in the
-      // input's own terms (in range, the narrowing is finite: kMaxInput < the fp16 maximum)
+    if constexpr (!Layout::kFloatRing && !(Layout::kFp16Ring && std::is_same<TK, fp16>::value &&
+                                           std::is_same<TV, fp16>::value)) {
+      // every token through the area's row format once, so that a token quantized straight from the
+      // input and one quantized from the ring later have the same values; a value out of range is
+      // reported by `fail` in the input's own terms (in range, a row decodes in range: ring.hpp)
       if (!simd::all_within(k, count, Layout::KeyQuantizer::kMaxInput) ||
           !simd::all_within(v, count, Layout::ValueQuantizer::kMaxInput))
         fail(k, v);
-      const auto narrow = [&](const auto* x) {
-        std::vector<fp16> h(count);
+      const auto held = [&](const auto* x) {
+        std::vector<float> out(count);
         float row[Layout::kHeadDim];
+        typename Layout::FullPrecision stored[Layout::kRingRow];
         for (std::size_t i = 0; i < count; i += Layout::kHeadDim) {
           simd::to_f32_row(x + i, Layout::kHeadDim, row);
-          simd::from_f32_row(row, Layout::kHeadDim, h.data() + i);
+          Layout::Ring::store(row, stored);
+          Layout::Ring::load(stored, out.data() + i);
         }
-        return h;
+        return out;
       };
-      const std::vector<fp16> k16 = narrow(k), v16 = narrow(v);
-      store(k16.data(), v16.data());
+      const std::vector<float> kq = held(k), vq = held(v);
+      store(k, v, kq.data(), vq.data());
     } else {
-      store(k, v);
+      store(k, v, k, v);
     }
   };
   const auto with_values = [&](const auto* k) {

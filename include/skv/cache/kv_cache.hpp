@@ -56,7 +56,8 @@ struct Retention {
 ///   HeadDim       elements per head
 ///   PageSize      tokens per page (a power of two, a multiple of every Channel-axis group)
 ///   Residual      extra recent tokens kept in full precision beyond the incomplete block
-///   Opts          skv::Options<...>: RotateKeys, RotateValues, Sinks<N>, ClipKeys, ClipValues, Fp16Ring
+///   Opts          skv::Options<...>: RotateKeys, RotateValues, Sinks<N>, ClipKeys, ClipValues, Fp16Ring,
+///                 Int8Ring
 ///                 (cache/options.hpp)
 template <class KeyQ, class ValueQ, int HeadDim = 128, int PageSize = 64, int Residual = 0, class Opts = Options<>>
 class BasicKVCache {
@@ -125,7 +126,7 @@ class BasicKVCache {
       detail::require(pool_ != nullptr, "out of memory allocating " + std::to_string(pool_bytes_) + " bytes");
       table_.resize(static_cast<std::size_t>(num_pages_) + 1);  // +1: never empty, so data() is never null
       residual_.assign(elements, Full{});
-      history_.assign(2 * static_cast<std::size_t>(history_slots()) * token_elements(), Full{});
+      history_.assign(2 * static_cast<std::size_t>(history_slots()) * ring_token_elements(), Full{});
     } catch (const std::bad_alloc&) {
       throw Error("out of memory allocating a cache of " + std::to_string(num_kv_heads) + " KV heads and " +
                   std::to_string(max_tokens) + " tokens");
@@ -179,8 +180,8 @@ class BasicKVCache {
     const View v = view();
     for (int t = std::max(from, Layout::kSinkTokens); t < std::min(n, ring_from_); ++t)
       for (int h = 0; h < num_kv_heads_; ++h) {  // back from the history into the ring
-        std::memcpy(v.residual_key(t, h), history_key(t, h), sizeof(Full) * HeadDim);
-        std::memcpy(v.residual_value(t, h), history_value(t, h), sizeof(Full) * HeadDim);
+        std::memcpy(v.residual_key(t, h), history_key(t, h), Layout::Ring::kBytes);
+        std::memcpy(v.residual_value(t, h), history_value(t, h), Layout::Ring::kBytes);
       }
     ring_from_ = std::min(ring_from_, std::max(from, Layout::kSinkTokens));
     ring_from_ = std::min(ring_from_, n);
@@ -235,17 +236,20 @@ class BasicKVCache {
   };
 
   std::size_t full_bytes() const { return (residual_.size() + history_.size()) * sizeof(Full); }
+  /// Elements of one input token (every head), and of its rows in the ring or the history.
   std::size_t token_elements() const { return static_cast<std::size_t>(num_kv_heads_) * HeadDim; }
+  std::size_t ring_token_elements() const { return static_cast<std::size_t>(num_kv_heads_) * Layout::kRingRow; }
   /// Tokens the history holds: rollback, plus one block, since after a long append the ring holds
   /// only Residual tokens past its last quantized block.
   int history_slots() const { return keep_.rollback > 0 ? keep_.rollback + Layout::kBlockTokens : 0; }
   /// The history's copy of token t (t >= kSinkTokens), in slot (t - kSinkTokens) % rollback.
   Full* history_key(int t, int h) {
     return history_.data() +
-           (static_cast<std::size_t>((t - Layout::kSinkTokens) % history_slots()) * num_kv_heads_ + h) * HeadDim;
+           (static_cast<std::size_t>((t - Layout::kSinkTokens) % history_slots()) * num_kv_heads_ + h) *
+               Layout::kRingRow;
   }
   Full* history_value(int t, int h) {
-    return history_key(t, h) + static_cast<std::size_t>(history_slots()) * token_elements();
+    return history_key(t, h) + static_cast<std::size_t>(history_slots()) * ring_token_elements();
   }
 
   template <class T>
@@ -345,13 +349,16 @@ class BasicKVCache {
     const int ring_after = std::max(ring_from_, t_end - kCap);
     const int keep_from = std::max({ring_from_, ring_after - history_slots(), kSinks});
     const int kept = gap ? 0 : std::max(0, ring_after - keep_from);
-    std::vector<Full> out(2 * static_cast<std::size_t>(kept) * token_elements());
+    std::vector<Full> out(2 * static_cast<std::size_t>(kept) * ring_token_elements());
     View v_ = view();
-    const auto row = [&](int i, int h) { return (static_cast<std::size_t>(i) * num_kv_heads_ + h) * HeadDim; };
+    const auto row = [&](int i, int h) {
+      return (static_cast<std::size_t>(i) * num_kv_heads_ + h) * Layout::kRingRow;
+    };
+    constexpr std::size_t kRowBytes = Layout::Ring::kBytes;
     for (int i = 0; i < kept; ++i)
       for (int h = 0; h < num_kv_heads_; ++h) {
-        std::memcpy(out.data() + row(i, h), v_.residual_key(keep_from + i, h), sizeof(Full) * HeadDim);
-        std::memcpy(out.data() + row(kept + i, h), v_.residual_value(keep_from + i, h), sizeof(Full) * HeadDim);
+        std::memcpy(out.data() + row(i, h), v_.residual_key(keep_from + i, h), kRowBytes);
+        std::memcpy(out.data() + row(kept + i, h), v_.residual_value(keep_from + i, h), kRowBytes);
       }
     skv::append(v_, k, v, n, opt);
     length_ = v_.length;
@@ -370,8 +377,8 @@ class BasicKVCache {
     }
     for (int i = 0; i < kept; ++i)
       for (int h = 0; h < num_kv_heads_; ++h) {
-        std::memcpy(history_key(keep_from + i, h), out.data() + row(i, h), sizeof(Full) * HeadDim);
-        std::memcpy(history_value(keep_from + i, h), out.data() + row(kept + i, h), sizeof(Full) * HeadDim);
+        std::memcpy(history_key(keep_from + i, h), out.data() + row(i, h), kRowBytes);
+        std::memcpy(history_value(keep_from + i, h), out.data() + row(kept + i, h), kRowBytes);
       }
     ring_from_ = ring_after;
     history_from_ = std::max(history_from_, ring_after - history_slots());
@@ -388,7 +395,7 @@ class BasicKVCache {
   std::unique_ptr<std::uint8_t, FreeDeleter> pool_;
   std::vector<std::int32_t> table_;
   std::vector<Full> residual_;
-  std::vector<Full> history_;  ///< [2][history_slots()][num_kv_heads][HeadDim]: keys, then values
+  std::vector<Full> history_;  ///< [2][history_slots()][num_kv_heads][kRingRow]: keys, then values
   int length_ = 0;
 };
 

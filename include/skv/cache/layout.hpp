@@ -10,11 +10,11 @@
 // A sequence's tokens come in three runs, in order: kSinkTokens sink tokens (Options: Sinks<N>),
 // kept in full precision; quantized tokens, in pages, addressed by their quantized index j (token
 // kSinkTokens + j); and the tokens not yet quantized. Both full-precision parts live in the sequence's
-// full-precision area of residual_elements(num_kv_heads) elements of FullPrecision (float, or fp16
-// with Options<Fp16Ring>):
-//   [2][kResidualCapacity][num_kv_heads][HeadDim]  the ring (residual window), keys first; token t
-//                                                  sits in slot (t - kSinkTokens) % kResidualCapacity
-//   [2][kSinkTokens][num_kv_heads][HeadDim]        the sinks, keys first
+// full-precision area of residual_elements(num_kv_heads) elements of FullPrecision (float; fp16 with
+// Options<Fp16Ring>; bytes with Options<Int8Ring>), in rows of kRingRow elements (cache/ring.hpp):
+//   [2][kResidualCapacity][num_kv_heads][kRingRow]  the ring (residual window), keys first; token t
+//                                                   sits in slot (t - kSinkTokens) % kResidualCapacity
+//   [2][kSinkTokens][num_kv_heads][kRingRow]        the sinks, keys first
 // quantized_length(length) is a pure function of the length, so a reader needs nothing but the
 // length to know where each token is. With Options<RotateKeys> every stored key (sink, page, ring)
 // is the rotated key R k; with Options<RotateValues> every stored value is R_v v.
@@ -25,6 +25,7 @@
 #include <type_traits>
 
 #include <skv/cache/options.hpp>
+#include <skv/cache/ring.hpp>
 #include <skv/config.hpp>
 #include <skv/numeric/half.hpp>
 #include <skv/numeric/pack.hpp>
@@ -105,9 +106,11 @@ struct CacheLayout {
   static_assert(!Opts::kRotateValues || (HeadDim & (HeadDim - 1)) == 0,
                 "skv: RotateValues needs a power-of-two HeadDim (the Walsh-Hadamard transform)");
   static_assert(!KeyQ::kCodebook, "skv: Scheme::LloydMax is for values; the key kernels read key codes as integers");
-  static_assert(!Opts::kFp16Ring || (KeyQ::kMaxInput <= 65504.0f && ValueQ::kMaxInput <= 65504.0f),
-                "skv: Fp16Ring holds tokens in fp16, so both quantizers must take only fp16-sized inputs (fp16 "
-                "scales, the default)");
+  static_assert(!(Opts::kFp16Ring || Opts::kInt8Ring) ||
+                    (KeyQ::kMaxInput <= 65504.0f && ValueQ::kMaxInput <= 65504.0f),
+                "skv: Fp16Ring and Int8Ring hold tokens in fp16 or with fp16 zeros, so both quantizers must take "
+                "only fp16-sized inputs (fp16 scales, the default)");
+  static_assert(!(Opts::kFp16Ring && Opts::kInt8Ring), "skv: Fp16Ring and Int8Ring exclude each other");
   static_assert(!(Opts::kClipValues && ValueQ::kCodebook),
                 "skv: ClipValues and Scheme::LloydMax values do not combine (the codebook fits the group's mean "
                 "and deviation, not its range)");
@@ -133,8 +136,14 @@ struct CacheLayout {
   static constexpr bool kRotateValues = Opts::kRotateValues;
   static constexpr std::uint64_t kValueRotationSeed = Opts::kValueRotationSeed;
   static constexpr bool kFp16Ring = Opts::kFp16Ring;
-  /// Element type of the full-precision area (ring and sinks).
-  using FullPrecision = std::conditional_t<kFp16Ring, fp16, float>;
+  static constexpr bool kInt8Ring = Opts::kInt8Ring;
+  /// Element type of the full-precision area (ring and sinks): float, fp16, or bytes (8-bit rows).
+  using FullPrecision = std::conditional_t<kInt8Ring, std::uint8_t, std::conditional_t<kFp16Ring, fp16, float>>;
+  /// How the area holds one token row of one head, and its elements of FullPrecision.
+  using Ring = RingRow<FullPrecision, HeadDim>;
+  static constexpr int kRingRow = Ring::kElements;
+  /// Whether the area holds plain floats (the GPU caches and the scalar quantize_block need it).
+  static constexpr bool kFloatRing = std::is_same<FullPrecision, float>::value;
   /// Tokens quantized together: one Channel-axis group (both extents are powers of two).
   static constexpr int kBlockTokens = detail::max_of(KeyQ::kTokenExtent, ValueQ::kTokenExtent);
   static_assert(PageSize % kBlockTokens == 0, "skv: PageSize must be a multiple of every Channel-axis GroupSize");
@@ -152,24 +161,25 @@ struct CacheLayout {
   static constexpr double bytes_per_token() { return static_cast<double>(kHeadBytes) / PageSize; }
   /// Bits per cached element (keys and values averaged), metadata included.
   static constexpr double bits_per_element() { return bytes_per_token() * 8.0 / (2.0 * HeadDim); }
-  /// The same averaged over a sequence of `length` > 0 tokens whose sinks are full precision (fp32,
-  /// or fp16 with Fp16Ring; tokens still in the ring count at the rate they will be quantized at).
+  /// Bits per element of a row of the full-precision area: 32, 16, or 8 + 32 / HeadDim with Int8Ring.
+  static constexpr double ring_bits_per_element() { return 8.0 * Ring::kBytes / HeadDim; }
+  /// The same averaged over a sequence of `length` > 0 tokens whose sinks are full precision (at
+  /// ring_bits_per_element; tokens still in the ring count at the rate they will be quantized at).
   static constexpr double bits_per_element(int length) {
-    return (bits_per_element() * (length - sink_length(length)) +
-            8.0 * sizeof(FullPrecision) * sink_length(length)) /
+    return (bits_per_element() * (length - sink_length(length)) + ring_bits_per_element() * sink_length(length)) /
            length;
   }
   /// Elements (FullPrecision) of a sequence's full-precision area: the residual ring, then the sinks.
   SKV_HOST_DEVICE static constexpr std::size_t residual_elements(int num_kv_heads) {
-    return 2u * (kResidualCapacity + kSinkTokens) * static_cast<std::size_t>(num_kv_heads) * HeadDim;
+    return 2u * (kResidualCapacity + kSinkTokens) * static_cast<std::size_t>(num_kv_heads) * kRingRow;
   }
   /// The same in floats, for the float area of a layout without Fp16Ring (the GPU caches' case).
   SKV_HOST_DEVICE static constexpr std::size_t residual_floats(int num_kv_heads) {
-    static_assert(!kFp16Ring, "skv: an Fp16Ring layout's full-precision area is fp16: use residual_elements");
+    static_assert(kFloatRing, "skv: this layout's full-precision area is not float: use residual_elements");
     return residual_elements(num_kv_heads);
   }
   /// Bytes of the sinks per token per KV head (full-precision keys and values).
-  static constexpr std::size_t sink_bytes_per_token() { return 2u * HeadDim * sizeof(FullPrecision); }
+  static constexpr std::size_t sink_bytes_per_token() { return 2u * Ring::kBytes; }
 
   /// Sink tokens of a sequence of `length` tokens.
   SKV_HOST_DEVICE static constexpr int sink_length(int length) { return length < kSinkTokens ? length : kSinkTokens; }
@@ -185,19 +195,19 @@ struct CacheLayout {
   SKV_HOST_DEVICE static constexpr int residual_slot(int token) { return (token - kSinkTokens) % kResidualCapacity; }
   /// Offset (in elements) of residual key / value `token`, head `h` within a sequence's ring.
   SKV_HOST_DEVICE static constexpr std::size_t residual_key_offset(int token, int h, int num_kv_heads) {
-    return (static_cast<std::size_t>(residual_slot(token)) * num_kv_heads + h) * HeadDim;
+    return (static_cast<std::size_t>(residual_slot(token)) * num_kv_heads + h) * kRingRow;
   }
   SKV_HOST_DEVICE static constexpr std::size_t residual_value_offset(int token, int h, int num_kv_heads) {
     return residual_key_offset(token, h, num_kv_heads) +
-           static_cast<std::size_t>(kResidualCapacity) * num_kv_heads * HeadDim;
+           static_cast<std::size_t>(kResidualCapacity) * num_kv_heads * kRingRow;
   }
   /// Offset (in elements) of sink key / value `token` (< kSinkTokens), head `h`.
   SKV_HOST_DEVICE static constexpr std::size_t sink_key_offset(int token, int h, int num_kv_heads) {
-    return (2u * kResidualCapacity + static_cast<std::size_t>(token)) * num_kv_heads * HeadDim +
-           static_cast<std::size_t>(h) * HeadDim;
+    return (2u * kResidualCapacity + static_cast<std::size_t>(token)) * num_kv_heads * kRingRow +
+           static_cast<std::size_t>(h) * kRingRow;
   }
   SKV_HOST_DEVICE static constexpr std::size_t sink_value_offset(int token, int h, int num_kv_heads) {
-    return sink_key_offset(token, h, num_kv_heads) + static_cast<std::size_t>(kSinkTokens) * num_kv_heads * HeadDim;
+    return sink_key_offset(token, h, num_kv_heads) + static_cast<std::size_t>(kSinkTokens) * num_kv_heads * kRingRow;
   }
 };
 

@@ -18,6 +18,10 @@
 //                sinks) holds fp16 instead of float: half its memory. Every token is rounded to fp16
 //                (after the rotations) before it is stored or quantized, so what a cache holds does
 //                not depend on how its appends were split. CPU only: the CUDA cache refuses it.
+//   Int8Ring     the same area holds each token row (per KV head) as 8-bit codes with an fp16 zero and
+//                step (cache/ring.hpp): about a quarter of its float memory. Every token is rounded
+//                through that row (after the rotations) before it is stored or quantized, as with
+//                Fp16Ring. CPU only; it excludes Fp16Ring.
 //   ClipKeys     each group's range is chosen by a search over shrunken ranges (ratios 1, 0.95, ...,
 //   ClipValues   0.55 of the half-width around the midpoint) for the lowest squared error; the
 //                search is exact over its candidates, so a group's error never grows.
@@ -60,6 +64,9 @@ struct ClipValues {};
 /// Hold the ring and the sinks in fp16 instead of float.
 struct Fp16Ring {};
 
+/// Hold the ring and the sinks as 8-bit rows (codes, an fp16 zero and step per token and head).
+struct Int8Ring {};
+
 namespace detail {
 
 /// What each option sets; an unknown type is a compile-time error naming it.
@@ -67,11 +74,11 @@ template <class Opt>
 struct OptionTraits {
   static_assert(sizeof(Opt) == 0,
                 "skv::Options: every option must be skv::RotateKeys(WithSeed), skv::RotateValues(WithSeed), "
-                "skv::Sinks<N>, skv::ClipKeys, skv::ClipValues or skv::Fp16Ring");
+                "skv::Sinks<N>, skv::ClipKeys, skv::ClipValues, skv::Fp16Ring or skv::Int8Ring");
 };
 
 template <bool Rotate, std::uint64_t Seed, int SinkTokens, bool ClipK, bool ClipV, bool RotateV = false,
-          std::uint64_t SeedV = kDefaultValueRotationSeed, bool HalfRing = false>
+          std::uint64_t SeedV = kDefaultValueRotationSeed, bool HalfRing = false, bool ByteRing = false>
 struct OptionValues {
   static constexpr bool kRotateKeys = Rotate;
   static constexpr std::uint64_t kRotationSeed = Seed;
@@ -81,44 +88,52 @@ struct OptionValues {
   static constexpr bool kRotateValues = RotateV;
   static constexpr std::uint64_t kValueRotationSeed = SeedV;
   static constexpr bool kFp16Ring = HalfRing;
+  static constexpr bool kInt8Ring = ByteRing;
 };
 
 template <std::uint64_t S>
 struct OptionTraits<RotateKeysWithSeed<S>> {
   template <class A>
   using apply = OptionValues<true, S, A::kSinkTokens, A::kClipKeys, A::kClipValues, A::kRotateValues,
-                             A::kValueRotationSeed, A::kFp16Ring>;
+                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring>;
 };
 template <std::uint64_t S>
 struct OptionTraits<RotateValuesWithSeed<S>> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues, true, S,
-                             A::kFp16Ring>;
+                             A::kFp16Ring, A::kInt8Ring>;
 };
 template <int N>
 struct OptionTraits<Sinks<N>> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, N, A::kClipKeys, A::kClipValues, A::kRotateValues,
-                             A::kValueRotationSeed, A::kFp16Ring>;
+                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring>;
 };
 template <>
 struct OptionTraits<ClipKeys> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, true, A::kClipValues, A::kRotateValues,
-                             A::kValueRotationSeed, A::kFp16Ring>;
+                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring>;
 };
 template <>
 struct OptionTraits<ClipValues> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, true, A::kRotateValues,
-                             A::kValueRotationSeed, A::kFp16Ring>;
+                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring>;
 };
 
 template <>
 struct OptionTraits<Fp16Ring> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues,
-                             A::kRotateValues, A::kValueRotationSeed, true>;
+                             A::kRotateValues, A::kValueRotationSeed, true, A::kInt8Ring>;
+};
+
+template <>
+struct OptionTraits<Int8Ring> {
+  template <class A>
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues,
+                             A::kRotateValues, A::kValueRotationSeed, A::kFp16Ring, true>;
 };
 
 template <class Acc, class... Opts>

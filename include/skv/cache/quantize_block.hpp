@@ -79,8 +79,8 @@ SKV_HOST_DEVICE void quantize_rows(const float* x, std::size_t row_stride, int r
 /// of kBlockTokens.
 template <class Layout, class View>
 SKV_HOST_DEVICE void quantize_block(const View& view, int first) {
-  static_assert(!Layout::kFp16Ring, "skv::quantize_block reads a float ring: an Fp16Ring layout (host only) "
-                                     "quantizes with quantize_block_fast");
+  static_assert(Layout::kFloatRing, "skv::quantize_block reads a float ring: an Fp16Ring or Int8Ring layout (host "
+                                    "only) quantizes with quantize_block_fast");
   const std::size_t stride = static_cast<std::size_t>(view.num_kv_heads) * Layout::kHeadDim;
   const int slot0 = first % Layout::kPageSize;
   const int token = Layout::kSinkTokens + first;

@@ -408,11 +408,24 @@ void quantize_block_rows(const View& view, int first, const TK* keys, const TV* 
 
 /// Same as skv::quantize_block (every KV head of quantized indices [first, first + kBlockTokens)
 /// read from the residual ring, where a block never wraps), vectorized, the clipping search included.
+/// With Int8Ring the block's ring rows are decoded first.
 template <class Layout, class View>
 void quantize_block_fast(const View& view, int first) {
+  constexpr int D = Layout::kHeadDim, B = Layout::kBlockTokens;
   const int token = Layout::kSinkTokens + first;
-  quantize_block_rows<Layout>(view, first, view.residual_key(token, 0), view.residual_value(token, 0),
-                              static_cast<std::size_t>(view.num_kv_heads) * Layout::kHeadDim);
+  const std::size_t stride = static_cast<std::size_t>(view.num_kv_heads) * D;
+  if constexpr (Layout::kInt8Ring) {
+    std::vector<float> k(B * stride), v(B * stride);
+    for (int t = 0; t < B; ++t)
+      for (int h = 0; h < view.num_kv_heads; ++h) {
+        const std::size_t at = t * stride + static_cast<std::size_t>(h) * D;
+        Layout::Ring::load(view.residual_key(token + t, h), k.data() + at);
+        Layout::Ring::load(view.residual_value(token + t, h), v.data() + at);
+      }
+    quantize_block_rows<Layout>(view, first, k.data(), v.data(), stride);
+  } else {
+    quantize_block_rows<Layout>(view, first, view.residual_key(token, 0), view.residual_value(token, 0), stride);
+  }
 }
 
 }  // namespace skv

@@ -2,8 +2,8 @@
 //
 // The engine owns the memory: a pool of pages (CacheLayout::page_bytes(num_kv_heads) each), a block
 // table mapping the sequence's logical pages to pool pages, and the sequence's full-precision area
-// (CacheLayout::residual_elements(num_kv_heads) elements of CacheLayout::FullPrecision, float or
-// fp16: the residual ring and the sink tokens). The view only points at them, so it can be passed by
+// (CacheLayout::residual_elements(num_kv_heads) elements of CacheLayout::FullPrecision, float, fp16
+// or 8-bit rows: the residual ring and the sink tokens). The view only points at them, so it can be passed by
 // value into a kernel. Reading is host and device; appending is skv::append (append.hpp).
 //
 // Sliding windows: a sequence whose attention only reaches back a window of tokens may hand the
@@ -32,7 +32,7 @@ struct SequenceView {
   using L = Layout;
   using KeyBlock = typename L::KeyBlock;
   using ValueBlock = typename L::ValueBlock;
-  using Full = typename L::FullPrecision;  ///< float, or fp16 with Options<Fp16Ring>
+  using Full = typename L::FullPrecision;  ///< float; fp16 with Fp16Ring; bytes with Int8Ring
 
   std::uint8_t* pages = nullptr;             ///< base of the page pool
   const std::int32_t* block_table = nullptr;  ///< pool page of each logical page of this sequence
@@ -69,7 +69,8 @@ struct SequenceView {
   SKV_HOST_DEVICE KeyBlock keys(int j, int h) const { return KeyBlock{head_block(j, h)}; }
   SKV_HOST_DEVICE ValueBlock values(int j, int h) const { return ValueBlock{head_block(j, h) + L::Keys::kBytes}; }
 
-  /// Full-precision key / value of a sink token (token < kSinkTokens).
+  /// Full-precision key / value row of a sink token (token < kSinkTokens): L::kRingRow elements,
+  /// read through L::Ring.
   SKV_HOST_DEVICE Full* sink_key(int token, int h) const { return residual + L::sink_key_offset(token, h, num_kv_heads); }
   SKV_HOST_DEVICE Full* sink_value(int token, int h) const {
     return residual + L::sink_value_offset(token, h, num_kv_heads);
@@ -85,16 +86,16 @@ struct SequenceView {
   /// Element `c` of key / value `token` as attention sees it (dequantized or full precision; keys /
   /// values in the rotated basis when the layout rotates them).
   SKV_HOST_DEVICE float key(int token, int h, int c) const {
-    if (token < L::kSinkTokens) return to_float(sink_key(token, h)[c]);
+    if (token < L::kSinkTokens) return L::Ring::element(sink_key(token, h), c);
     const int j = token - L::kSinkTokens;
     if (j < quantized_length()) return keys(j, h).dequantize(j % L::kPageSize, c);
-    return to_float(residual_key(token, h)[c]);
+    return L::Ring::element(residual_key(token, h), c);
   }
   SKV_HOST_DEVICE float value(int token, int h, int c) const {
-    if (token < L::kSinkTokens) return to_float(sink_value(token, h)[c]);
+    if (token < L::kSinkTokens) return L::Ring::element(sink_value(token, h), c);
     const int j = token - L::kSinkTokens;
     if (j < quantized_length()) return values(j, h).dequantize(j % L::kPageSize, c);
-    return to_float(residual_value(token, h)[c]);
+    return L::Ring::element(residual_value(token, h), c);
   }
 };
 

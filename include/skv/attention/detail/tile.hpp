@@ -568,10 +568,10 @@ struct Tiles {
   static void full_precision_tile(const SequenceView<Layout>& view, int h, int t, int n, int rows, ItemState& st,
                                   Scratch& sc, bool sinks, const Mask& mask) {
     for (int i = 0; i < n; ++i) {
-      const auto* k = sinks ? view.sink_key(t + i, h) : view.residual_key(t + i, h);  // float or fp16
+      const auto* k = sinks ? view.sink_key(t + i, h) : view.residual_key(t + i, h);  // float, fp16 or 8-bit
       const auto* v = sinks ? view.sink_value(t + i, h) : view.residual_value(t + i, h);
-      simd::to_f32_row(k, kD, sc.kbuf.data() + static_cast<std::size_t>(i) * kD);
-      simd::to_f32_row(v, kD, sc.vbuf.data() + static_cast<std::size_t>(i) * kD);
+      Layout::Ring::load(k, sc.kbuf.data() + static_cast<std::size_t>(i) * kD);
+      Layout::Ring::load(v, sc.vbuf.data() + static_cast<std::size_t>(i) * kD);
     }
     dot_rows(sc.q0.data(), rows, kD, sc.kbuf.data(), kD, n, nullptr, sc.logits.data(), kTile);
     mask(sc.logits.data(), kTile, t, n, rows);
