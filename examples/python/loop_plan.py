@@ -29,7 +29,7 @@ calls of token-by-token generation (docs/accuracy.md).
 
 Configurations (eval --configs): fp32, or kKvV with options +rot, +rotv (rotated values), +lmv
 (Lloyd-Max value levels, with +rot+rotv+sink4), +h16 (the ring and the sinks in fp16, with
-+rot+rotv+lmv+sink4), +sink4, +clip, +r<N> (residual window), or
++rot+rotv+lmv+sink4), +q8 (the same in 8-bit rows instead), +sink4, +clip, +r<N> (residual window), or
 "plan:FILE" (each plan JSON given with --plan is evaluated too).
 A plan's caches use the options recorded in it (those its sensitivity table was measured with, and
 each layer's rotate_values); kKvV without any option uses rotated keys and 4 sinks, the Python
@@ -99,14 +99,17 @@ def parse_config(name, default_options):
     for o in [o for o in opts if o[:1] == "r" and o[1:].isdigit()]:
         residual = int(o[1:])
         opts.remove(o)
-    unknown = set(opts) - {"rot", "rotv", "lmv", "h16", "sink4", "clip", "plain"}
+    unknown = set(opts) - {"rot", "rotv", "lmv", "h16", "q8", "sink4", "clip", "plain"}
     if unknown or not (len(base) == 4 and base[0] == "k" and base[2] == "v" and base[1].isdigit() and base[3].isdigit()):
-        sys.exit(f"{PROG}: {name}: expected fp32, plan:FILE or kKvV[+rot][+rotv][+lmv][+h16][+sink4][+clip][+plain][+r<N>]")
+        sys.exit(f"{PROG}: {name}: expected fp32, plan:FILE or kKvV[+rot][+rotv][+lmv][+h16|+q8][+sink4][+clip][+plain]"
+                 "[+r<N>]")
     if opts:
         options = {"rotate_keys": "rot" in opts, "rotate_values": "rotv" in opts, "sinks": 4 if "sink4" in opts else 0,
                    "clip": "clip" in opts, "lloyd_max_values": "lmv" in opts}
         if "h16" in opts:
             options["fp16_ring"] = True
+        if "q8" in opts:
+            options["int8_ring"] = True
     else:
         options = dict(default_options)
     return int(base[1]), int(base[3]), residual, options
@@ -123,7 +126,7 @@ def cmd_sensitivity(a):
     table = calibrate.layer_sensitivity(model, ids, cands, context=a.context, progress=print, sliding_cands=sliding,
                                         rotate_keys=not a.plain, rotate_values=a.rotate_values or a.lloyd_max_values,
                                         sinks=0 if a.plain else 4, lloyd_max_values=a.lloyd_max_values,
-                                        fp16_ring=a.fp16_ring)
+                                        fp16_ring=a.fp16_ring, int8_ring=a.int8_ring)
     table["model"] = a.model
     table["text"] = os.path.basename(a.text_file or CALIBRATION_TEXT)
     with open(a.output, "w") as f:
@@ -207,6 +210,8 @@ def main():
                    help="rotated values coded with Lloyd-Max levels (rot+rotv+lmv+sink4)")
     s.add_argument("--fp16-ring", action="store_true",
                    help="with --lloyd-max-values: the ring and the sinks held in fp16 (rot+rotv+lmv+h16+sink4)")
+    s.add_argument("--int8-ring", action="store_true",
+                   help="with --lloyd-max-values: the ring and the sinks held in 8-bit rows (rot+rotv+lmv+q8+sink4)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("-o", "--output", required=True)
     m = sub.add_parser("merge", help="join tables measured with and without rotated values (the plan then "

@@ -17,6 +17,7 @@ class CompiledConfig(TypedDict):
     clip: bool
     lloyd_max_values: bool
     fp16_ring: bool
+    int8_ring: bool
 
 class KVCache:
     """A quantized KV cache for one sequence (one layer); see help(skv.KVCache)."""
@@ -36,6 +37,7 @@ class KVCache:
         clip: Optional[bool] = None,
         lloyd_max_values: Optional[bool] = None,
         fp16_ring: Optional[bool] = None,
+        int8_ring: Optional[bool] = None,
         window: int = 0,
         max_chunk: int = 0,
         rollback: int = 0,
@@ -89,6 +91,8 @@ class KVCache:
     def lloyd_max_values(self) -> bool: ...
     @property
     def fp16_ring(self) -> bool: ...
+    @property
+    def int8_ring(self) -> bool: ...
     @property
     def sink_size(self) -> int: ...
     @property

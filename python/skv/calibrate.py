@@ -58,12 +58,14 @@ def _candidate(c, rotate_values: bool):
 
 def held_bits(key_bits: int, value_bits: int, head_dim: int, num_kv_heads: int, context: int, *,
               residual: int = 0, rotate_keys: bool = True, rotate_values: bool = False, sinks: int = 4,
-              clip: bool = False, lloyd_max_values: bool = False, fp16_ring: bool = False, window: int = 0,
+              clip: bool = False, lloyd_max_values: bool = False, fp16_ring: bool = False, int8_ring: bool = False,
+              window: int = 0,
               window_chunk: int = 1) -> float:
     """Bits per cached element that a cache of this configuration holds after `context` tokens:
     ``memory_bytes * 8 / (2 * tokens * num_kv_heads * head_dim)``, tokens = min(context, window)
     for a sliding-window layer. Measured on a real cache, so it counts what ``memory_bytes`` counts
-    (codes, fp16 scales and zeros, sinks, the ring: fp32, or fp16 with fp16_ring; pages in use). A
+    (codes, fp16 scales and zeros, sinks, the ring: fp32, fp16 with fp16_ring, 8-bit rows with
+    int8_ring; pages in use). A
     window cache holds the
     pages that `window_chunk` queries read: 1, as in the loop (``SkvCache(token_by_token=True)``)
     and in generation with ``SkvCache(window_chunk=1)``; SkvCache's default for prompts is 256."""
@@ -73,7 +75,7 @@ def held_bits(key_bits: int, value_bits: int, head_dim: int, num_kv_heads: int, 
         raise ValueError(f"held_bits: window_chunk must be at least 1, got {window_chunk}")
     options = lloyd_max_options(dict(residual=residual, rotate_keys=rotate_keys, rotate_values=rotate_values,
                                      sinks=sinks, clip=clip, lloyd_max_values=lloyd_max_values,
-                                     fp16_ring=fp16_ring), value_bits)
+                                     fp16_ring=fp16_ring, int8_ring=int8_ring), value_bits)
     cache = KVCache(key_bits, value_bits, head_dim, num_kv_heads=num_kv_heads,
                     max_tokens=2**31 - 1 if window else context, window=window,
                     max_chunk=window_chunk if window else 0, **options)
@@ -107,7 +109,7 @@ def layer_shapes(model):
 
 def mixed_cache(model, quantized: dict, *, rotate_keys: bool = True, rotate_values: bool = False, sinks: int = 4,
                 clip: bool = False, lloyd_max_values: bool = False, fp16_ring: bool = False,
-                token_by_token: bool = True, max_tokens: Optional[int] = None):
+                int8_ring: bool = False, token_by_token: bool = True, max_tokens: Optional[int] = None):
     """A transformers cache whose layers in `quantized` ({layer: (key_bits, value_bits, residual[,
     rotate_values])}) are skv caches and whose other layers are exact (transformers' own float layers).
     token_by_token: the skv layers append and attend one token at a time, as generation does."""
@@ -122,7 +124,8 @@ def mixed_cache(model, quantized: dict, *, rotate_keys: bool = True, rotate_valu
             raise ValueError(f"skv.calibrate: layer {layer} of a model with {len(shapes)} layers")
         window = shapes[layer][1] or None
         options = dict(residual=residual, rotate_keys=rotate_keys, rotate_values=rv, sinks=sinks, clip=clip,
-                       lloyd_max_values=lloyd_max_values, rollback=0, fp16_ring=fp16_ring)
+                       lloyd_max_values=lloyd_max_values, rollback=0, fp16_ring=fp16_ring,
+                       int8_ring=int8_ring)
         cache.layers[layer] = SkvLayer(kb, vb, options, max_tokens, window, False, layer, 1, token_by_token)
     return cache
 
@@ -219,7 +222,7 @@ def run(model, ids, cache, ref: Optional[Reference] = None, first_layer: int = 0
 def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = None, *, context: int = 2048,
                       layers: Optional[Iterable[int]] = None, sliding_cands: Optional[Sequence] = None,
                       rotate_keys: bool = True, rotate_values: bool = False, sinks: int = 4, clip: bool = False,
-                      lloyd_max_values: bool = False, fp16_ring: bool = False,
+                      lloyd_max_values: bool = False, fp16_ring: bool = False, int8_ring: bool = False,
                       progress: Optional[Callable[[str], None]] = None) -> dict:
     """The sensitivity table (JSON-ready) of `model` on the calibration text `ids`: for each layer
     and candidate (key_bits, value_bits, residual[, rotate_values]) (default: candidates(); a
@@ -227,7 +230,7 @@ def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = Non
     candidate's bits held per element at `context` tokens for that layer's shape. sliding_cands: the
     candidates of sliding-window layers, if others (a residual window costs more bits in a layer
     that holds only its window). The options (rotate_keys, rotate_values, sinks, clip,
-    lloyd_max_values, fp16_ring) are recorded in the table, for SkvCache and skv.KVCache to be built with;
+    lloyd_max_values, fp16_ring, int8_ring) are recorded in the table, for SkvCache and skv.KVCache to be built with;
     every candidate records its own rotate_values as well."""
     cands = [_candidate(c, rotate_values) for c in (candidates() if cands is None else cands)]
     sliding_cands = cands if sliding_cands is None else [_candidate(c, rotate_values) for c in sliding_cands]
@@ -236,7 +239,7 @@ def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = Non
     shapes = layer_shapes(model)
     layers = list(range(len(shapes))) if layers is None else sorted(set(int(l) for l in layers))
     opts = dict(rotate_keys=rotate_keys, rotate_values=rotate_values, sinks=sinks, clip=clip,
-                lloyd_max_values=lloyd_max_values, fp16_ring=fp16_ring)
+                lloyd_max_values=lloyd_max_values, fp16_ring=fp16_ring, int8_ring=int8_ring)
     held = {}
     for l in layers:
         _, window, kv, hd = shapes[l]

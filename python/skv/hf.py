@@ -53,8 +53,9 @@ class _Chunk:
 def lloyd_max_options(options: dict, value_bits: int) -> dict:
     """`options` for a cache of `value_bits`: Lloyd-Max levels exist for values of up to 4 bits, so
     lloyd_max_values is dropped for wider values (8-bit values keep evenly spaced levels). The
-    fp16_ring set keeps the flag: its 8-bit values are evenly spaced already."""
-    if options.get("lloyd_max_values") and value_bits > 4 and not options.get("fp16_ring"):
+    fp16_ring and int8_ring sets keep the flag: their 8-bit values are evenly spaced already."""
+    if options.get("lloyd_max_values") and value_bits > 4 and not (options.get("fp16_ring")
+                                                                   or options.get("int8_ring")):
         return {**options, "lloyd_max_values": None}
     return options
 
@@ -280,7 +281,7 @@ class SkvCache(Cache):
             sliding-window layers, and its ``_attn_implementation`` the path: "skv" attends inside
             skv, anything else gets the dequantizing fallback.
         key_bits, value_bits: bits of every layer, unless ``plan`` is given.
-        residual, rotate_keys, rotate_values, sinks, clip, lloyd_max_values, fp16_ring: as
+        residual, rotate_keys, rotate_values, sinks, clip, lloyd_max_values, fp16_ring, int8_ring: as
             ``skv.KVCache`` (its defaults when None); lloyd_max_values applies to layers with values of up
             to 4 bits.
         plan: the JSON of ``skv plan --json`` (a path or a dict): bits per layer (and ``residual``
@@ -303,7 +304,7 @@ class SkvCache(Cache):
     def __init__(self, config, key_bits: int = 4, value_bits: int = 2, *, residual: Optional[int] = None,
                  rotate_keys: Optional[bool] = None, rotate_values: Optional[bool] = None,
                  sinks: Optional[int] = None, clip: Optional[bool] = None, lloyd_max_values: Optional[bool] = None,
-                 fp16_ring: Optional[bool] = None, plan: Any = None,
+                 fp16_ring: Optional[bool] = None, int8_ring: Optional[bool] = None, plan: Any = None,
                  max_tokens: Optional[int] = None, rollback: int = DEFAULT_ROLLBACK,
                  num_threads: int = 0, token_by_token: bool = False, window_chunk: Optional[int] = None):
         text = config.get_text_config(decoder=True)
@@ -323,7 +324,8 @@ class SkvCache(Cache):
         for i, ((kb, vb, r, rv), kw) in enumerate(zip(bits, layer_kwargs)):
             options = dict(residual=r if r is not None else residual, rotate_keys=rotate_keys,
                            rotate_values=rv if rv is not None else rotate_values, sinks=sinks, clip=clip,
-                           lloyd_max_values=lloyd_max_values, fp16_ring=fp16_ring, rollback=rollback)
+                           lloyd_max_values=lloyd_max_values, fp16_ring=fp16_ring, int8_ring=int8_ring,
+                           rollback=rollback)
             window = kw.get("sliding_window") if layer_types[i] == "sliding_attention" else None
             layers.append(SkvLayer(kb, vb, options, max_tokens, window, self.fallback, i, num_threads, token_by_token,
                                    window_chunk))

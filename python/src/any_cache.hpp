@@ -15,16 +15,17 @@ namespace skv_python {
 /// The compiled option sets: none; rotated keys + 4 fp32 sink tokens; those two plus the clipping
 /// search for keys and values; rotated keys and values + 4 sink tokens; those with values coded
 /// by the Lloyd-Max levels of a normal distribution (skv::Scheme::LloydMax, value bits 2 to 4); and
-/// those with the ring and the sinks held in fp16 (skv::Fp16Ring).
+/// those with the ring and the sinks held in fp16 (skv::Fp16Ring) or in 8-bit rows (skv::Int8Ring).
 enum OptionSet : int {
   kNoOptions = 0,
   kRotateSinks = 1,
   kRotateSinksClip = 2,
   kRotateBothSinks = 3,
   kRotateBothSinksLloydMax = 4,
-  kRotateBothSinksLloydMaxFp16Ring = 5
+  kRotateBothSinksLloydMaxFp16Ring = 5,
+  kRotateBothSinksLloydMaxInt8Ring = 6
 };
-constexpr int kOptionSets = 6;
+constexpr int kOptionSets = 7;
 
 /// What an option set turns on, as Python names it.
 struct OptionFlags {
@@ -34,6 +35,7 @@ struct OptionFlags {
   bool clip = false;
   bool lloyd_max_values = false;
   bool fp16_ring = false;
+  bool int8_ring = false;
 };
 
 inline OptionFlags option_flags(int set) {
@@ -42,7 +44,8 @@ inline OptionFlags option_flags(int set) {
     case kRotateSinksClip: return {true, false, 4, true, false};
     case kRotateBothSinks: return {true, true, 4, false, false};
     case kRotateBothSinksLloydMax: return {true, true, 4, false, true};
-    case kRotateBothSinksLloydMaxFp16Ring: return {true, true, 4, false, true, true};
+    case kRotateBothSinksLloydMaxFp16Ring: return {true, true, 4, false, true, true, false};
+    case kRotateBothSinksLloydMaxInt8Ring: return {true, true, 4, false, true, false, true};
     default: return {};
   }
 }
@@ -54,6 +57,7 @@ inline const char* option_set_name(int set) {
     case kRotateBothSinks: return "rotate_keys + rotate_values + sinks 4";
     case kRotateBothSinksLloydMax: return "rotate_keys + rotate_values + lloyd_max_values + sinks 4";
     case kRotateBothSinksLloydMaxFp16Ring: return "rotate_keys + rotate_values + lloyd_max_values + sinks 4 + fp16_ring";
+    case kRotateBothSinksLloydMaxInt8Ring: return "rotate_keys + rotate_values + lloyd_max_values + sinks 4 + int8_ring";
     default: return "no options";
   }
 }

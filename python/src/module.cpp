@@ -229,12 +229,12 @@ const Family& find_family(int head_dim, int residual, int options) {
 }
 
 /// Option flags as keyword arguments: "rotate_keys=True, rotate_values=False, sinks=4, clip=False,
-/// lloyd_max_values=False, fp16_ring=False".
+/// lloyd_max_values=False, fp16_ring=False, int8_ring=False".
 std::string describe(const OptionFlags& f) {
   const auto b = [](bool x) { return std::string(x ? "True" : "False"); };
   return "rotate_keys=" + b(f.rotate_keys) + ", rotate_values=" + b(f.rotate_values) + ", sinks=" +
          std::to_string(f.sinks) + ", clip=" + b(f.clip) + ", lloyd_max_values=" + b(f.lloyd_max_values) +
-         ", fp16_ring=" + b(f.fp16_ring);
+         ", fp16_ring=" + b(f.fp16_ring) + ", int8_ring=" + b(f.int8_ring);
 }
 
 /// The Python object: owns one compiled cache.
@@ -242,12 +242,14 @@ class KVCache {
  public:
   KVCache(int key_bits, int value_bits, int head_dim, int num_kv_heads, int max_tokens, std::optional<int> residual,
           std::optional<bool> rotate_keys, std::optional<bool> rotate_values, std::optional<int> sinks,
-          std::optional<bool> clip, std::optional<bool> lloyd_max_values, std::optional<bool> fp16_ring, int window,
+          std::optional<bool> clip, std::optional<bool> lloyd_max_values, std::optional<bool> fp16_ring,
+          std::optional<bool> int8_ring, int window,
           int max_chunk, int rollback, bool keep_sinks) {
     const int r = residual.value_or(kDefaultResidual);
     // Given none of the options: the default set, where it is compiled (the rotation needs a power-of-
     // two head_dim). Given some: the others are off, so rotate_keys=False alone means the plain cache.
-    const bool any_option = rotate_keys || rotate_values || sinks || clip || lloyd_max_values || fp16_ring;
+    const bool any_option = rotate_keys || rotate_values || sinks || clip || lloyd_max_values || fp16_ring ||
+                            int8_ring;
     const bool defaults = !any_option && (head_dim & (head_dim - 1)) == 0;
     OptionFlags want;
     want.rotate_keys = rotate_keys.value_or(defaults && kDefaultRotateKeys);
@@ -256,12 +258,14 @@ class KVCache {
     want.clip = clip.value_or(defaults && kDefaultClip);
     want.lloyd_max_values = lloyd_max_values.value_or(false);
     want.fp16_ring = fp16_ring.value_or(false);
+    want.int8_ring = int8_ring.value_or(false);
     int set = -1;
     std::string sets;
     for (int o = 0; o < kOptionSets; ++o) {
       const OptionFlags f = option_flags(o);
       if (f.rotate_keys == want.rotate_keys && f.rotate_values == want.rotate_values && f.sinks == want.sinks &&
-          f.clip == want.clip && f.lloyd_max_values == want.lloyd_max_values && f.fp16_ring == want.fp16_ring)
+          f.clip == want.clip && f.lloyd_max_values == want.lloyd_max_values && f.fp16_ring == want.fp16_ring &&
+          f.int8_ring == want.int8_ring)
         set = o;
       sets += std::string(o ? "; " : "") + describe(f);
     }
@@ -468,6 +472,7 @@ nb::list compiled() {
     row["clip"] = f.clip;
     row["lloyd_max_values"] = f.lloyd_max_values;
     row["fp16_ring"] = f.fp16_ring;
+    row["int8_ring"] = f.int8_ring;
     out.append(row);
   }
   return out;
@@ -498,24 +503,27 @@ rotates values by another one (and the attention output back); sinks=4 keeps the
 float32; clip=True chooses every group's range by a clipping search; lloyd_max_values=True codes
 values with the Lloyd-Max levels of a normal distribution (with rotate_values, value bits 2 to 4);
 fp16_ring=True (with all of those but clip) holds the ring and the sinks in float16: half their
-memory, every token rounded to float16 before it is stored or quantized.
+memory, every token rounded to float16 before it is stored or quantized. int8_ring=True (instead of
+fp16_ring) holds them as 8-bit rows, each token and head with a float16 zero and step: about a
+quarter of their float32 memory, every token rounded through its row the same way.
 
 Given only the bits, the cache uses residual=128, rotate_keys=True, sinks=4, clip=False: the best
 compiled setting measured in a real model's generation loop (docs/accuracy.md, "Defaults"); at
 head_dim 96 (no rotation) the options are off. Given some of rotate_keys, rotate_values, sinks, clip,
-lloyd_max_values and fp16_ring, the others are off. residual=0, rotate_keys=False gives the plain cache of the C++ short form.
+lloyd_max_values, fp16_ring and int8_ring, the others are off. residual=0, rotate_keys=False gives the plain cache of the C++ short form.
 
 Only compiled configurations exist (skv.compiled()); any other raises ValueError naming the set.)doc")
       .def(nb::init<int, int, int, int, int, std::optional<int>, std::optional<bool>, std::optional<bool>,
-                    std::optional<int>, std::optional<bool>, std::optional<bool>, std::optional<bool>, int, int, int,
-                    bool>(),
+                    std::optional<int>, std::optional<bool>, std::optional<bool>, std::optional<bool>, std::optional<bool>,
+                    int, int, int, bool>(),
            "key_bits"_a, "value_bits"_a, "head_dim"_a = 128, "num_kv_heads"_a, "max_tokens"_a,
            "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "rotate_values"_a = nb::none(),
            "sinks"_a = nb::none(), "clip"_a = nb::none(), "lloyd_max_values"_a = nb::none(),
-           "fp16_ring"_a = nb::none(), "window"_a = 0, "max_chunk"_a = 0, "rollback"_a = 0, "keep_sinks"_a = false,
+           "fp16_ring"_a = nb::none(), "int8_ring"_a = nb::none(), "window"_a = 0, "max_chunk"_a = 0, "rollback"_a = 0, "keep_sinks"_a = false,
            "Allocates every page for max_tokens tokens up front. Defaults: residual=128 and, when none of\n"
-           "rotate_keys, rotate_values, sinks, clip, lloyd_max_values and fp16_ring is given, rotate_keys=True,\n"
-           "rotate_values=False, sinks=4, clip=False, lloyd_max_values=False, fp16_ring=False (off at head_dim 96).\n"
+           "rotate_keys, rotate_values, sinks, clip, lloyd_max_values, fp16_ring and int8_ring is given,\n"
+           "rotate_keys=True, rotate_values=False, sinks=4, clip=False, lloyd_max_values=False, fp16_ring=False,\n"
+           "int8_ring=False (off at head_dim 96).\n"
            "window=W > 0: a sliding-window cache; query i sees tokens i-W < j <= i (with keep_sinks=True the\n"
            "sink tokens too) and memory is bounded by the window, whatever max_tokens is (a stream of any\n"
            "length); attention() serves chunks of up to max_chunk queries (0: 64). rollback=N keeps float\n"
@@ -550,16 +558,16 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
       .def("clear", &KVCache::clear, "Forgets every token (the memory stays allocated).")
       .def("page_bytes", &KVCache::page_bytes, "The bytes of the pages in use (uint8), as the C++ cache stores them.")
       .def("full_precision", &KVCache::full_precision,
-           "The full-precision area as float32 (float16 values with fp16_ring): the residual ring (keys, then\n"
-           "values), then the sink tokens.")
+           "The full-precision area as float32 (float16 values with fp16_ring, the decoded rows with int8_ring):\n"
+           "the residual ring (keys, then values), then the sink tokens.")
       .def("_time_decode", &KVCache::time_decode, "q"_a, "iterations"_a, "num_threads"_a = 0,
            "Seconds per decode measured in C++ without Python in the loop (for benchmarks).")
       .def("__len__", [](const KVCache& c) { return c.get().size(); }, "Tokens appended.")
       .def("__repr__", &KVCache::repr)
       .def_prop_ro("capacity", [](const KVCache& c) { return c.get().capacity(); }, "max_tokens.")
       .def_prop_ro("memory_bytes", [](const KVCache& c) { return c.get().memory_bytes(); },
-                   "Bytes holding the cached tokens now: pages in use plus the full-precision area (float32, or\n"
-                   "float16 with fp16_ring).")
+                   "Bytes holding the cached tokens now: pages in use plus the full-precision area (float32;\n"
+                   "float16 with fp16_ring; 8-bit rows with int8_ring).")
       .def_prop_ro("reserved_bytes", [](const KVCache& c) { return c.get().reserved_bytes(); },
                    "Bytes allocated for max_tokens.")
       .def_prop_ro("bits_per_element", [](const KVCache& c) { return c.get().bits_per_element(); },
@@ -578,6 +586,7 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
       .def_prop_ro("lloyd_max_values",
                    [](const KVCache& c) { return option_flags(c.get().config().options).lloyd_max_values; })
       .def_prop_ro("fp16_ring", [](const KVCache& c) { return option_flags(c.get().config().options).fp16_ring; })
+      .def_prop_ro("int8_ring", [](const KVCache& c) { return option_flags(c.get().config().options).int8_ring; })
       .def_prop_ro("sink_size", [](const KVCache& c) { return c.get().sink_size(); }, "Tokens kept as float32 sinks.")
       .def_prop_ro("quantized_size", [](const KVCache& c) { return c.get().quantized_size(); },
                    "Tokens stored quantized.")
@@ -601,5 +610,5 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
         "in KVCache.decode).");
   m.def("compiled", &skv_python::compiled,
         "The compiled configurations: a list of dicts with key_bits, value_bits, head_dim, residual,\n"
-        "rotate_keys, rotate_values, sinks, clip, lloyd_max_values and fp16_ring.");
+        "rotate_keys, rotate_values, sinks, clip, lloyd_max_values, fp16_ring and int8_ring.");
 }

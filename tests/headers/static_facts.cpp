@@ -34,6 +34,16 @@ using R = skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>;
 static_assert(R::kRotateKeys && R::kSinkTokens == 4 && R::kKeyBits == 4 && R::kValueBits == 2, "");
 static_assert(std::is_same<skv::KVCache<4, 2>, skv::KVCache<4, 2, 128>>::value, "");
 
+// the full-precision area: float rows, fp16 rows, or 8-bit rows of codes, an fp16 zero and step
+using F32 = skv::KVCache<4, 2, 64, skv::Sinks<4>>::Layout;
+using F16 = skv::KVCache<4, 2, 64, skv::Sinks<4>, skv::Fp16Ring>::Layout;
+using I8 = skv::KVCache<4, 2, 64, skv::Int8Ring, skv::Sinks<4>>::Layout;
+static_assert(F32::kFloatRing && F32::kRingRow == 64 && F32::ring_bits_per_element() == 32, "");
+static_assert(!F16::kFloatRing && F16::kRingRow == 64 && F16::ring_bits_per_element() == 16, "");
+static_assert(!I8::kFloatRing && I8::kInt8Ring && I8::kRingRow == 68 && I8::ring_bits_per_element() == 8.5, "");
+static_assert(I8::residual_elements(2) == 2u * (32 + 4) * 2 * 68 && I8::sink_bytes_per_token() == 136, "");
+static_assert(I8::sink_key_offset(1, 1, 2) == (2u * 32 + 1) * 2 * 68 + 68, "");
+
 // Lloyd-Max values: the normal's levels on a 0..255 grid, the same metadata as min-max codes
 using LM2 = skv::Quantizer<2, 64, skv::Axis::Token, skv::Scheme::LloydMax>;
 static_assert(LM2::kCodebook && LM2::kHasZero && LM2::kMaxCode == 3 && LM2::kMaxLevel == 255, "");

@@ -172,6 +172,32 @@ def test_fp16_ring_holds_the_fp16_rounding_in_half_the_memory(rng):
     assert np.abs(c.dequantize()[1] - v).max() < 0.02 * np.abs(v).max()
 
 
+def test_int8_ring_holds_8_bit_rows_in_a_quarter_of_the_memory(rng):
+    # an 8-bit ring holds every ring and sink row as codes with an fp16 zero and step: each element
+    # within one step (the row's range / 255, grown by the fp16 roundings) of the float32 cache's
+    n, hkv, hq, d = 300, 2, 8, 64
+    k, v = random_kv(rng, n, hkv, d)
+    q = rng.standard_normal((hq, d)).astype(np.float32)
+    opts = dict(residual=128, rotate_keys=True, rotate_values=True, sinks=4, lloyd_max_values=True)
+    byte = skv.KVCache(key_bits=3, value_bits=3, head_dim=d, num_kv_heads=hkv, max_tokens=n, int8_ring=True, **opts)
+    wide = skv.KVCache(key_bits=3, value_bits=3, head_dim=d, num_kv_heads=hkv, max_tokens=n, **opts)
+    assert byte.int8_ring and not byte.fp16_ring and not wide.int8_ring and "int8_ring" in repr(byte)
+    byte.append(k, v)
+    wide.append(k, v)
+    area, exact = byte.full_precision(), wide.full_precision()
+    assert area.dtype == np.float32 and area.shape == exact.shape
+    rows = exact.reshape(-1, d)
+    step = (rows.max(axis=1) - rows.min(axis=1)) / 255 * (1 + 2**-10) + 2**-24
+    err = np.abs(area.reshape(-1, d) - rows).max(axis=1)  # (slots no token reached are 0 in both)
+    assert np.all(err <= step * 1.01 + np.abs(rows).max(axis=1) * 2**-11), err.max()
+    assert err.max() > 0  # and it is not the float32 ring
+    # rows of d codes and 4 bytes of zero and step, against d float32
+    assert wide.memory_bytes - byte.memory_bytes == 2 * (160 + 4) * hkv * (4 * d - (d + 4))
+    assert byte.bits_per_element == wide.bits_per_element
+    kb, vb = byte.dequantize()
+    np.testing.assert_allclose(byte.decode(q), attention_fp64(kb, vb, q, 1 / np.sqrt(d)), atol=2e-5 * np.abs(v).max())
+
+
 def test_float16_input_gives_the_same_cache_as_float32(rng):
     k16, v16 = random_kv(rng, 200, 3, 64, dtype=np.float16)
     caches = []
@@ -209,18 +235,25 @@ def test_scale_argument(rng):
 
 def test_compiled_set_and_what_is_not_compiled():
     rows = skv.compiled()
-    # 16 pairs in 32 families, and 12 (values of at most 4 bits) in the 6 Lloyd-Max families
-    assert len(rows) == 16 * (3 * 2 * 5 + 2) + 12 * 3 * 2
+    # 16 pairs in 38 families, and 12 (values of at most 4 bits) in the 6 Lloyd-Max families
+    assert len(rows) == 16 * (3 * 2 * 6 + 2) + 12 * 3 * 2
     assert {"key_bits": 4, "value_bits": 2, "head_dim": 128, "residual": 0, "rotate_keys": False,
-            "rotate_values": False, "sinks": 0, "clip": False, "lloyd_max_values": False, "fp16_ring": False} in rows
+            "rotate_values": False, "sinks": 0, "clip": False, "lloyd_max_values": False, "fp16_ring": False,
+            "int8_ring": False} in rows
     assert {"key_bits": 3, "value_bits": 2, "head_dim": 64, "residual": 128, "rotate_keys": True,
-            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": False, "fp16_ring": False} in rows
+            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": False, "fp16_ring": False,
+            "int8_ring": False} in rows
     assert {"key_bits": 8, "value_bits": 3, "head_dim": 256, "residual": 0, "rotate_keys": True,
-            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": False} in rows
+            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": False,
+            "int8_ring": False} in rows
     assert {"key_bits": 4, "value_bits": 8, "head_dim": 64, "residual": 128, "rotate_keys": True,
-            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": True} in rows
+            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": True,
+            "int8_ring": False} in rows
+    assert {"key_bits": 2, "value_bits": 4, "head_dim": 256, "residual": 128, "rotate_keys": True,
+            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": False,
+            "int8_ring": True} in rows
     assert {(r["key_bits"], r["value_bits"]) for r in rows} == {(a, b) for a in (2, 3, 4, 8) for b in (2, 3, 4, 8)}
-    assert {r["value_bits"] for r in rows if r["lloyd_max_values"] and not r["fp16_ring"]} == {2, 3, 4}
+    assert {r["value_bits"] for r in rows if r["lloyd_max_values"] and not (r["fp16_ring"] or r["int8_ring"])} == {2, 3, 4}
     with pytest.raises(ValueError, match="compiled pairs: k2v2, k2v3, k2v4, k3v2"):
         skv.KVCache(key_bits=4, value_bits=8, head_dim=128, num_kv_heads=1, max_tokens=8, rotate_keys=True,
                     rotate_values=True, sinks=4, lloyd_max_values=True)
@@ -235,7 +268,9 @@ def test_compiled_set_and_what_is_not_compiled():
                 dict(sinks=2), dict(clip=True), dict(rotate_values=True),
                 dict(rotate_keys=True, rotate_values=True, sinks=4, clip=True), dict(lloyd_max_values=True),
                 dict(rotate_keys=True, sinks=4, lloyd_max_values=True), dict(fp16_ring=True),
-                dict(rotate_keys=True, rotate_values=True, sinks=4, fp16_ring=True)]:
+                dict(rotate_keys=True, rotate_values=True, sinks=4, fp16_ring=True), dict(int8_ring=True),
+                dict(rotate_keys=True, rotate_values=True, sinks=4, lloyd_max_values=True, fp16_ring=True,
+                     int8_ring=True)]:
         with pytest.raises(ValueError, match="compiled option sets"):
             skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8, **bad)
     with pytest.raises(ValueError, match="num_kv_heads"):

@@ -60,6 +60,14 @@ def test_held_bits_counts_what_memory_bytes_counts(window, chunk):
         assert got * (2 * window * 2 * 64) - pages * page_bits == (4 + 32) * 2 * 2 * 64 * 32
     with pytest.raises(ValueError):
         calibrate.held_bits(4, 2, 64, 2, 0)
+    # the ring and the sinks ((128 + 32 + 4) tokens x 2 heads, keys and values) cost 32, 16 or
+    # 8 + 32 / 64 bits per element: fp32, fp16_ring or int8_ring, the pages alike
+    opts = dict(residual=128, rotate_values=True, lloyd_max_values=True)
+    wide, half, byte = (calibrate.held_bits(3, 3, 64, 2, 2048, **opts, **o)
+                        for o in ({}, {"fp16_ring": True}, {"int8_ring": True}))
+    area = 2 * (128 + 32 + 4) * 2 * 64 / (2 * 2048 * 2 * 64)  # elements of the area per element held
+    assert wide - half == pytest.approx(area * 16, rel=1e-12)
+    assert half - byte == pytest.approx(area * (16 - 8.5), rel=1e-12)
     with pytest.raises(ValueError):
         calibrate.held_bits(4, 2, 64, 2, 100, window=40, window_chunk=0)
 
@@ -91,7 +99,7 @@ def test_layer_sensitivity_table(tmp_path):
     t = calibrate.layer_sensitivity(model, ids, cands, context=512, sliding_cands=sliding)
     assert t["format"] == calibrate.FORMAT and t["context"] == 512 and t["tokens"] == 100
     assert t["options"] == {"rotate_keys": True, "rotate_values": False, "sinks": 4, "clip": False,
-                            "lloyd_max_values": False, "fp16_ring": False}
+                            "lloyd_max_values": False, "fp16_ring": False, "int8_ring": False}
     assert [l["kind"] for l in t["layers"]] == ["sliding", "full", "sliding", "full"]
     for l in t["layers"]:
         names = {(c["key_bits"], c["value_bits"], c["residual"]): c for c in l["candidates"]}
