@@ -69,7 +69,7 @@ struct QuantWorkload : Workload {
   using L = typename Cache::Layout;
   std::unique_ptr<std::uint8_t[]> pool;
   std::vector<std::int32_t> table;
-  std::vector<std::vector<float>> rings;
+  std::vector<std::vector<typename L::FullPrecision>> rings;  // float, fp16 or 8-bit rows
   std::vector<skv::SequenceView<L>> views;
 
   QuantWorkload(int ctx, int batch) {
@@ -86,7 +86,7 @@ struct QuantWorkload : Workload {
       std::memcpy(pool.get() + p * page_bytes, tv.pages + (p % tmpl_pages) * page_bytes, page_bytes);
     table.resize(pages);
     for (std::size_t p = 0; p < pages; ++p) table[p] = static_cast<std::int32_t>(p);
-    rings.assign(batch, std::vector<float>(tv.residual, tv.residual + L::residual_floats(kKvHeads)));
+    rings.assign(batch, std::vector<typename L::FullPrecision>(tv.residual, tv.residual + L::residual_elements(kKvHeads)));
     for (int b = 0; b < batch; ++b) {
       skv::SequenceView<L> v;
       v.pages = pool.get();
@@ -432,6 +432,29 @@ int main(int argc, char** argv) {
     reg("k4v2+rot", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2, 128, skv::RotateKeys>>>{});
     reg("k4v2+rot+sink4", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>>>{});
   }
+
+  // the ring's element type with a 128-token residual window at 4k context, where its 160 rows per
+  // head are 4% of the tokens: float, fp16 (Fp16Ring) or 8-bit rows (Int8Ring), decoded and appended
+  using Q4 = skv::Quantizer<4, 32, skv::Axis::Channel>;
+  using Q2 = skv::Quantizer<2, 64, skv::Axis::Token>;
+  using Ring32 = skv::BasicKVCache<Q4, Q2, 128, 64, 128, skv::Options<skv::Sinks<4>>>;
+  using Ring16 = skv::BasicKVCache<Q4, Q2, 128, 64, 128, skv::Options<skv::Sinks<4>, skv::Fp16Ring>>;
+  using Ring8 = skv::BasicKVCache<Q4, Q2, 128, 64, 128, skv::Options<skv::Sinks<4>, skv::Int8Ring>>;
+  auto reg_ring = [&](const std::string& cfg, auto tag) {
+    using C = typename decltype(tag)::type;
+    benchmark::RegisterBenchmark(("ring/" + cfg + "/ctx:4096/batch:1/threads:1").c_str(),
+                                 [=](benchmark::State& s) {
+                                   bench_decode<QuantWorkload<C>>(s, "ring/" + cfg, 4096, 1, 1);
+                                 })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Apply(skv_bench::default_min_time<500>);
+    benchmark::RegisterBenchmark(("append/" + cfg + "/block").c_str(), bench_append<C>)
+        ->Apply(skv_bench::default_min_time<200>);
+  };
+  reg_ring("k4v2+r128+sink4", skv::TypeTag<Ring32>{});
+  reg_ring("k4v2+r128+sink4+h16", skv::TypeTag<Ring16>{});
+  reg_ring("k4v2+r128+sink4+q8", skv::TypeTag<Ring8>{});
 
   benchmark::RegisterBenchmark("memcpy/block_input", bench_memcpy)->Apply(skv_bench::default_min_time<200>);
   benchmark::RegisterBenchmark("append/k4v2+rot/block", bench_append<skv::KVCache<4, 2, 128, skv::RotateKeys>>)->Apply(skv_bench::default_min_time<200>);
