@@ -3,7 +3,8 @@
 A thin layer over the header-only C++ library: ``skv.KVCache`` picks one compiled cache type
 (``skv.compiled()`` lists them) and its append and attention run the C++ kernels, with the GIL
 released. Arrays (numpy, or anything with ``__dlpack__`` / the buffer protocol, such as torch CPU
-tensors) are read in place without copies. Errors raise ``ValueError`` with skv's message.
+tensors) are read in place (float16 and bfloat16 ones are widened exactly to float32). Errors raise
+``ValueError`` with skv's message.
 
     import numpy as np, skv
     cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=8, max_tokens=4096)

@@ -57,7 +57,8 @@ inline const char* option_set_name(int set) {
     case kRotateBothSinks: return "rotate_keys + rotate_values + sinks 4";
     case kRotateBothSinksLloydMax: return "rotate_keys + rotate_values + lloyd_max_values + sinks 4";
     case kRotateBothSinksLloydMaxFp16Ring: return "rotate_keys + rotate_values + lloyd_max_values + sinks 4 + fp16_ring";
-    case kRotateBothSinksLloydMaxInt8Ring: return "rotate_keys + rotate_values + lloyd_max_values + sinks 4 + int8_ring";
+    case kRotateBothSinksLloydMaxInt8Ring:
+      return "rotate_keys + rotate_values + lloyd_max_values + sinks 4 + int8_ring";
     default: return "no options";
   }
 }
@@ -95,8 +96,8 @@ class AnyCache {
 
   const Config& config() const { return config_; }
 
-  /// k, v: [n][num_kv_heads][head_dim] of `dtype`.
-  virtual void append(const void* k, const void* v, int n, Dtype dtype) = 0;
+  /// k, v: [n][num_kv_heads][head_dim] float (float16 / bfloat16 inputs are widened by the caller).
+  virtual void append(const float* k, const float* v, int n) = 0;
   /// Forgets the tokens after the first n (skv::BasicKVCache::truncate).
   virtual void truncate(int n) = 0;
   virtual bool can_truncate(int n) const = 0;

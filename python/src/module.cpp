@@ -119,7 +119,7 @@ bool is_torch(nb::handle h) {
   return false;
 }
 
-/// Queries as float: float32 is read in place; float16 / bfloat16 are widened exactly into `buffer`.
+/// An array as float: float32 is read in place; float16 / bfloat16 are widened exactly into `buffer`.
 const float* as_float(const Array& q, Dtype d, std::size_t count, std::vector<float>& buffer) {
   if (d == Dtype::kFloat32) return static_cast<const float*>(q.data());
   buffer.resize(count);
@@ -309,7 +309,11 @@ class KVCache {
     if (k.shape(0) > static_cast<std::size_t>(INT32_MAX)) throw skv::Error("too many tokens in one append");
     const int n = static_cast<int>(k.shape(0));
     nb::gil_scoped_release release;
-    cache_->append(k.data(), v.data(), n, dk);
+    // float16 / bfloat16 are widened exactly here, once, so that the compiled set instantiates one
+    // append per cache type: the cache's bytes are those of the float values (skv::append's contract)
+    const std::size_t count = k.shape(0) * static_cast<std::size_t>(h * d);
+    std::vector<float> kf, vf;
+    cache_->append(as_float(k, dk, count, kf), as_float(v, dv, count, vf), n);
   }
 
   void truncate(std::int64_t n) {
@@ -510,16 +514,18 @@ quarter of their float32 memory, every token rounded through its row the same wa
 Given only the bits, the cache uses residual=128, rotate_keys=True, sinks=4, clip=False: the best
 compiled setting measured in a real model's generation loop (docs/accuracy.md, "Defaults"); at
 head_dim 96 (no rotation) the options are off. Given some of rotate_keys, rotate_values, sinks, clip,
-lloyd_max_values, fp16_ring and int8_ring, the others are off. residual=0, rotate_keys=False gives the plain cache of the C++ short form.
+lloyd_max_values, fp16_ring and int8_ring, the others are off. residual=0, rotate_keys=False gives
+the plain cache of the C++ short form.
 
 Only compiled configurations exist (skv.compiled()); any other raises ValueError naming the set.)doc")
       .def(nb::init<int, int, int, int, int, std::optional<int>, std::optional<bool>, std::optional<bool>,
-                    std::optional<int>, std::optional<bool>, std::optional<bool>, std::optional<bool>, std::optional<bool>,
-                    int, int, int, bool>(),
+                    std::optional<int>, std::optional<bool>, std::optional<bool>, std::optional<bool>,
+                    std::optional<bool>, int, int, int, bool>(),
            "key_bits"_a, "value_bits"_a, "head_dim"_a = 128, "num_kv_heads"_a, "max_tokens"_a,
            "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "rotate_values"_a = nb::none(),
            "sinks"_a = nb::none(), "clip"_a = nb::none(), "lloyd_max_values"_a = nb::none(),
-           "fp16_ring"_a = nb::none(), "int8_ring"_a = nb::none(), "window"_a = 0, "max_chunk"_a = 0, "rollback"_a = 0, "keep_sinks"_a = false,
+           "fp16_ring"_a = nb::none(), "int8_ring"_a = nb::none(), "window"_a = 0, "max_chunk"_a = 0,
+           "rollback"_a = 0, "keep_sinks"_a = false,
            "Allocates every page for max_tokens tokens up front. Defaults: residual=128 and, when none of\n"
            "rotate_keys, rotate_values, sinks, clip, lloyd_max_values, fp16_ring and int8_ring is given,\n"
            "rotate_keys=True, rotate_values=False, sinks=4, clip=False, lloyd_max_values=False, fp16_ring=False,\n"

@@ -253,7 +253,8 @@ def test_compiled_set_and_what_is_not_compiled():
             "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": False,
             "int8_ring": True} in rows
     assert {(r["key_bits"], r["value_bits"]) for r in rows} == {(a, b) for a in (2, 3, 4, 8) for b in (2, 3, 4, 8)}
-    assert {r["value_bits"] for r in rows if r["lloyd_max_values"] and not (r["fp16_ring"] or r["int8_ring"])} == {2, 3, 4}
+    lloyd_max_only = [r for r in rows if r["lloyd_max_values"] and not (r["fp16_ring"] or r["int8_ring"])]
+    assert {r["value_bits"] for r in lloyd_max_only} == {2, 3, 4}
     with pytest.raises(ValueError, match="compiled pairs: k2v2, k2v3, k2v4, k3v2"):
         skv.KVCache(key_bits=4, value_bits=8, head_dim=128, num_kv_heads=1, max_tokens=8, rotate_keys=True,
                     rotate_values=True, sinks=4, lloyd_max_values=True)
