@@ -10,6 +10,20 @@
 
 namespace skv_test {
 
+/// True in the AddressSanitizer build (the asan preset, -O0): tests that repeat one shape over many
+/// random values run fewer repetitions there, since memory errors depend on shapes, not values.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
 /// n normal floats with deviation sigma; element i is shifted by offset * (i % 7) / 7, so that
 /// channels sit at different distances from the origin.
 inline std::vector<float> random_floats(std::size_t n, unsigned seed, float sigma = 1.0f, float offset = 0.0f) {
