@@ -86,7 +86,8 @@ struct QuantWorkload : Workload {
       std::memcpy(pool.get() + p * page_bytes, tv.pages + (p % tmpl_pages) * page_bytes, page_bytes);
     table.resize(pages);
     for (std::size_t p = 0; p < pages; ++p) table[p] = static_cast<std::int32_t>(p);
-    rings.assign(batch, std::vector<typename L::FullPrecision>(tv.residual, tv.residual + L::residual_elements(kKvHeads)));
+    using Full = typename L::FullPrecision;
+    rings.assign(batch, std::vector<Full>(tv.residual, tv.residual + L::residual_elements(kKvHeads)));
     for (int b = 0; b < batch; ++b) {
       skv::SequenceView<L> v;
       v.pages = pool.get();

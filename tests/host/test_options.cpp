@@ -652,7 +652,8 @@ TEST(Options, ChunkedAppendsWriteTheSameBytes) {
   check_chunked_append_bytes<skv::KVCache<3, 2, 128, skv::RotateValues, skv::Sinks<4>, skv::ClipValues>>(37);
   check_chunked_append_bytes<skv::KVCache<3, 3, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Fp16Ring>>(38);
   check_chunked_append_bytes<skv::BasicKVCache<KQ2, VQ2, kD, 64, 64, skv::Options<skv::Fp16Ring, skv::ClipKeys>>>(39);
-  check_chunked_append_bytes<skv::KVCache<3, 3, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Int8Ring>>(40);
+  check_chunked_append_bytes<
+      skv::KVCache<3, 3, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Int8Ring>>(40);
   check_chunked_append_bytes<skv::BasicKVCache<KQ2, VQ2, kD, 64, 64, skv::Options<skv::Int8Ring, skv::ClipValues>>>(41);
 }
 
@@ -733,7 +734,8 @@ TEST(Options, Fp16RingHoldsTheFp16RoundingOfEachToken) {
 TEST(Options, Fp16RingRoundsAfterTheRotations) {
   using Half = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>,
                                                                       skv::Fp16Ring>>;
-  using Wide = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>;
+  using Wide =
+      skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>;
   const int n = 200;  // 4 sinks, two quantized blocks, 132 ring tokens
   const auto k = random_tensor(n, 70, 4.0f), v = random_tensor(n, 71);
   Half half(kHeads, n);
@@ -816,7 +818,8 @@ void check_row8(const float* x, const char* what) {
   Row8<D>::load(row, y);
   const float lo = *std::min_element(x, x + D), hi = *std::max_element(x, x + D);
   const float z = Row8<D>::zero(row), s = Row8<D>::step(row);
-  const double ulp_lo = std::max(std::ldexp(1.0, -24), std::ldexp(1.0, std::ilogb(std::max(std::fabs(lo), 6.1e-5f)) - 10));
+  const double ulp_lo =  // the fp16 unit in the last place at lo
+      std::max(std::ldexp(1.0, -24), std::ldexp(1.0, std::ilogb(std::max(std::fabs(lo), 6.1e-5f)) - 10));
   ASSERT_LE(z, lo) << what;
   ASSERT_GT(z, lo - ulp_lo) << what;
   ASSERT_LE(s, (double(hi) - z) / 255 * (1 + std::ldexp(1.0, -10)) + std::ldexp(1.0, -24)) << what;
@@ -899,8 +902,8 @@ TEST(Options, Int8RingHoldsTheRowRoundingOfEachToken) {
           ASSERT_TRUE(a.key(t, h, c) == b.key(t, h, c) && a.value(t, h, c) == b.value(t, h, c)) << n << " " << t;
     // [2][64 + 32 + 4][kHeads][kD + 4] bytes against as many floats of kD
     ASSERT_EQ(L::residual_elements(kHeads), 2u * 100 * kHeads * (kD + 4));
-    ASSERT_EQ(byte.memory_bytes(), static_cast<std::size_t>(pages) * L::page_bytes(kHeads) + L::residual_elements(kHeads))
-        << n;
+    ASSERT_EQ(byte.memory_bytes(),
+              static_cast<std::size_t>(pages) * L::page_bytes(kHeads) + L::residual_elements(kHeads)) << n;
     ASSERT_EQ(wide.memory_bytes() - byte.memory_bytes(), 2u * 100 * kHeads * (4 * kD - (kD + 4))) << n;
     const auto q = random_tensor(3 * (kQHeads / kHeads), 162 + n);
     std::vector<float> x(static_cast<std::size_t>(kQHeads) * kD), y(x.size());
@@ -923,7 +926,8 @@ TEST(Options, Int8RingHoldsTheRowRoundingOfEachToken) {
 TEST(Options, Int8RingRoundsAfterTheRotations) {
   using Byte = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>,
                                                                       skv::Int8Ring>>;
-  using Wide = skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>;
+  using Wide =
+      skv::BasicKVCache<KQ4, VQ2, kD, 64, 128, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>>>;
   const int n = 200;  // 4 sinks, two quantized blocks, 132 ring tokens
   const auto k = random_tensor(n, 170, 4.0f), v = random_tensor(n, 171);
   Byte byte(kHeads, n);
