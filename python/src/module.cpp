@@ -223,9 +223,16 @@ std::string family_summary() {
 const Family& find_family(int head_dim, int residual, int options) {
   for (const Family& f : families())
     if (f.head_dim == head_dim && f.residual == residual && f.options == options) return f;
+  const bool comparison_set = options == kRotateSinksClip || options == kRotateBothSinksLloydMaxFp16Ring;
+  const bool any_of_the_set = std::any_of(families().begin(), families().end(),
+                                          [&](const Family& f) { return f.options == options; });
   throw skv::Error("no cache compiled for head_dim " + std::to_string(head_dim) + ", residual " +
                    std::to_string(residual) + ", " + option_set_name(options) +
-                   "; compiled: " + family_summary() + " (key and value bits each in {2, 3, 4, 8}); see skv.compiled()");
+                   "; compiled: " + family_summary() + " (key and value bits each in {2, 3, 4, 8}); see skv.compiled()" +
+                   (comparison_set && !any_of_the_set
+                        ? ". This option set is built only on request: pip install . "
+                          "-Ccmake.define.SKV_PYTHON_ALL_OPTION_SETS=ON"
+                        : ""));
 }
 
 /// Option flags as keyword arguments: "rotate_keys=True, rotate_values=False, sinks=4, clip=False,

@@ -24,3 +24,13 @@ def assert_same_state(a, b):
     assert a[0] == b[0]
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[2], b[2])
+
+
+def compiled_with(**flags) -> bool:
+    """Whether the extension holds an option set with these flags (clip and fp16_ring are built only
+    with -DSKV_PYTHON_ALL_OPTION_SETS=ON)."""
+    return any(all(row[k] == v for k, v in flags.items()) for row in skv.compiled())
+
+
+needs_fp16_ring = pytest.mark.skipif(not compiled_with(fp16_ring=True),
+                                     reason="fp16_ring is compiled only with -DSKV_PYTHON_ALL_OPTION_SETS=ON")

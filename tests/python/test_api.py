@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import skv
-from conftest import assert_same_state, random_kv, state
+from conftest import assert_same_state, compiled_with, needs_fp16_ring, random_kv, state
 
 # The plain cache of the C++ short form skv::KVCache<K, V, D> (the package's defaults add a residual
 # window, rotated keys and sinks).
@@ -82,13 +82,22 @@ def test_defaults_are_the_measured_best_compiled_setting():
     assert "rotate_keys + sinks 4," in repr(skv.KVCache(key_bits=4, value_bits=2, num_kv_heads=1, max_tokens=8))
     assert options(head_dim=96) == (128, False, 0, False)  # no rotation at head_dim 96
     assert options(head_dim=128, rotate_keys=False) == (128, False, 0, False)  # the others turn off too
-    assert options(head_dim=128, residual=0, clip=True, rotate_keys=True, sinks=4) == (0, True, 4, True)
+    if compiled_with(clip=True):
+        assert options(head_dim=128, residual=0, clip=True, rotate_keys=True, sinks=4) == (0, True, 4, True)
 
 
-def test_options_and_residual_are_reported(rng):
-    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=3, max_tokens=400, residual=128,
-                        rotate_keys=True, sinks=4, clip=True)
-    assert (cache.residual, cache.rotate_keys, cache.sinks, cache.clip) == (128, True, 4, True)
+RICHEST = dict(rotate_keys=True, rotate_values=True, sinks=4, lloyd_max_values=True, int8_ring=True)
+CLIP = dict(rotate_keys=True, sinks=4, clip=True)
+
+
+@pytest.mark.parametrize("opts", [RICHEST, CLIP], ids=["int8_ring", "clip"])
+def test_options_and_residual_are_reported(rng, opts):
+    if not compiled_with(**opts):
+        pytest.skip("clip is compiled only with -DSKV_PYTHON_ALL_OPTION_SETS=ON")
+    cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=3, max_tokens=400, residual=128, **opts)
+    assert cache.residual == 128
+    for name in ("rotate_keys", "rotate_values", "sinks", "clip", "lloyd_max_values", "fp16_ring", "int8_ring"):
+        assert getattr(cache, name) == opts.get(name, False), name
     k, v = random_kv(rng, 300, 3, 64)
     cache.append(k, v)
     assert cache.sink_size == 4
@@ -145,6 +154,7 @@ def test_lloyd_max_values_decode_in_the_models_basis_with_less_error(rng):
     assert lm.bits_per_element == even.bits_per_element and lm.memory_bytes == even.memory_bytes
 
 
+@needs_fp16_ring
 def test_fp16_ring_holds_the_fp16_rounding_in_half_the_memory(rng):
     # an fp16 ring holds what the float32 ring holds for float16-rounded input, bit for bit, and
     # attention is the same; the full-precision area takes half the bytes
@@ -235,8 +245,11 @@ def test_scale_argument(rng):
 
 def test_compiled_set_and_what_is_not_compiled():
     rows = skv.compiled()
-    # 16 pairs in 38 families, and 12 (values of at most 4 bits) in the 6 Lloyd-Max families
-    assert len(rows) == 16 * (3 * 2 * 6 + 2) + 12 * 3 * 2
+    # 16 pairs in each of the 26 families without Lloyd-Max levels (38 with the comparison sets, clip
+    # and fp16_ring), 12 (values of at most 4 bits) in the 6 Lloyd-Max families
+    comparison = compiled_with(clip=True)
+    assert comparison == compiled_with(fp16_ring=True)  # both or neither (SKV_PYTHON_ALL_OPTION_SETS)
+    assert len(rows) == 16 * (3 * 2 * (5 if comparison else 3) + 2 * 4) + 12 * 3 * 2
     assert {"key_bits": 4, "value_bits": 2, "head_dim": 128, "residual": 0, "rotate_keys": False,
             "rotate_values": False, "sinks": 0, "clip": False, "lloyd_max_values": False, "fp16_ring": False,
             "int8_ring": False} in rows
@@ -246,9 +259,14 @@ def test_compiled_set_and_what_is_not_compiled():
     assert {"key_bits": 8, "value_bits": 3, "head_dim": 256, "residual": 0, "rotate_keys": True,
             "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": False,
             "int8_ring": False} in rows
-    assert {"key_bits": 4, "value_bits": 8, "head_dim": 64, "residual": 128, "rotate_keys": True,
-            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": True,
-            "int8_ring": False} in rows
+    assert ({"key_bits": 4, "value_bits": 8, "head_dim": 64, "residual": 128, "rotate_keys": True,
+             "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": True,
+             "int8_ring": False} in rows) == comparison
+    if not comparison:
+        with pytest.raises(ValueError, match="built only on request: pip install . "
+                                             "-Ccmake.define.SKV_PYTHON_ALL_OPTION_SETS=ON"):
+            skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8, rotate_keys=True,
+                        sinks=4, clip=True)
     assert {"key_bits": 2, "value_bits": 4, "head_dim": 256, "residual": 128, "rotate_keys": True,
             "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": False,
             "int8_ring": True} in rows
@@ -304,7 +322,7 @@ def bad_appends(rng):
 def test_bad_append_raises_and_changes_nothing(rng, case):
     name, k, v, message = bad_appends(rng)[case]
     cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=2, max_tokens=100, residual=128,
-                        rotate_keys=True, sinks=4, clip=True)
+                        **RICHEST)
     cache.append(*random_kv(rng, 70, 2, 64))
     before = state(cache)
     with pytest.raises(ValueError, match=message):
