@@ -15,7 +15,7 @@ add_executable(skv_calib_tests
   ${SKV_CALIB_DIR}/test_dispatch.cpp)
 target_include_directories(skv_calib_tests PRIVATE ${SKV_CALIB_DIR} ${PROJECT_SOURCE_DIR}/examples)
 target_link_libraries(skv_calib_tests PRIVATE skv::skv nlohmann_json::nlohmann_json GTest::gtest GTest::gtest_main)
-target_compile_options(skv_calib_tests PRIVATE ${SKV_WARNINGS} -Werror)
+target_compile_options(skv_calib_tests PRIVATE ${SKV_WARNINGS} -Werror ${SKV_TEST_OPTIMIZATION})
 gtest_discover_tests(skv_calib_tests TEST_PREFIX calib. PROPERTIES LABELS host DISCOVERY_TIMEOUT 60)
 
 # The command line end to end: generate a dump and a checkpoint, run every subcommand, check the
