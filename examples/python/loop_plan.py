@@ -30,7 +30,8 @@ calls of token-by-token generation (docs/accuracy.md).
 Configurations (eval --configs): fp32, or kKvV with options +rot, +rotv (rotated values), +lmv
 (Lloyd-Max value levels, with +rot+rotv+sink4), +h16 (the ring and the sinks in fp16, with
 +rot+rotv+lmv+sink4), +q8 (the same in 8-bit rows instead), +sink4, +clip, +r<N> (residual window), or
-"plan:FILE" (each plan JSON given with --plan is evaluated too).
+"plan:FILE" (each plan JSON given with --plan is evaluated too). +h16 and +clip need the package
+built with -DSKV_PYTHON_ALL_OPTION_SETS=ON (docs/python.md).
 A plan's caches use the options recorded in it (those its sensitivity table was measured with, and
 each layer's rotate_values); kKvV without any option uses rotated keys and 4 sinks, the Python
 default.
