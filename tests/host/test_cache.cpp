@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -622,6 +623,89 @@ TEST(Cache, AbsurdSizesAreErrorsBeforeAnyAllocation) {
   bad.residual = nullptr;
   EXPECT_THROW(skv::append(bad, hk.data(), hv.data(), std::numeric_limits<int>::max()), skv::Error);
   EXPECT_EQ(view.length, 0);
+}
+
+// The 8-bit ring's row encoder (cache/ring.hpp) runs vectors of 16 or 8 elements where the build has
+// AVX-512 or AVX2 (this file is built once per instruction set, tests/host/simd.cmake): every row
+// byte equals the encoder's scalar definition, on rows that put elements exactly on codes and
+// half-codes, at the range's ends, in constant, tiny and limit rows, and at head_dims whose tail
+// the vectors do not cover.
+template <int D>
+std::vector<std::uint8_t> int8_row_by_definition(const float* x) {
+  using Row = skv::RingRow<std::uint8_t, D>;
+  std::uint8_t row[Row::kElements];
+  Row::store(x, row);  // the zero and the step come from the range alone: checked against lo, hi below
+  const float lo = *std::min_element(x, x + D), hi = *std::max_element(x, x + D);
+  const float z = Row::zero(row), s = Row::step(row);
+  EXPECT_EQ(z, -skv::to_float(skv::to_fp16(-lo, skv::Round::Up)));
+  EXPECT_EQ(s, hi > z ? skv::to_float(skv::to_fp16((hi - z) / 255.0f, skv::Round::Up)) : 0.0f);
+  std::vector<std::uint8_t> want(row, row + Row::kElements);
+  for (int c = 0; c < D; ++c) want[c] = s > 0.0f ? Row::code(x[c], z, s, hi) : 0;
+  return want;
+}
+
+template <int D>
+void check_int8_rows(unsigned seed) {
+  using Row = skv::RingRow<std::uint8_t, D>;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g;
+  std::vector<std::vector<float>> rows;
+  for (float scale : {1e-3f, 1.0f, 37.0f, 3000.0f}) {
+    for (int rep = 0; rep < 20; ++rep) {
+      std::vector<float> x(D);
+      for (float& e : x) e = g(rng) * scale;
+      rows.push_back(x);
+      x[rep % D] *= 40;  // an outlier
+      rows.push_back(x);
+    }
+  }
+  for (int k : {0, 1, 2}) {  // elements on the codes, on the half-codes and just below them
+    std::vector<float> x(D);
+    const float z = -1.0f, s = 2.0f / 255.0f;
+    for (int c = 0; c < D; ++c) {
+      const float q = static_cast<float>((c * 37) % 256);
+      x[c] = k == 0 ? z + q * s : (k == 1 ? z + (q + 0.5f) * s : std::nextafter(z + (q + 0.5f) * s, -2.0f));
+    }
+    x[0] = -1.0f, x[1] = 1.0f;
+    rows.push_back(x);
+  }
+  rows.emplace_back(D, 0.75f);                                            // constant
+  rows.emplace_back(D, 0.1f);                                             // constant, not an fp16
+  std::vector<float> x(D);
+  for (int c = 0; c < D; ++c) x[c] = c % 2 ? 32752.0f : -32752.0f;        // the quantizers' limits
+  rows.push_back(x);
+  for (int c = 0; c < D; ++c) x[c] = 32752.0f - static_cast<float>(c) * 0.37f;
+  rows.push_back(x);
+  for (int c = 0; c < D; ++c) x[c] = std::ldexp(static_cast<float>(c), -30);  // subnormal zero and step
+  rows.push_back(x);
+  for (int c = 0; c < D; ++c) x[c] = 100.0f + 1e-4f * static_cast<float>(c);  // narrower than the zero's ulp
+  rows.push_back(x);
+  // a minimum of zero with both signs of zero, in either order: the same bytes (z is +0)
+  std::vector<float> pm(D, 0.5f), mp(D, 0.5f);
+  for (int c = 0; c < D; c += 2) {
+    pm[c] = mp[D - 1 - c] = -0.0f;
+    pm[c + 1] = mp[D - 2 - c] = 0.0f;
+  }
+  std::uint8_t a[Row::kElements], b[Row::kElements];
+  Row::store(pm.data(), a);
+  Row::store(mp.data(), b);
+  ASSERT_EQ(std::memcmp(a, b, sizeof a), 0);
+  ASSERT_FALSE(std::signbit(Row::zero(a)));
+  rows.push_back(pm);
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    std::uint8_t row[Row::kElements];
+    Row::store(rows[r].data(), row);
+    const std::vector<std::uint8_t> want = int8_row_by_definition<D>(rows[r].data());
+    for (int b = 0; b < Row::kElements; ++b) ASSERT_EQ(row[b], want[static_cast<std::size_t>(b)]) << "row " << r << ", byte " << b;
+  }
+}
+
+TEST(Cache, Int8RingRowsEqualTheEncodersScalarDefinition) {
+  check_int8_rows<64>(1);
+  check_int8_rows<128>(2);
+  check_int8_rows<256>(3);
+  check_int8_rows<40>(4);  // 2 x 16 + 8, 5 x 8
+  check_int8_rows<24>(5);  // 16 + 8, 3 x 8
 }
 
 }  // namespace test_cache
