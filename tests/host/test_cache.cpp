@@ -696,7 +696,8 @@ void check_int8_rows(unsigned seed) {
     std::uint8_t row[Row::kElements];
     Row::store(rows[r].data(), row);
     const std::vector<std::uint8_t> want = int8_row_by_definition<D>(rows[r].data());
-    for (int b = 0; b < Row::kElements; ++b) ASSERT_EQ(row[b], want[static_cast<std::size_t>(b)]) << "row " << r << ", byte " << b;
+    for (int i = 0; i < Row::kElements; ++i)
+      ASSERT_EQ(row[i], want[static_cast<std::size_t>(i)]) << "row " << r << ", byte " << i;
   }
 }
 
