@@ -223,6 +223,7 @@ std::string family_summary() {
 const Family& find_family(int head_dim, int residual, int options) {
   for (const Family& f : families())
     if (f.head_dim == head_dim && f.residual == residual && f.options == options) return f;
+  // the sets python/CMakeLists.txt compiles only with SKV_PYTHON_ALL_OPTION_SETS
   const bool comparison_set = options == kRotateSinksClip || options == kRotateBothSinksLloydMaxFp16Ring;
   const bool any_of_the_set = std::any_of(families().begin(), families().end(),
                                           [&](const Family& f) { return f.options == options; });

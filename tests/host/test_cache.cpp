@@ -625,16 +625,16 @@ TEST(Cache, AbsurdSizesAreErrorsBeforeAnyAllocation) {
   EXPECT_EQ(view.length, 0);
 }
 
-// The 8-bit ring's row encoder (cache/ring.hpp) runs vectors of 16 or 8 elements where the build has
-// AVX-512 or AVX2 (this file is built once per instruction set, tests/host/simd.cmake): every row
-// byte equals the encoder's scalar definition, on rows that put elements exactly on codes and
+// The 8-bit ring's row encoder (cache/ring.hpp) takes the range in vectors of 16 or 8 elements and
+// the codes 8 at a time where the build has AVX-512 or AVX2 (this file is built once per instruction
+// set, tests/host/simd.cmake): every row byte equals the encoder's scalar definition, on rows that put elements exactly on codes and
 // half-codes, at the range's ends, in constant, tiny and limit rows, and at head_dims whose tail
 // the vectors do not cover.
+/// What `row`, the encoding of x, should hold by the scalar definition: its zero and step (checked
+/// against the range of x) and the code of every element.
 template <int D>
-std::vector<std::uint8_t> int8_row_by_definition(const float* x) {
+std::vector<std::uint8_t> int8_row_by_definition(const float* x, const std::uint8_t* row) {
   using Row = skv::RingRow<std::uint8_t, D>;
-  std::uint8_t row[Row::kElements];
-  Row::store(x, row);  // the zero and the step come from the range alone: checked against lo, hi below
   const float lo = *std::min_element(x, x + D), hi = *std::max_element(x, x + D);
   const float z = Row::zero(row), s = Row::step(row);
   EXPECT_EQ(z, -skv::to_float(skv::to_fp16(-lo, skv::Round::Up)));
@@ -695,7 +695,7 @@ void check_int8_rows(unsigned seed) {
   for (std::size_t r = 0; r < rows.size(); ++r) {
     std::uint8_t row[Row::kElements];
     Row::store(rows[r].data(), row);
-    const std::vector<std::uint8_t> want = int8_row_by_definition<D>(rows[r].data());
+    const std::vector<std::uint8_t> want = int8_row_by_definition<D>(rows[r].data(), row);
     for (int i = 0; i < Row::kElements; ++i)
       ASSERT_EQ(row[i], want[static_cast<std::size_t>(i)]) << "row " << r << ", byte " << i;
   }

@@ -32,5 +32,7 @@ def compiled_with(**flags) -> bool:
     return any(all(row[k] == v for k, v in flags.items()) for row in skv.compiled())
 
 
-needs_fp16_ring = pytest.mark.skipif(not compiled_with(fp16_ring=True),
-                                     reason="fp16_ring is compiled only with -DSKV_PYTHON_ALL_OPTION_SETS=ON")
+def require_compiled(**flags):
+    """Skips the calling test unless the extension holds an option set with these flags."""
+    if not compiled_with(**flags):
+        pytest.skip(f"{flags} is compiled only with -DSKV_PYTHON_ALL_OPTION_SETS=ON")

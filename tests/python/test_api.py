@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import skv
-from conftest import assert_same_state, compiled_with, needs_fp16_ring, random_kv, state
+from conftest import assert_same_state, compiled_with, random_kv, require_compiled, state
 
 # The plain cache of the C++ short form skv::KVCache<K, V, D> (the package's defaults add a residual
 # window, rotated keys and sinks).
@@ -92,8 +92,7 @@ CLIP = dict(rotate_keys=True, sinks=4, clip=True)
 
 @pytest.mark.parametrize("opts", [RICHEST, CLIP], ids=["int8_ring", "clip"])
 def test_options_and_residual_are_reported(rng, opts):
-    if not compiled_with(**opts):
-        pytest.skip("clip is compiled only with -DSKV_PYTHON_ALL_OPTION_SETS=ON")
+    require_compiled(**opts)
     cache = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=3, max_tokens=400, residual=128, **opts)
     assert cache.residual == 128
     for name in ("rotate_keys", "rotate_values", "sinks", "clip", "lloyd_max_values", "fp16_ring", "int8_ring"):
@@ -154,8 +153,8 @@ def test_lloyd_max_values_decode_in_the_models_basis_with_less_error(rng):
     assert lm.bits_per_element == even.bits_per_element and lm.memory_bytes == even.memory_bytes
 
 
-@needs_fp16_ring
 def test_fp16_ring_holds_the_fp16_rounding_in_half_the_memory(rng):
+    require_compiled(fp16_ring=True)
     # an fp16 ring holds what the float32 ring holds for float16-rounded input, bit for bit, and
     # attention is the same; the full-precision area takes half the bytes
     n, hkv, hq, d = 300, 2, 8, 64

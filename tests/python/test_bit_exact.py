@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import skv
-from conftest import compiled_with, random_kv
+from conftest import random_kv, require_compiled
 
 REFERENCE = os.environ.get("SKV_CPP_REFERENCE")
 
@@ -29,8 +29,8 @@ CONFIGS = [
 @pytest.mark.parametrize("kb,vb,dim,residual,options", CONFIGS)
 @pytest.mark.parametrize("tokens,chunk", [(1, 1), (300, 7), (517, 517)])
 def test_python_equals_cpp(tmp_path, rng, kb, vb, dim, residual, options, tokens, chunk):
-    if options == 2 and not compiled_with(clip=True):
-        pytest.skip("clip is compiled only with -DSKV_PYTHON_ALL_OPTION_SETS=ON")
+    if options == 2:
+        require_compiled(clip=True)
     kv_heads, q_heads = 2, 8
     k, v = random_kv(rng, tokens, kv_heads, dim)
     k[:, :, 3] += 40.0  # an outlier channel
