@@ -212,10 +212,13 @@ int cmd_plan_loop(const PlanArgs& a) {
   else
     std::printf("; no uniform candidate fits the budget\n\n");
   std::vector<std::vector<std::string>> rows;
-  for (const auto& l : plan.layers)
+  for (const auto& l : plan.layers) {
+    const bool k = l.choice.rotate_keys, v = l.choice.rotate_values;
     rows.push_back({std::to_string(l.layer), l.kind, std::to_string(l.choice.key_bits), std::to_string(l.choice.value_bits),
-                    std::to_string(l.choice.residual), skv_cli::num(l.choice.held_bits), skv_cli::num(l.choice.kl)});
-  skv_cli::print_table({"layer", "kind", "key bits", "value bits", "residual", "held bits", "KL alone"}, rows);
+                    std::to_string(l.choice.residual), k && v ? "keys, values" : k ? "keys" : v ? "values" : "none",
+                    skv_cli::num(l.choice.held_bits), skv_cli::num(l.choice.kl)});
+  }
+  skv_cli::print_table({"layer", "kind", "key bits", "value bits", "residual", "rotated", "held bits", "KL alone"}, rows);
   return 0;
 }
 

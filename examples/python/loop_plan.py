@@ -7,7 +7,8 @@ from a GGUF file that installs from PyPI (nothing is downloaded from a model hub
     # 1. per layer and candidate (key bits, value bits, residual window): the KL of the next-token
     #    distribution with only that layer quantized, on a calibration text (skv.calibrate)
     python3 examples/python/loop_plan.py sensitivity --model smollm2 -o smollm2.sens.json
-    #    (again with --rotate-values, then `merge` both tables: the plan chooses rotated values per layer)
+    #    (again with --rotate-values, then `merge` both tables: the plan chooses rotated values per layer;
+    #    the same with --unrotated-keys for the key rotation)
     python3 examples/python/loop_plan.py sensitivity --model smollm2 --rotate-values -o smollm2.rotv.sens.json
     python3 examples/python/loop_plan.py merge smollm2.sens.json smollm2.rotv.sens.json -o smollm2.both.json
     # 2. the allocation under a budget of bits HELD per element at the table's context length
@@ -33,7 +34,7 @@ Configurations (eval --configs): fp32, or kKvV with options +rot, +rotv (rotated
 "plan:FILE" (each plan JSON given with --plan is evaluated too). +h16 and +clip need the package
 built with -DSKV_PYTHON_ALL_OPTION_SETS=ON (docs/python.md).
 A plan's caches use the options recorded in it (those its sensitivity table was measured with, and
-each layer's rotate_values); kKvV without any option uses rotated keys and 4 sinks, the Python
+each layer's rotate_values and rotate_keys); kKvV without any option uses rotated keys and 4 sinks, the Python
 default.
 """
 
@@ -125,7 +126,7 @@ def cmd_sensitivity(a):
     print(f"{len(ids)} calibration tokens of {a.text_file or CALIBRATION_TEXT}; {len(cands)} candidates per layer; "
           f"bits held at {a.context} tokens")
     table = calibrate.layer_sensitivity(model, ids, cands, context=a.context, progress=print, sliding_cands=sliding,
-                                        rotate_keys=not a.plain, rotate_values=a.rotate_values or a.lloyd_max_values,
+                                        rotate_keys=not (a.plain or a.unrotated_keys), rotate_values=a.rotate_values or a.lloyd_max_values,
                                         sinks=0 if a.plain else 4, lloyd_max_values=a.lloyd_max_values,
                                         fp16_ring=a.fp16_ring, int8_ring=a.int8_ring)
     table["model"] = a.model
@@ -206,6 +207,8 @@ def main():
     s.add_argument("--residuals", default="0,128", help="residual windows of full-attention layers")
     s.add_argument("--sliding-residuals", default="0", help="residual windows of sliding-window layers (default 0)")
     s.add_argument("--plain", action="store_true", help="no rotated keys and sinks (default: rot+sink4)")
+    s.add_argument("--unrotated-keys", action="store_true",
+                   help="keys not rotated, the other options kept (for a table to merge with the rotated one)")
     s.add_argument("--rotate-values", action="store_true", help="rotated values too (rot+rotv+sink4)")
     s.add_argument("--lloyd-max-values", action="store_true",
                    help="rotated values coded with Lloyd-Max levels (rot+rotv+lmv+sink4)")
@@ -215,8 +218,8 @@ def main():
                    help="with --lloyd-max-values: the ring and the sinks held in 8-bit rows (rot+rotv+lmv+q8+sink4)")
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("-o", "--output", required=True)
-    m = sub.add_parser("merge", help="join tables measured with and without rotated values (the plan then "
-                                     "chooses per layer)")
+    m = sub.add_parser("merge", help="join tables measured with and without rotated values or keys (the plan "
+                                     "then chooses per layer)")
     m.add_argument("tables", nargs="+")
     m.add_argument("-o", "--output", required=True)
     e = sub.add_parser("eval", help="perplexity, KL, top-1 and held bits of configurations and plans")

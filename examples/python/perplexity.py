@@ -51,6 +51,7 @@ Configurations (--configs, comma-separated):
     ...+rot+sink4+clip       with rotate_keys=True, sinks=4, clip=True (the compiled option bundle)
     ...+rot+rotv+sink4       with rotated values too (rotate_values=True)
     ...+rot+rotv+lmv+sink4   with their values coded by Lloyd-Max levels (lloyd_max_values=True)
+    ...+rotv+lmv+sink4+q8    the ring and the sinks in 8-bit rows (int8_ring=True), with or without +rot
     ...+r128                 with residual=128: the last 128 tokens (beyond the incomplete key group)
                              stay in full precision
     plan[+rot+sink4+clip][+r128]   one cache per layer with the bits of --plan (the JSON of
@@ -180,14 +181,17 @@ def parse_config(name):
         opts.discard(r)
     options = {"rotate_keys": "rot" in opts, "rotate_values": "rotv" in opts, "sinks": 4 if "sink4" in opts else 0,
                "clip": "clip" in opts, "lloyd_max_values": "lmv" in opts}
-    unknown = opts - {"rot", "rotv", "lmv", "sink4", "clip"}
+    if "q8" in opts:
+        options["int8_ring"] = True
+    unknown = opts - {"rot", "rotv", "lmv", "sink4", "clip", "q8"}
     if unknown:
-        sys.exit(f"{PROG}: {name}: unknown option(s) {', '.join(sorted(unknown))} (rot, rotv, lmv, sink4, clip, r<N>)")
+        sys.exit(f"{PROG}: {name}: unknown option(s) {', '.join(sorted(unknown))} (rot, rotv, lmv, sink4, clip, q8, "
+                 "r<N>)")
     if base == "plan":
         return None, None, options, residual
     if len(base) == 4 and base[0] == "k" and base[2] == "v" and base[1].isdigit() and base[3].isdigit():
         return int(base[1]), int(base[3]), options, residual
-    sys.exit(f"{PROG}: {name}: expected fp32, plan or kKvV[+rot][+rotv][+lmv][+sink4][+clip][+r<N>]")
+    sys.exit(f"{PROG}: {name}: expected fp32, plan or kKvV[+rot][+rotv][+lmv][+sink4][+clip][+q8][+r<N>]")
 
 
 def load_plan(path, n_layers):
@@ -196,10 +200,11 @@ def load_plan(path, n_layers):
     layers = sorted(plan["layers"], key=lambda l: l["layer"])
     if [l["layer"] for l in layers] != list(range(n_layers)):
         sys.exit(f"{PROG}: {path}: the plan must list layers 0..{n_layers - 1}")
-    # (key bits, value bits, residual or None, rotate_values or None): a plan of `skv plan
-    # --sensitivity` gives each layer its residual window and rotate_values, which then override the
-    # configuration's +r<N> and +rotv
-    pairs = [(int(l["key_bits"]), int(l["value_bits"]), l.get("residual"), l.get("rotate_values")) for l in layers]
+    # (key bits, value bits, residual, rotate_values, rotate_keys; None where a layer omits one): a
+    # plan of `skv plan --sensitivity` gives each layer its residual window, rotate_values and
+    # rotate_keys, which then override the configuration's +r<N>, +rotv and +rot
+    pairs = [(int(l["key_bits"]), int(l["value_bits"]), l.get("residual"), l.get("rotate_values"),
+              l.get("rotate_keys")) for l in layers]
     per_head = any("heads" in l for l in layers)
     return plan, pairs, per_head
 
@@ -218,8 +223,12 @@ def cache_factory(name, model, max_tokens, plan_pairs):
         sys.exit(f"{PROG}: {name} needs --plan")
 
     def make(layer):
-        k, v, r, rv = (kb, vb, None, None) if kb is not None else plan_pairs[layer]
-        opts = options if rv is None else {**options, "rotate_values": bool(rv)}
+        k, v, r, rv, rk = (kb, vb, None, None, None) if kb is not None else plan_pairs[layer]
+        opts = dict(options)
+        if rv is not None:
+            opts["rotate_values"] = bool(rv)
+        if rk is not None:
+            opts["rotate_keys"] = bool(rk)
         return skv.KVCache(key_bits=k, value_bits=v, head_dim=hd, num_kv_heads=kv, max_tokens=max_tokens,
                            residual=residual if r is None else int(r), **opts)
 
@@ -362,7 +371,7 @@ def main():
         plan, plan_pairs, per_head = load_plan(args.plan, model.n_layers)
         plan_note = (f"plan {args.plan}: budget {plan.get('budget')}, mean bits {plan.get('mean_bits')}, "
                      + ("per head (each layer uses its widest head's pair)" if per_head else "per layer")
-                     + "; layers: " + " ".join(f"k{k}v{v}" + (f"+r{r}" if r else "") for k, v, r in plan_pairs))
+                     + "; layers: " + " ".join(f"k{k}v{v}" + (f"+r{r}" if r else "") for k, v, r, *_ in plan_pairs))
         print(plan_note)
     names = args.configs.split(",") if args.configs else default_configs(args.plan is not None)
     factories = {n: cache_factory(n, model, T, plan_pairs) for n in names}  # checks every name first

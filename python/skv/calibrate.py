@@ -48,12 +48,15 @@ def candidates(pairs: Iterable = DEFAULT_PAIRS, residuals: Iterable[int] = DEFAU
     return [(int(k), int(v), int(r), bool(rv)) for rv in rotate_values for r in residuals for k, v in pairs]
 
 
-def _candidate(c, rotate_values: bool):
-    """(key_bits, value_bits, residual, rotate_values) of a 3- or 4-tuple candidate."""
+def _candidate(c, rotate_values: bool, rotate_keys: bool = True):
+    """(key_bits, value_bits, residual, rotate_values, rotate_keys) of a 3-, 4- or 5-tuple candidate
+    (the arguments where it omits them)."""
     c = tuple(c)
-    if len(c) not in (3, 4):
-        raise ValueError(f"skv.calibrate: a candidate is (key_bits, value_bits, residual[, rotate_values]), got {c}")
-    return int(c[0]), int(c[1]), int(c[2]), bool(c[3]) if len(c) == 4 else bool(rotate_values)
+    if len(c) not in (3, 4, 5):
+        raise ValueError("skv.calibrate: a candidate is (key_bits, value_bits, residual[, rotate_values[, "
+                         f"rotate_keys]]), got {c}")
+    return (int(c[0]), int(c[1]), int(c[2]), bool(c[3]) if len(c) >= 4 else bool(rotate_values),
+            bool(c[4]) if len(c) == 5 else bool(rotate_keys))
 
 
 def held_bits(key_bits: int, value_bits: int, head_dim: int, num_kv_heads: int, context: int, *,
@@ -111,7 +114,8 @@ def mixed_cache(model, quantized: dict, *, rotate_keys: bool = True, rotate_valu
                 clip: bool = False, lloyd_max_values: bool = False, fp16_ring: bool = False,
                 int8_ring: bool = False, token_by_token: bool = True, max_tokens: Optional[int] = None):
     """A transformers cache whose layers in `quantized` ({layer: (key_bits, value_bits, residual[,
-    rotate_values])}) are skv caches and whose other layers are exact (transformers' own float layers).
+    rotate_values[, rotate_keys]])}) are skv caches and whose other layers are exact (transformers' own
+    float layers).
     token_by_token: the skv layers append and attend one token at a time, as generation does."""
     if getattr(model.config, "_attn_implementation", None) != ATTENTION:
         raise ValueError('skv.calibrate: load the model with attn_implementation="skv" (import skv.hf first)')
@@ -119,11 +123,11 @@ def mixed_cache(model, quantized: dict, *, rotate_keys: bool = True, rotate_valu
     shapes = layer_shapes(model)
     max_tokens = max_tokens or int(getattr(_text_config(model), "max_position_embeddings", 0) or 32768)
     for layer, cand in quantized.items():
-        kb, vb, residual, rv = _candidate(cand, rotate_values)
+        kb, vb, residual, rv, rk = _candidate(cand, rotate_values, rotate_keys)
         if not 0 <= layer < len(shapes):
             raise ValueError(f"skv.calibrate: layer {layer} of a model with {len(shapes)} layers")
         window = shapes[layer][1] or None
-        options = dict(residual=residual, rotate_keys=rotate_keys, rotate_values=rv, sinks=sinks, clip=clip,
+        options = dict(residual=residual, rotate_keys=rk, rotate_values=rv, sinks=sinks, clip=clip,
                        lloyd_max_values=lloyd_max_values, rollback=0, fp16_ring=fp16_ring,
                        int8_ring=int8_ring)
         cache.layers[layer] = SkvLayer(kb, vb, options, max_tokens, window, False, layer, 1, token_by_token)
@@ -231,9 +235,11 @@ def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = Non
     candidates of sliding-window layers, if others (a residual window costs more bits in a layer
     that holds only its window). The options (rotate_keys, rotate_values, sinks, clip,
     lloyd_max_values, fp16_ring, int8_ring) are recorded in the table, for SkvCache and skv.KVCache to be built with;
-    every candidate records its own rotate_values as well."""
-    cands = [_candidate(c, rotate_values) for c in (candidates() if cands is None else cands)]
-    sliding_cands = cands if sliding_cands is None else [_candidate(c, rotate_values) for c in sliding_cands]
+    every candidate records its own rotate_values and rotate_keys as well (merge_tables joins tables
+    that differ in those two)."""
+    cands = [_candidate(c, rotate_values, rotate_keys)[:4] for c in (candidates() if cands is None else cands)]
+    sliding_cands = (cands if sliding_cands is None
+                     else [_candidate(c, rotate_values, rotate_keys)[:4] for c in sliding_cands])
     if len(ids) < 33:
         raise ValueError(f"skv.calibrate: {len(ids)} calibration tokens; at least 33 are needed")
     shapes = layer_shapes(model)
@@ -269,10 +275,10 @@ def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = Non
         for kb, vb, r, rv in (sliding_cands if window else cands):
             m = run(model, ids, mixed_cache(model, {l: (kb, vb, r, rv)}, **opts), ref, first_layer=l)
             entry["candidates"].append({"key_bits": kb, "value_bits": vb, "residual": r, "rotate_values": rv,
-                                        "held_bits": held[(window, kv, hd, kb, vb, r, rv)],
+                                        "rotate_keys": rotate_keys, "held_bits": held[(window, kv, hd, kb, vb, r, rv)],
                                         "kl": m["kl"], "top1": m["top1"], "nll": m["nll"]})
             if progress:
-                progress(f"layer {l} k{kb}v{vb} r{r}{' rotv' if rv else ''}: KL {m['kl']:.3e} "
+                progress(f"layer {l} k{kb}v{vb} r{r}{' rotv' if rv else ''}{'' if rotate_keys else ' unrotk'}: KL {m['kl']:.3e} "
                          f"top-1 {100 * m['top1']:.2f}% "
                          f"({m['seconds']:.1f} s, {time.time() - t0:.0f} s in all)")
         table["layers"].append(entry)
@@ -282,34 +288,36 @@ def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = Non
 
 def plan_cache(model, plan: dict, options: dict, *, token_by_token: bool = True):
     """The mixed cache of a plan dict (``skv plan --json``): every layer quantized with its pair,
-    residual and rotate_values (the options' where a layer omits it), exact where a layer has
-    ``"key_bits": 0`` (not quantized)."""
+    residual, rotate_values and rotate_keys (the options' where a layer omits them), exact where a layer
+    has ``"key_bits": 0`` (not quantized)."""
     rv = bool(options.get("rotate_values", False))
+    rk = bool(options.get("rotate_keys", True))
     quantized = {int(l["layer"]): (int(l["key_bits"]), int(l["value_bits"]), int(l.get("residual", 0)),
-                                   bool(l.get("rotate_values", rv)))
+                                   bool(l.get("rotate_values", rv)), bool(l.get("rotate_keys", rk)))
                  for l in plan["layers"] if int(l["key_bits"]) > 0}
     return mixed_cache(model, quantized, token_by_token=token_by_token, **options)
 
 
 def merge_tables(*tables: dict) -> dict:
     """One sensitivity table from several measured on the same model, text and context with
-    options that differ in rotate_values only: every layer's candidates of all of them, each
-    marked with its rotate_values, so that the planner chooses per layer. Raises ValueError when
-    the tables do not match."""
+    options that differ in rotate_values and rotate_keys only: every layer's candidates of all of
+    them, each marked with its rotate_values and rotate_keys, so that the planner chooses per layer.
+    Raises ValueError when the tables do not match."""
     if not tables:
         raise ValueError("skv.calibrate.merge_tables: no tables")
     first = tables[0]
     key = ("format", "model", "tokens", "context")
-    base_opts = {k: v for k, v in first["options"].items() if k != "rotate_values"}
+    per_candidate = ("rotate_values", "rotate_keys")
+    base_opts = {k: v for k, v in first["options"].items() if k not in per_candidate}
     for t in tables[1:]:
         if any(t.get(k) != first.get(k) for k in key) or \
-                {k: v for k, v in t["options"].items() if k != "rotate_values"} != base_opts:
-            raise ValueError("skv.calibrate.merge_tables: the tables differ in more than rotate_values "
-                             f"({', '.join(key)} and the other options must match)")
+                {k: v for k, v in t["options"].items() if k not in per_candidate} != base_opts:
+            raise ValueError("skv.calibrate.merge_tables: the tables differ in more than rotate_values and "
+                             f"rotate_keys ({', '.join(key)} and the other options must match)")
         if [l["layer"] for l in t["layers"]] != [l["layer"] for l in first["layers"]]:
             raise ValueError("skv.calibrate.merge_tables: the tables list different layers")
     merged = {k: v for k, v in first.items() if k not in ("layers", "seconds")}
-    merged["options"] = {**base_opts, "rotate_values": False}
+    merged["options"] = {**base_opts, "rotate_values": False, "rotate_keys": True}
     merged["seconds"] = sum(t.get("seconds", 0.0) for t in tables)
     merged["layers"] = []
     for rows in zip(*(t["layers"] for t in tables)):
@@ -317,9 +325,10 @@ def merge_tables(*tables: dict) -> dict:
         layer["candidates"], seen = [], set()
         for t, row in zip(tables, rows):
             rv = bool(t["options"].get("rotate_values", False))
+            rk = bool(t["options"].get("rotate_keys", True))
             for c in row["candidates"]:
-                c = {**c, "rotate_values": bool(c.get("rotate_values", rv))}
-                name = (c["key_bits"], c["value_bits"], c.get("residual", 0), c["rotate_values"])
+                c = {**c, "rotate_values": bool(c.get("rotate_values", rv)), "rotate_keys": bool(c.get("rotate_keys", rk))}
+                name = (c["key_bits"], c["value_bits"], c.get("residual", 0), c["rotate_values"], c["rotate_keys"])
                 if name in seen:
                     raise ValueError(f"skv.calibrate.merge_tables: layer {row['layer']}: candidate {name} twice")
                 seen.add(name)

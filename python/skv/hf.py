@@ -75,14 +75,15 @@ def _window_chunk(chunk: Optional[int], token_by_token: bool) -> int:
 
 
 def _load_plan(plan: Union[str, os.PathLike, dict], n_layers: int):
-    """(key_bits, value_bits, residual or None, rotate_values or None) per layer from the JSON of
-    ``skv plan --json``."""
+    """(key_bits, value_bits, residual, rotate_values, rotate_keys) per layer from the JSON of
+    ``skv plan --json`` (None where a layer omits one)."""
     if not isinstance(plan, dict):
         with open(plan) as f:
             plan = json.load(f)
     try:
         layers = sorted(plan["layers"], key=lambda l: int(l["layer"]))
-        pairs = [(int(l["key_bits"]), int(l["value_bits"]), l.get("residual"), l.get("rotate_values")) for l in layers]
+        pairs = [(int(l["key_bits"]), int(l["value_bits"]), l.get("residual"), l.get("rotate_values"),
+                  l.get("rotate_keys")) for l in layers]
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"plan: expected the JSON of `skv plan --json` ({{'layers': [{{'layer', 'key_bits', "
                          f"'value_bits'}}, ...]}}): {e!r}") from None
@@ -284,8 +285,8 @@ class SkvCache(Cache):
         residual, rotate_keys, rotate_values, sinks, clip, lloyd_max_values, fp16_ring, int8_ring: as
             ``skv.KVCache`` (its defaults when None); lloyd_max_values applies to layers with values of up
             to 4 bits.
-        plan: the JSON of ``skv plan --json`` (a path or a dict): bits per layer (and ``residual``
-            and ``rotate_values`` where a layer gives them).
+        plan: the JSON of ``skv plan --json`` (a path or a dict): bits per layer (and ``residual``,
+            ``rotate_values`` and ``rotate_keys`` where a layer gives them).
         max_tokens: tokens per sequence of the full-attention layers (default: the config's
             ``max_position_embeddings``; pages are reserved, not touched, until used).
         rollback: tokens ``crop`` can always take back (assisted decoding).
@@ -315,14 +316,14 @@ class SkvCache(Cache):
                                  "attention layers only")
         n = len(layer_types)
         window_chunk = _window_chunk(window_chunk, token_by_token)
-        bits = _load_plan(plan, n) if plan is not None else [(key_bits, value_bits, None, None)] * n
+        bits = _load_plan(plan, n) if plan is not None else [(key_bits, value_bits, None, None, None)] * n
         if max_tokens is None:
             max_tokens = int(getattr(text, "max_position_embeddings", 0) or 32768)
         self.fallback = getattr(config, "_attn_implementation", None) != ATTENTION
         self.num_threads = num_threads
         layers = []
-        for i, ((kb, vb, r, rv), kw) in enumerate(zip(bits, layer_kwargs)):
-            options = dict(residual=r if r is not None else residual, rotate_keys=rotate_keys,
+        for i, ((kb, vb, r, rv, rk), kw) in enumerate(zip(bits, layer_kwargs)):
+            options = dict(residual=r if r is not None else residual, rotate_keys=rk if rk is not None else rotate_keys,
                            rotate_values=rv if rv is not None else rotate_values, sinks=sinks, clip=clip,
                            lloyd_max_values=lloyd_max_values, fp16_ring=fp16_ring, int8_ring=int8_ring,
                            rollback=rollback)

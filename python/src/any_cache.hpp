@@ -15,7 +15,8 @@ namespace skv_python {
 /// The compiled option sets: none; rotated keys + 4 fp32 sink tokens; those two plus the clipping
 /// search for keys and values; rotated keys and values + 4 sink tokens; those with values coded
 /// by the Lloyd-Max levels of a normal distribution (skv::Scheme::LloydMax, value bits 2 to 4); and
-/// those with the ring and the sinks held in fp16 (skv::Fp16Ring) or in 8-bit rows (skv::Int8Ring).
+/// those with the ring and the sinks held in fp16 (skv::Fp16Ring) or in 8-bit rows (skv::Int8Ring);
+/// and the last without the key rotation (keys that per-channel groups already fit better unrotated).
 enum OptionSet : int {
   kNoOptions = 0,
   kRotateSinks = 1,
@@ -23,9 +24,10 @@ enum OptionSet : int {
   kRotateBothSinks = 3,
   kRotateBothSinksLloydMax = 4,
   kRotateBothSinksLloydMaxFp16Ring = 5,
-  kRotateBothSinksLloydMaxInt8Ring = 6
+  kRotateBothSinksLloydMaxInt8Ring = 6,
+  kRotateValuesSinksLloydMaxInt8Ring = 7
 };
-constexpr int kOptionSets = 7;
+constexpr int kOptionSets = 8;
 
 /// What an option set turns on, as Python names it.
 struct OptionFlags {
@@ -46,6 +48,7 @@ inline OptionFlags option_flags(int set) {
     case kRotateBothSinksLloydMax: return {true, true, 4, false, true};
     case kRotateBothSinksLloydMaxFp16Ring: return {true, true, 4, false, true, true, false};
     case kRotateBothSinksLloydMaxInt8Ring: return {true, true, 4, false, true, false, true};
+    case kRotateValuesSinksLloydMaxInt8Ring: return {false, true, 4, false, true, false, true};
     default: return {};
   }
 }
@@ -59,6 +62,7 @@ inline const char* option_set_name(int set) {
     case kRotateBothSinksLloydMaxFp16Ring: return "rotate_keys + rotate_values + lloyd_max_values + sinks 4 + fp16_ring";
     case kRotateBothSinksLloydMaxInt8Ring:
       return "rotate_keys + rotate_values + lloyd_max_values + sinks 4 + int8_ring";
+    case kRotateValuesSinksLloydMaxInt8Ring: return "rotate_values + lloyd_max_values + sinks 4 + int8_ring";
     default: return "no options";
   }
 }

@@ -145,6 +145,35 @@ def test_rotated_values_are_a_candidate_and_tables_merge():
         calibrate.mixed_cache(model, {0: (3, 2)})
 
 
+def test_unrotated_keys_are_a_candidate_and_tables_merge():
+    # The 8-bit-ring set with and without the key rotation (option sets 6 and 7): a table each, merged,
+    # and a plan layer that names rotate_keys gets it.
+    model = make("llama")
+    ids = prompt(80, 5)[0].tolist()
+    opts = dict(rotate_values=True, lloyd_max_values=True, int8_ring=True)
+    cands = calibrate.candidates([(3, 2)], [0])
+    a = calibrate.layer_sensitivity(model, ids, cands, context=256, layers=[1, 2], **opts)
+    b = calibrate.layer_sensitivity(model, ids, cands, context=256, layers=[1, 2], rotate_keys=False, **opts)
+    assert [c["rotate_keys"] for l in b["layers"] for c in l["candidates"]] == [False, False]
+    merged = calibrate.merge_tables(a, b)
+    assert merged["options"]["rotate_keys"] is True
+    for l in merged["layers"]:
+        got = [(c["rotate_keys"], c["held_bits"], c["kl"]) for c in l["candidates"]]
+        assert [g[0] for g in got] == [True, False]
+        assert got[0][1] == got[1][1]  # the rotation holds no memory
+        assert got[0][2] != got[1][2]  # and reached the cache
+    with pytest.raises(ValueError, match="twice"):
+        calibrate.merge_tables(b, b)
+    with pytest.raises(ValueError, match="differ"):
+        calibrate.merge_tables(a, {**b, "options": {**b["options"], "int8_ring": False}})
+    plan = {"layers": [{"layer": l, "key_bits": 3, "value_bits": 2, "rotate_values": True, "rotate_keys": l != 2}
+                       for l in range(4)]}
+    cache = calibrate.plan_cache(model, plan, merged["options"])
+    calibrate.run(model, ids, cache)
+    assert [l.options["rotate_keys"] for l in cache.layers] == [True, True, False, True]
+    assert [l.rows[0].rotate_keys for l in cache.layers] == [True, True, False, True]
+
+
 def test_plan_cache_follows_the_plan():
     model = make("llama")
     plan = {"layers": [{"layer": 0, "key_bits": 2, "value_bits": 2, "residual": 0},

@@ -240,6 +240,12 @@ def test_a_plan_gives_every_layer_its_bits(tmp_path):
     cache = skv.hf.SkvCache(model.config, plan=plan, rotate_keys=True, rotate_values=False, sinks=4, clip=False)
     greedy(model, prompt(20, 9), cache, n=2)
     assert [l.rows[0].rotate_values for l in cache.layers] == [False, True, False, False]
+    # and its rotate_keys (a plan over tables measured with and without the key rotation)
+    plan["layers"][1]["rotate_keys"] = False
+    cache = skv.hf.SkvCache(model.config, plan=plan, rotate_keys=True, rotate_values=True, sinks=4,
+                            lloyd_max_values=True, int8_ring=True)
+    greedy(model, prompt(20, 9), cache, n=2)
+    assert [l.rows[0].rotate_keys for l in cache.layers] == [True, False, True, True]
     with pytest.raises(ValueError, match="layers 0..3"):
         skv.hf.SkvCache(model.config, plan={"layers": plan["layers"][:3]})
     with pytest.raises(ValueError, match="skv plan --json"):

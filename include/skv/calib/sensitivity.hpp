@@ -1,7 +1,7 @@
 // skv/calib/sensitivity.hpp: a plan from sensitivity measured in the generation loop (host; needs
 // nlohmann-json). The table comes from Python (skv.calibrate.layer_sensitivity, format
 // "skv-sensitivity/1"): per layer, its elements at the stated context and, per candidate (key bits,
-// value bits, residual window, rotated values or not), the bits the cache HOLDS per element at that
+// value bits, residual window, rotated values or not, rotated keys or not), the bits the cache HOLDS per element at that
 // context (codes, scales, zeros, sinks, the fp32 ring with the partial key group and the residual
 // window) and the KL of the next-token distribution with only that layer quantized. The plan picks
 // one candidate per layer, minimizing the summed KL with the element-weighted mean of held bits at
@@ -29,11 +29,13 @@ namespace calib {
 struct LoopCandidate {
   int key_bits = 0, value_bits = 0, residual = 0;
   bool rotate_values = false;  ///< values rotated (RotateValues; the table's options when a candidate omits it)
+  bool rotate_keys = true;     ///< keys rotated (RotateKeys; the table's options, else true, when it omits it)
   double held_bits = 0;        ///< bits held per element at the table's context
   double kl = 0;               ///< mean KL of the next-token distribution, this layer alone quantized
   std::string name() const {
     return "k" + std::to_string(key_bits) + "v" + std::to_string(value_bits) +
-           (residual ? "+r" + std::to_string(residual) : "") + (rotate_values ? "+rotv" : "");
+           (residual ? "+r" + std::to_string(residual) : "") + (rotate_values ? "+rotv" : "") +
+           (rotate_keys ? "" : "+unrotk");
   }
 };
 
@@ -50,7 +52,7 @@ struct SensitivityTable {
   int context = 0, tokens = 0;
   std::string model, objective;
   /// cache options the candidates were measured with (rotate_keys, rotate_values, sinks, clip,
-  /// lloyd_max_values, fp16_ring)
+  /// lloyd_max_values, fp16_ring, int8_ring)
   nlohmann::json options;
   std::vector<LoopLayer> layers;
 };
@@ -87,6 +89,7 @@ inline SensitivityTable read_sensitivity(const nlohmann::json& j) {
     skv::detail::require(t.context >= 1, "context must be at least 1");
     skv::detail::require(t.options.is_object(), "options must be an object");
     const bool rotate_values = t.options.value("rotate_values", false);
+    const bool rotate_keys = t.options.value("rotate_keys", true);
     std::set<int> seen;
     for (const auto& jl : j.at("layers")) {
       LoopLayer l;
@@ -97,13 +100,14 @@ inline SensitivityTable read_sensitivity(const nlohmann::json& j) {
       l.elements = jl.at("elements").get<double>();
       skv::detail::require(seen.insert(l.layer).second, "layer " + std::to_string(l.layer) + " is listed twice");
       skv::detail::require(l.elements > 0 && std::isfinite(l.elements), "layer " + std::to_string(l.layer) + ": elements must be positive");
-      std::set<std::tuple<int, int, int, bool>> pairs;
+      std::set<std::tuple<int, int, int, bool, bool>> pairs;
       for (const auto& jc : jl.at("candidates")) {
         LoopCandidate c;
         c.key_bits = jc.at("key_bits").get<int>();
         c.value_bits = jc.at("value_bits").get<int>();
         c.residual = jc.value("residual", 0);
         c.rotate_values = jc.value("rotate_values", rotate_values);
+        c.rotate_keys = jc.value("rotate_keys", rotate_keys);
         c.held_bits = jc.at("held_bits").get<double>();
         c.kl = jc.at("kl").get<double>();
         const std::string where = "layer " + std::to_string(l.layer) + ", " + c.name() + ": ";
@@ -115,7 +119,7 @@ inline SensitivityTable read_sensitivity(const nlohmann::json& j) {
         // of two nearly equal distributions: -7e-9 measured for k8v8+r128).
         skv::detail::require(std::isfinite(c.kl) && c.kl > -1e-6, where + "kl must be finite and not negative");
         c.kl = std::max(c.kl, 0.0);
-        skv::detail::require(pairs.insert({c.key_bits, c.value_bits, c.residual, c.rotate_values}).second,
+        skv::detail::require(pairs.insert({c.key_bits, c.value_bits, c.residual, c.rotate_values, c.rotate_keys}).second,
                              where + "listed twice");
         l.candidates.push_back(c);
       }
@@ -175,7 +179,7 @@ inline LoopPlan plan_from_sensitivity(const SensitivityTable& t, double budget) 
 }
 
 /// The plan JSON that skv.KVCache, skv.hf.SkvCache(plan=...) and the C++ dispatch read: "layers"
-/// with key_bits, value_bits, residual and rotate_values, plus what it was planned from.
+/// with key_bits, value_bits, residual, rotate_values and rotate_keys, plus what it was planned from.
 inline nlohmann::ordered_json loop_plan_to_json(const LoopPlan& p) {
   nlohmann::ordered_json j;
   j["mode"] = "loop";
@@ -198,6 +202,7 @@ inline nlohmann::ordered_json loop_plan_to_json(const LoopPlan& p) {
     jl["value_bits"] = l.choice.value_bits;
     jl["residual"] = l.choice.residual;
     jl["rotate_values"] = l.choice.rotate_values;
+    jl["rotate_keys"] = l.choice.rotate_keys;
     jl["kind"] = l.kind;
     jl["held_bits"] = l.choice.held_bits;
     jl["kl"] = l.choice.kl;

@@ -172,6 +172,38 @@ TEST(LoopPlan, ChoosesRotatedValuesPerLayerWhereTheyWin) {
   EXPECT_THROW(skv::calib::read_sensitivity(j), skv::Error);
 }
 
+TEST(LoopPlan, ChoosesRotatedKeysPerLayerWhereTheyWin) {
+  // The table measured with rotated keys (its options) merged with one measured without: per-channel
+  // key groups fit some layers better unrotated (Gemma 3's); here layer 1's unrotated keys have a
+  // third of the KL, layer 0's three times.
+  nlohmann::json j = table(2, -1);
+  j["options"]["rotate_keys"] = true;
+  for (int l = 0; l < 2; ++l) {
+    auto& cands = j["layers"][l]["candidates"];
+    const std::size_t n = cands.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      nlohmann::json c = cands[i];
+      c["rotate_keys"] = false;
+      c["kl"] = c["kl"].get<double>() * (l == 0 ? 3.0 : 1.0 / 3.0);
+      cands.push_back(c);
+    }
+  }
+  const auto p = skv::calib::plan_from_sensitivity(skv::calib::read_sensitivity(j), 4.25);
+  EXPECT_EQ(p.layers[0].choice.name(), "k3v3");
+  EXPECT_EQ(p.layers[1].choice.name(), "k3v3+unrotk");
+  const auto out = skv::calib::loop_plan_to_json(p);
+  EXPECT_EQ(out["layers"][0]["rotate_keys"], true);
+  EXPECT_EQ(out["layers"][1]["rotate_keys"], false);
+  // A candidate without the key takes the table's options (true where they do not say): with the
+  // options' rotate_keys false, layer 1's original candidates become duplicates of the added ones.
+  nlohmann::json no_key = j;
+  for (auto& c : no_key["layers"][1]["candidates"])
+    if (c.value("rotate_keys", true)) c.erase("rotate_keys");
+  EXPECT_NO_THROW(skv::calib::read_sensitivity(no_key));
+  no_key["options"]["rotate_keys"] = false;
+  EXPECT_THROW(skv::calib::read_sensitivity(no_key), skv::Error);
+}
+
 TEST(LoopPlan, RejectsBadTables) {
   auto bad = [](auto edit) {
     nlohmann::json j = table(3, 1);
