@@ -245,10 +245,11 @@ def test_scale_argument(rng):
 def test_compiled_set_and_what_is_not_compiled():
     rows = skv.compiled()
     # 16 pairs in each of the 26 families without Lloyd-Max levels (38 with the comparison sets, clip
-    # and fp16_ring), 12 (values of at most 4 bits) in the 6 Lloyd-Max families
+    # and fp16_ring), 12 (values of at most 4 bits) in the 6 Lloyd-Max families, 13 (those and 8/8) in
+    # the 6 families of the 8-bit-ring set without rotated keys
     comparison = compiled_with(clip=True)
     assert comparison == compiled_with(fp16_ring=True)  # both or neither (SKV_PYTHON_ALL_OPTION_SETS)
-    assert len(rows) == 16 * (3 * 2 * (5 if comparison else 3) + 2 * 4) + 12 * 3 * 2
+    assert len(rows) == 16 * (3 * 2 * (5 if comparison else 3) + 2 * 4) + 12 * 3 * 2 + 13 * 3 * 2
     assert {"key_bits": 4, "value_bits": 2, "head_dim": 128, "residual": 0, "rotate_keys": False,
             "rotate_values": False, "sinks": 0, "clip": False, "lloyd_max_values": False, "fp16_ring": False,
             "int8_ring": False} in rows
@@ -267,6 +268,11 @@ def test_compiled_set_and_what_is_not_compiled():
             skv.KVCache(key_bits=4, value_bits=2, head_dim=128, num_kv_heads=1, max_tokens=8, rotate_keys=True,
                         sinks=4, clip=True)
     assert {"key_bits": 2, "value_bits": 4, "head_dim": 256, "residual": 128, "rotate_keys": True,
+            "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": False,
+            "int8_ring": True} in rows
+    unrotated = {(r["key_bits"], r["value_bits"]) for r in rows if r["int8_ring"] and not r["rotate_keys"]}
+    assert unrotated == {(a, b) for a in (2, 3, 4, 8) for b in (2, 3, 4)} | {(8, 8)}
+    assert {"key_bits": 3, "value_bits": 2, "head_dim": 128, "residual": 0, "rotate_keys": False,
             "rotate_values": True, "sinks": 4, "clip": False, "lloyd_max_values": True, "fp16_ring": False,
             "int8_ring": True} in rows
     assert {(r["key_bits"], r["value_bits"]) for r in rows} == {(a, b) for a in (2, 3, 4, 8) for b in (2, 3, 4, 8)}
