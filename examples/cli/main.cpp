@@ -218,7 +218,8 @@ int cmd_plan_loop(const PlanArgs& a) {
                     std::to_string(l.choice.residual), k && v ? "keys, values" : k ? "keys" : v ? "values" : "none",
                     skv_cli::num(l.choice.held_bits), skv_cli::num(l.choice.kl)});
   }
-  skv_cli::print_table({"layer", "kind", "key bits", "value bits", "residual", "rotated", "held bits", "KL alone"}, rows);
+  skv_cli::print_table({"layer", "kind", "key bits", "value bits", "residual", "rotated", "held bits", "KL alone"},
+                       rows);
   return 0;
 }
 

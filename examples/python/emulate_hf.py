@@ -214,7 +214,8 @@ def parse(name):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="gemma3")
     p.add_argument("--text-file", default=EVAL_TEXT)
     p.add_argument("--tokens", type=int, default=2048)

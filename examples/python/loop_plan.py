@@ -126,7 +126,8 @@ def cmd_sensitivity(a):
     print(f"{len(ids)} calibration tokens of {a.text_file or CALIBRATION_TEXT}; {len(cands)} candidates per layer; "
           f"bits held at {a.context} tokens")
     table = calibrate.layer_sensitivity(model, ids, cands, context=a.context, progress=print, sliding_cands=sliding,
-                                        rotate_keys=not (a.plain or a.unrotated_keys), rotate_values=a.rotate_values or a.lloyd_max_values,
+                                        rotate_keys=not (a.plain or a.unrotated_keys),
+                                        rotate_values=a.rotate_values or a.lloyd_max_values,
                                         sinks=0 if a.plain else 4, lloyd_max_values=a.lloyd_max_values,
                                         fp16_ring=a.fp16_ring, int8_ring=a.int8_ring)
     table["model"] = a.model

@@ -278,7 +278,8 @@ def layer_sensitivity(model, ids: Sequence[int], cands: Optional[Sequence] = Non
                                         "rotate_keys": rotate_keys, "held_bits": held[(window, kv, hd, kb, vb, r, rv)],
                                         "kl": m["kl"], "top1": m["top1"], "nll": m["nll"]})
             if progress:
-                progress(f"layer {l} k{kb}v{vb} r{r}{' rotv' if rv else ''}{'' if rotate_keys else ' unrotk'}: KL {m['kl']:.3e} "
+                progress(f"layer {l} k{kb}v{vb} r{r}{' rotv' if rv else ''}{'' if rotate_keys else ' unrotk'}: "
+                         f"KL {m['kl']:.3e} "
                          f"top-1 {100 * m['top1']:.2f}% "
                          f"({m['seconds']:.1f} s, {time.time() - t0:.0f} s in all)")
         table["layers"].append(entry)
@@ -327,7 +328,8 @@ def merge_tables(*tables: dict) -> dict:
             rv = bool(t["options"].get("rotate_values", False))
             rk = bool(t["options"].get("rotate_keys", True))
             for c in row["candidates"]:
-                c = {**c, "rotate_values": bool(c.get("rotate_values", rv)), "rotate_keys": bool(c.get("rotate_keys", rk))}
+                c = {**c, "rotate_values": bool(c.get("rotate_values", rv)),
+                     "rotate_keys": bool(c.get("rotate_keys", rk))}
                 name = (c["key_bits"], c["value_bits"], c.get("residual", 0), c["rotate_values"], c["rotate_keys"])
                 if name in seen:
                     raise ValueError(f"skv.calibrate.merge_tables: layer {row['layer']}: candidate {name} twice")

@@ -1,9 +1,9 @@
 // skv/calib/sensitivity.hpp: a plan from sensitivity measured in the generation loop (host; needs
 // nlohmann-json). The table comes from Python (skv.calibrate.layer_sensitivity, format
 // "skv-sensitivity/1"): per layer, its elements at the stated context and, per candidate (key bits,
-// value bits, residual window, rotated values or not, rotated keys or not), the bits the cache HOLDS per element at that
-// context (codes, scales, zeros, sinks, the fp32 ring with the partial key group and the residual
-// window) and the KL of the next-token distribution with only that layer quantized. The plan picks
+// value bits, residual window, rotated values or not, rotated keys or not), the bits the cache HOLDS
+// per element at that context (codes, scales, zeros, sinks, the fp32 ring with the partial key group
+// and the residual window) and the KL of the next-token distribution with only that layer quantized. The plan picks
 // one candidate per layer, minimizing the summed KL with the element-weighted mean of held bits at
 // most the budget (exact multiple-choice knapsack: choose_per_group). docs/calibration.md, "In the
 // generation loop".
@@ -119,8 +119,9 @@ inline SensitivityTable read_sensitivity(const nlohmann::json& j) {
         // of two nearly equal distributions: -7e-9 measured for k8v8+r128).
         skv::detail::require(std::isfinite(c.kl) && c.kl > -1e-6, where + "kl must be finite and not negative");
         c.kl = std::max(c.kl, 0.0);
-        skv::detail::require(pairs.insert({c.key_bits, c.value_bits, c.residual, c.rotate_values, c.rotate_keys}).second,
-                             where + "listed twice");
+        skv::detail::require(
+            pairs.insert({c.key_bits, c.value_bits, c.residual, c.rotate_values, c.rotate_keys}).second,
+            where + "listed twice");
         l.candidates.push_back(c);
       }
       skv::detail::require(!l.candidates.empty(), "layer " + std::to_string(l.layer) + " has no candidates");
