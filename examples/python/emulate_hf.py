@@ -206,8 +206,8 @@ def parse(name):
             c["residual"] = int(o[1:])
         else:
             sys.exit(f"{PROG}: {name}: unknown option {o}")
-    if c["prerope"] and c["rotk"]:
-        sys.exit(f"{PROG}: {name}: +prerope needs +unrotk")
+    if c["prerope"] and (c["rotk"] or c["hot"]):
+        sys.exit(f"{PROG}: {name}: +prerope needs +unrotk and does not mix with +hot (post-RoPE channels)")
     if c["residual"] % c["kg"]:
         sys.exit(f"{PROG}: {name}: the residual window must be a multiple of the key group")
     return c

@@ -53,7 +53,7 @@ def test_key_groups_start_after_the_sinks():
 
 
 def test_bad_configurations_exit_with_a_message():
-    for bad in ["k3", "k3v3+prerope", "k3v3+r48", "k3v3+nope"]:
+    for bad in ["k3", "k3v3+prerope", "k3v3+unrotk+prerope+hot8", "k3v3+r48", "k3v3+nope"]:
         with pytest.raises(SystemExit):
             emulate_hf.parse(bad)
     c = emulate_hf.parse("k3v2+unrotk+kg64+vg256+hot16+r128")
