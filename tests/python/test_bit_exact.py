@@ -38,8 +38,10 @@ def test_python_equals_cpp(tmp_path, rng, kb, vb, dim, residual, options, tokens
     inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
     with open(inp, "wb") as f:
         f.write(k.tobytes() + v.tobytes() + q.tobytes())
+    # one thread on both sides: a decode split over more threads sums its partial states in another order
     subprocess.run([REFERENCE, str(kb), str(vb), str(dim), str(residual), str(int(options)), str(kv_heads),
-                    str(q_heads), str(tokens), str(chunk), str(inp), str(out)], check=True)
+                    str(q_heads), str(tokens), str(chunk), str(inp), str(out)], check=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     capacity = max(tokens, 64)
     cache = skv.KVCache(key_bits=kb, value_bits=vb, head_dim=dim, num_kv_heads=kv_heads, max_tokens=capacity,
@@ -47,7 +49,7 @@ def test_python_equals_cpp(tmp_path, rng, kb, vb, dim, residual, options, tokens
                         sinks=4 if options else 0, clip=options == 2, lloyd_max_values=options == 4)
     for t in range(0, tokens, chunk):
         cache.append(k[t:t + chunk], v[t:t + chunk])
-    got = cache.decode(q)
+    got = cache.decode(q, num_threads=1)
 
     raw = np.fromfile(out, dtype=np.uint8)
     pages = cache.page_bytes()

@@ -11,8 +11,15 @@ pytest.importorskip("transformers")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples", "python"))
 
-import emulate_hf  # noqa: E402
+_threads = os.environ.get("OMP_NUM_THREADS")
+import emulate_hf  # noqa: E402  (sets OMP_NUM_THREADS=1 for its own runs, as the examples do)
 from test_hf import make, prompt  # noqa: E402
+
+# not for the other tests' subprocesses (test_bit_exact.py's reference must use the package's threads)
+if _threads is None:
+    os.environ.pop("OMP_NUM_THREADS", None)
+else:
+    os.environ["OMP_NUM_THREADS"] = _threads
 
 
 def logits(model, ids, config):
