@@ -146,20 +146,26 @@ TEST(LoopPlan, WeighsLayersByTheirElements) {
   EXPECT_EQ(p.layers[1].choice.name(), "k4v4");
 }
 
-TEST(LoopPlan, ChoosesRotatedValuesPerLayerWhereTheyWin) {
-  // Every candidate twice, with and without rotated values at the same held bits; the rotated ones
-  // have half the KL in layer 0 and twice the KL in layer 1 (measured per layer, as on Gemma 3).
-  nlohmann::json j = table(2, -1);
+/// Every candidate of layers 0 and 1 again with `flag` set to `value` at the same held bits, its KL
+/// times `kl0` (layer 0) or `kl1` (layer 1).
+void add_variants(nlohmann::json& j, const char* flag, bool value, double kl0, double kl1) {
   for (int l = 0; l < 2; ++l) {
     auto& cands = j["layers"][l]["candidates"];
     const std::size_t n = cands.size();
     for (std::size_t i = 0; i < n; ++i) {
       nlohmann::json c = cands[i];
-      c["rotate_values"] = true;
-      c["kl"] = c["kl"].get<double>() * (l == 0 ? 0.5 : 2.0);
+      c[flag] = value;
+      c["kl"] = c["kl"].get<double>() * (l == 0 ? kl0 : kl1);
       cands.push_back(c);
     }
   }
+}
+
+TEST(LoopPlan, ChoosesRotatedValuesPerLayerWhereTheyWin) {
+  // Every candidate twice, with and without rotated values at the same held bits; the rotated ones
+  // have half the KL in layer 0 and twice the KL in layer 1 (measured per layer, as on Gemma 3).
+  nlohmann::json j = table(2, -1);
+  add_variants(j, "rotate_values", true, 0.5, 2.0);
   const auto p = skv::calib::plan_from_sensitivity(skv::calib::read_sensitivity(j), 4.25);
   EXPECT_EQ(p.layers[0].choice.name(), "k3v3+rotv");
   EXPECT_EQ(p.layers[1].choice.name(), "k3v3");
@@ -178,16 +184,7 @@ TEST(LoopPlan, ChoosesRotatedKeysPerLayerWhereTheyWin) {
   // third of the KL, layer 0's three times.
   nlohmann::json j = table(2, -1);
   j["options"]["rotate_keys"] = true;
-  for (int l = 0; l < 2; ++l) {
-    auto& cands = j["layers"][l]["candidates"];
-    const std::size_t n = cands.size();
-    for (std::size_t i = 0; i < n; ++i) {
-      nlohmann::json c = cands[i];
-      c["rotate_keys"] = false;
-      c["kl"] = c["kl"].get<double>() * (l == 0 ? 3.0 : 1.0 / 3.0);
-      cands.push_back(c);
-    }
-  }
+  add_variants(j, "rotate_keys", false, 3.0, 1.0 / 3.0);
   const auto p = skv::calib::plan_from_sensitivity(skv::calib::read_sensitivity(j), 4.25);
   EXPECT_EQ(p.layers[0].choice.name(), "k3v3");
   EXPECT_EQ(p.layers[1].choice.name(), "k3v3+unrotk");
