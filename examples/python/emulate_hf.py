@@ -7,7 +7,8 @@ One teacher-forced forward per configuration, with an attention function that gi
 an skv cache fed token by token shows it (the same batching as emulate_options.py): the sinks and
 tokens sinks + q(t+1) onward exact (the ring), the tokens between them quantized, where q(n) =
 (n - sinks - residual) // G * G for key groups of G tokens. Every token first goes through an 8-bit
-row per token and head (skv::Int8Ring) unless +f32ring. The attention itself is exact float32.
+row per token and head (skv::Int8Ring; unrotated keys' rows coded rotated, as skv holds them) unless
++f32ring. The attention itself is exact float32.
 
     python3 examples/python/emulate_hf.py --model gemma3 --configs k3v3,k3v3+unrotk,k3v3+unrotk+prerope
 
@@ -24,6 +25,7 @@ Python set `rotate_keys + rotate_values + lloyd_max_values + sinks 4 + int8_ring
     +hotN     the N key channels with the largest E[q_c^2] * E[range_c^2] (per layer, on this text)
               kept at 8 bits: mixed precision across channels
     +f32ring  the ring and the sinks exact instead of 8-bit rows
+    +plainring  unrotated keys' 8-bit rows coded as they are (skv before its rotated key rows)
     +r<N>     a residual window of N tokens
 
 Prints perplexity ratio, KL and top-1 agreement against the exact model; counts no memory (use
@@ -111,6 +113,15 @@ def int8_rows(x):
     return min_max(x, 8, -1)
 
 
+def ring_keys(x, c):
+    """Key rows as skv::Int8Ring holds them: keys that the cache does not rotate are coded in the
+    rotated basis (skv::RotatedRingRow) unless +plainring."""
+    if c["rotk"] or c["plainring"]:
+        return int8_rows(x)
+    r = hadamard(x.shape[-1], 1)
+    return int8_rows(x @ r) @ r.T
+
+
 def rotate_half(x):
     a, b = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
     return torch.cat((-b, a), dim=-1)
@@ -149,7 +160,7 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     if c["prerope"]:  # the exact keys stay post-RoPE; the quantized ones are quantized before it
         p = Emulation.pre_rope
         kp = p["k"][0].float()
-        kp = int8_rows(kp) if c["ring8"] else kp
+        kp = ring_keys(kp, c) if c["ring8"] else kp
         kq = keys_per_channel(kp, c["kb"], kg)
         kq = kq * p["cos"][0].float() + rotate_half(kq) * p["sin"][0].float()
     if c["rotk"]:
@@ -158,7 +169,7 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout=0
     rv = hadamard(d, 2)
     v = v @ rv
     if c["ring8"]:
-        k, v = int8_rows(k), int8_rows(v)
+        k, v = ring_keys(k, c), int8_rows(v)
     if not c["prerope"]:
         kq = keys_per_channel(k, c["kb"], kg)
     if c["hot"]:
@@ -188,7 +199,8 @@ def parse(name):
     if not (len(base) >= 4 and base[0] == "k" and "v" in base[1:]):
         sys.exit(f"{PROG}: {name}: expected kKvV[+options]")
     kb, vb = base[1:].split("v")
-    c = dict(kb=int(kb), vb=int(vb), rotk=True, prerope=False, kg=32, vg=64, hot=0, ring8=True, residual=0)
+    c = dict(kb=int(kb), vb=int(vb), rotk=True, prerope=False, kg=32, vg=64, hot=0, ring8=True, residual=0,
+             plainring=False)
     for o in opts:
         if o == "unrotk":
             c["rotk"] = False
@@ -196,6 +208,8 @@ def parse(name):
             c["prerope"] = True
         elif o == "f32ring":
             c["ring8"] = False
+        elif o == "plainring":
+            c["plainring"] = True
         elif o in ("kg64", "kg128"):
             c["kg"] = int(o[2:])
         elif o.startswith("vg") and o[2:].isdigit():

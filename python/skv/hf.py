@@ -298,7 +298,8 @@ class SkvCache(Cache):
             does); slower than the default chunked prefill, which attends a chunk after storing it.
         window_chunk: queries per attention call of a sliding-window layer (default: 256, or 1 with
             token_by_token). A window cache holds the pages the queries of one chunk read, at most
-            (window + window_chunk - 2) // 64 + 2 pages of 64 tokens: a smaller chunk holds less
+            (window + window_chunk - 2) // P + 2 pages of P tokens (KVCache.page_size: 64, or 32 in
+            the set without rotated keys): a smaller chunk holds less
             memory and attends a prompt in more calls.
     """
 

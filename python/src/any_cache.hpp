@@ -74,6 +74,8 @@ struct Config {
   int head_dim = 0;
   int residual = 0;
   int options = kNoOptions;  ///< an OptionSet
+  int value_group = 0;       ///< channels per value group (per token)
+  int page_size = 0;         ///< tokens per page
 
   std::string name() const;
 };

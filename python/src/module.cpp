@@ -508,7 +508,8 @@ NB_MODULE(_skv, m) {
   nb::class_<KVCache>(m, "KVCache", R"doc(A quantized KV cache for one sequence (one layer).
 
 Keys are quantized per channel in groups of 32 tokens to key_bits, values per token in groups of up
-to 64 channels to value_bits, with fp16 scales and zero points, in pages of 64 tokens. The last
+to 64 channels to value_bits, with fp16 scales and zero points, in pages of 64 tokens (without
+rotate_keys, in the 8-bit-ring set: values grouped over the whole head, pages of 32 tokens). The last
 incomplete group of tokens (plus `residual` more) stays in float32 until it is quantized once.
 rotate_keys=True rotates keys (and queries) by a randomized Hadamard transform; rotate_values=True
 rotates values by another one (and the attention output back); sinks=4 keeps the first 4 tokens in
@@ -590,6 +591,11 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
       .def_prop_ro("key_bits", [](const KVCache& c) { return c.get().config().key_bits; })
       .def_prop_ro("value_bits", [](const KVCache& c) { return c.get().config().value_bits; })
       .def_prop_ro("head_dim", [](const KVCache& c) { return c.get().config().head_dim; })
+      .def_prop_ro("value_group", [](const KVCache& c) { return c.get().config().value_group; },
+                   "Channels per value group (values are grouped per token): 64 (32 at head_dim 96), or the "
+                   "whole head in the set without rotated keys.")
+      .def_prop_ro("page_size", [](const KVCache& c) { return c.get().config().page_size; },
+                   "Tokens per page: 64, or 32 in the set without rotated keys.")
       .def_prop_ro("num_kv_heads", [](const KVCache& c) { return c.get().num_kv_heads(); })
       .def_prop_ro("residual", [](const KVCache& c) { return c.get().config().residual; })
       .def_prop_ro("rotate_keys", [](const KVCache& c) { return option_flags(c.get().config().options).rotate_keys; })

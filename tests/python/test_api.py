@@ -207,6 +207,27 @@ def test_int8_ring_holds_8_bit_rows_in_a_quarter_of_the_memory(rng):
     np.testing.assert_allclose(byte.decode(q), attention_fp64(kb, vb, q, 1 / np.sqrt(d)), atol=2e-5 * np.abs(v).max())
 
 
+def test_int8_ring_holds_unrotated_keys_rotated(rng):
+    # keys the cache does not rotate are held in the 8-bit area as rows of the rotated key: an
+    # outlier channel then sets the row's range in one channel only, not the step of every element
+    n, hkv, d = 40, 2, 128
+    k, v = random_kv(rng, n, hkv, d)
+    k[..., 3] *= 40
+    c = skv.KVCache(key_bits=4, value_bits=3, head_dim=d, num_kv_heads=hkv, max_tokens=n, residual=128,
+                    rotate_values=True, lloyd_max_values=True, sinks=4, int8_ring=True)
+    assert c.int8_ring and not c.rotate_keys and c.value_group == d  # this set groups values over the head
+    c.append(k, v)  # 4 sinks and 36 ring tokens: every key is an 8-bit row
+    kb, _ = c.dequantize()
+    lo, hi = k.min(axis=-1, keepdims=True), k.max(axis=-1, keepdims=True)
+    step = (hi - lo) / 255
+    plain = lo + np.round((k - lo) / step) * step  # the row coded as it is
+    rms = lambda e: float(np.sqrt(np.mean(e ** 2)))  # noqa: E731
+    assert 0 < rms(kb - k) < rms(plain - k) / 2, (rms(kb - k), rms(plain - k))
+    rows = c.full_precision().reshape(-1, d)  # the area's rows decoded, keys in the caller's basis
+    for t, h in [(0, 0), (5, 1), (39, 0)]:
+        assert (rows == kb[t, h]).all(axis=1).any(), (t, h)
+
+
 def test_float16_input_gives_the_same_cache_as_float32(rng):
     k16, v16 = random_kv(rng, 200, 3, 64, dtype=np.float16)
     caches = []

@@ -160,7 +160,7 @@ def test_unrotated_keys_are_a_candidate_and_tables_merge():
     for l in merged["layers"]:
         got = [(c["rotate_keys"], c["held_bits"], c["kl"]) for c in l["candidates"]]
         assert [g[0] for g in got] == [True, False]
-        assert got[0][1] == got[1][1]  # the rotation holds no memory
+        assert got[1][1] < got[0][1]  # the rotation holds no memory; set 7's pages of 32 tokens hold less
         assert got[0][2] != got[1][2]  # and reached the cache
     with pytest.raises(ValueError, match="twice"):
         calibrate.merge_tables(b, b)

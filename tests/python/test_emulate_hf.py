@@ -65,3 +65,15 @@ def test_bad_configurations_exit_with_a_message():
             emulate_hf.parse(bad)
     c = emulate_hf.parse("k3v2+unrotk+kg64+vg256+hot16+r128")
     assert (c["kb"], c["vb"], c["rotk"], c["kg"], c["vg"], c["hot"], c["residual"]) == (3, 2, False, 64, 256, 16, 128)
+
+
+def test_ring_keys_are_coded_rotated_like_skvs():
+    # unrotated keys' 8-bit rows are coded in the rotated basis: an outlier channel costs little
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, 64, generator=g)
+    x[..., 5] *= 50
+    plain = emulate_hf.int8_rows(x)
+    assert torch.equal(emulate_hf.ring_keys(x, emulate_hf.parse("k16v16+unrotk+plainring")), plain)
+    assert torch.equal(emulate_hf.ring_keys(x, emulate_hf.parse("k16v16")), plain)  # rotated keys: rows as they are
+    rotated = emulate_hf.ring_keys(x, emulate_hf.parse("k16v16+unrotk"))
+    assert 0 < float((rotated - x).pow(2).mean()) < float((plain - x).pow(2).mean()) / 4

@@ -59,6 +59,28 @@ def test_window_cache_equals_an_unbounded_cache_with_hidden_sinks(rng):
         skv.decode_batch([windowed, kept], q[None].repeat(2, axis=0))
 
 
+def test_the_unrotated_key_set_holds_pages_of_one_key_group(rng):
+    # rotated values on Lloyd-Max levels, 4 sinks, 8-bit ring, keys unrotated: values grouped over the
+    # whole head and pages of 32 tokens, so a window layer holds fewer slots around its window
+    opts = dict(residual=0, rotate_values=True, lloyd_max_values=True, sinks=4, int8_ring=True)
+    d, window, n = 256, 512, 2048
+    c = skv.KVCache(key_bits=8, value_bits=8, head_dim=d, num_kv_heads=1, max_tokens=2**31 - 1, window=window,
+                    max_chunk=1, **opts)
+    assert (c.page_size, c.value_group, c.rotate_keys) == (32, d, False)
+    other = skv.KVCache(key_bits=8, value_bits=8, head_dim=d, num_kv_heads=1, max_tokens=64, rotate_keys=True, **opts)
+    assert (other.page_size, other.value_group) == (64, 64)
+    k, v = random_kv(rng, n, 1, d)
+    for t in range(n):
+        c.append(k[t:t + 1], v[t:t + 1])
+    # (window + max_chunk - 2) // 32 + 2 = 17 pages of 32 tokens (544 slots; 9 of 64 hold 576)
+    page = c.bits_per_element * 2 * d * 32 / 8
+    assert len(c.page_bytes()) == 17 * page
+    assert c.memory_bytes == 17 * page + 2 * (32 + 4) * (d + 4)  # + the ring's and sinks' 8-bit rows
+    q = rng.standard_normal((4, d)).astype(np.float32)
+    err = np.abs(c.decode(q) - window_attention_fp64(k, v, q, c.default_scale, window)).max()
+    assert err < 0.03
+
+
 def test_truncate_rolls_back_drafted_tokens_exactly(rng):
     k, v = random_kv(rng, 400, 2, 64)
     spec = skv.KVCache(key_bits=4, value_bits=2, head_dim=64, num_kv_heads=2, max_tokens=400, rollback=32)

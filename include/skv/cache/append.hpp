@@ -35,10 +35,14 @@ namespace skv {
 
 namespace detail {
 
-/// Stores one token row (HeadDim elements of T) in the layout's full-precision area (or its
-/// history) through Layout::Ring: copied when T is the area's element type, else widened to float
-/// and stored (rounded to fp16 with Fp16Ring, encoded with Int8Ring).
-template <class Layout, class T>
+/// The codec of the area's key rows (Key) or value rows: Layout::KeyRing or Layout::ValueRing.
+template <class Layout, bool Key>
+using RingOf = std::conditional_t<Key, typename Layout::KeyRing, typename Layout::ValueRing>;
+
+/// Stores one key (Key) or value row (HeadDim elements of T) in the layout's full-precision area
+/// (or its history) through its codec: copied when T is the area's element type, else widened to
+/// float and stored (rounded to fp16 with Fp16Ring, encoded with Int8Ring).
+template <class Layout, bool Key, class T>
 void store_full_row(const T* SKV_RESTRICT x, typename Layout::FullPrecision* SKV_RESTRICT out) {
   constexpr int D = Layout::kHeadDim;
   if constexpr (std::is_same<T, typename Layout::FullPrecision>::value) {
@@ -48,7 +52,7 @@ void store_full_row(const T* SKV_RESTRICT x, typename Layout::FullPrecision* SKV
   } else {
     float row[D];
     simd::to_f32_row(x, D, row);
-    Layout::Ring::store(row, out);
+    RingOf<Layout, Key>::store(row, out);
   }
 }
 
@@ -61,7 +65,7 @@ void stored_row(const T* x, typename Layout::FullPrecision* out) {
   simd::to_f32_row(x, D, row);
   if constexpr (Key && Layout::kRotateKeys) HadamardRotation<D, Layout::kRotationSeed>::apply(row);
   if constexpr (!Key && Layout::kRotateValues) HadamardRotation<D, Layout::kValueRotationSeed>::apply(row);
-  Layout::Ring::store(row, out);
+  RingOf<Layout, Key>::store(row, out);
 }
 
 template <class Layout>
@@ -153,14 +157,14 @@ void append_to_ring(SequenceView<Layout>& view, const TK* keys, const TV* values
   const auto at = [&](int t, int h) { return static_cast<std::size_t>(t - t0) * token_floats + static_cast<std::size_t>(h) * D; };
   const auto to_ring = [&](int t) {
     for (int h = 0; h < heads; ++h) {
-      store_full_row<Layout>(keys + at(t, h), view.residual_key(t, h));
-      store_full_row<Layout>(values + at(t, h), view.residual_value(t, h));
+      store_full_row<Layout, true>(keys + at(t, h), view.residual_key(t, h));
+      store_full_row<Layout, false>(values + at(t, h), view.residual_value(t, h));
     }
   };
   for (int t = t0; t < t_end && t < kSinks; ++t) {
     for (int h = 0; h < heads; ++h) {
-      store_full_row<Layout>(keys + at(t, h), view.sink_key(t, h));
-      store_full_row<Layout>(values + at(t, h), view.sink_value(t, h));
+      store_full_row<Layout, true>(keys + at(t, h), view.sink_key(t, h));
+      store_full_row<Layout, false>(values + at(t, h), view.sink_value(t, h));
     }
   }
   // in token order: a block's new tokens take ring slots of tokens quantized before it
@@ -288,18 +292,19 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
       if (!simd::all_within(k, count, Layout::KeyQuantizer::kMaxInput) ||
           !simd::all_within(v, count, Layout::ValueQuantizer::kMaxInput))
         fail(k, v);
-      const auto held = [&](const auto* x) {
+      const auto held = [&](const auto* x, auto key) {  // key: std::true_type for key rows
+        using Codec = detail::RingOf<Layout, decltype(key)::value>;
         std::vector<float> out(count);
         float row[Layout::kHeadDim];
         typename Layout::FullPrecision stored[Layout::kRingRow];
         for (std::size_t i = 0; i < count; i += Layout::kHeadDim) {
           simd::to_f32_row(x + i, Layout::kHeadDim, row);
-          Layout::Ring::store(row, stored);
-          Layout::Ring::load(stored, out.data() + i);
+          Codec::store(row, stored);
+          Codec::load(stored, out.data() + i);
         }
         return out;
       };
-      const std::vector<float> kq = held(k), vq = held(v);
+      const std::vector<float> kq = held(k, std::true_type{}), vq = held(v, std::false_type{});
       store(k, v, kq.data(), vq.data());
     } else {
       store(k, v, k, v);

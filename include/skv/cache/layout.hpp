@@ -141,6 +141,12 @@ struct CacheLayout {
   using FullPrecision = std::conditional_t<kInt8Ring, std::uint8_t, std::conditional_t<kFp16Ring, fp16, float>>;
   /// How the area holds one token row of one head, and its elements of FullPrecision.
   using Ring = RingRow<FullPrecision, HeadDim>;
+  /// Whether the 8-bit area holds key rows rotated (cache/ring.hpp): Int8Ring keys that RotateKeys
+  /// leaves in the caller's basis, for a power-of-two HeadDim, in the basis RotateKeys would use.
+  static constexpr bool kRingRotatesKeys = kInt8Ring && !kRotateKeys && (HeadDim & (HeadDim - 1)) == 0;
+  /// The codec of key rows and of value rows (the same size as Ring's rows).
+  using KeyRing = std::conditional_t<kRingRotatesKeys, RotatedRingRow<HeadDim, kRotationSeed, KeyQ>, Ring>;
+  using ValueRing = Ring;
   static constexpr int kRingRow = Ring::kElements;
   /// Whether the area holds plain floats (the GPU caches and the scalar quantize_block need it).
   static constexpr bool kFloatRing = std::is_same<FullPrecision, float>::value;

@@ -419,8 +419,8 @@ void quantize_block_fast(const View& view, int first) {
     for (int t = 0; t < B; ++t)
       for (int h = 0; h < view.num_kv_heads; ++h) {
         const std::size_t at = t * stride + static_cast<std::size_t>(h) * D;
-        Layout::Ring::load(view.residual_key(token + t, h), k.data() + at);
-        Layout::Ring::load(view.residual_value(token + t, h), v.data() + at);
+        Layout::KeyRing::load(view.residual_key(token + t, h), k.data() + at);
+        Layout::ValueRing::load(view.residual_value(token + t, h), v.data() + at);
       }
     quantize_block_rows<Layout>(view, first, k.data(), v.data(), stride);
   } else {

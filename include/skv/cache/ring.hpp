@@ -11,11 +11,19 @@
 //             decoded). code * s is exact in float (8 x 11 significant bits), so z + code * s
 //             rounds once, the same with or without FMA. With AVX2 the codes are computed 8 at a
 //             time by the same operations (the bytes do not depend on the instruction set).
+//             The sign bit of s flags a row held rotated (below); s itself is never negative.
+//   rotated   Int8Ring keys that RotateKeys leaves in the caller's basis: the 8-bit row of R x
+//             (R the keys' HadamardRotation), so that an outlier channel no longer sets the step
+//             of every element of the row (per-token rows are what per-channel key groups avoid);
+//             load undoes R. Values have no such channels once RotateValues rotates them.
 //
 // RingRow<Full, HeadDim> is the codec: kElements elements of Full per row, store (from float),
-// load (to float) and one element. Every reader and writer of the area goes through it.
+// load (to float) and one element; RotatedRingRow adds the rotation. The layout names the codec of
+// each side (Layout::KeyRing, Layout::ValueRing); every reader and writer of the area goes through
+// them.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -24,6 +32,7 @@
 #include <skv/config.hpp>
 #include <skv/numeric/half.hpp>
 #include <skv/numeric/simd.hpp>
+#include <skv/quant/rotation.hpp>
 
 namespace skv {
 
@@ -48,7 +57,16 @@ struct RingRow<std::uint8_t, HeadDim> {
   static constexpr std::size_t kBytes = kElements;
 
   SKV_HOST_DEVICE static float zero(const std::uint8_t* row) { return to_float(half_at(row + HeadDim)); }
-  SKV_HOST_DEVICE static float step(const std::uint8_t* row) { return to_float(half_at(row + HeadDim + 2)); }
+  SKV_HOST_DEVICE static float step(const std::uint8_t* row) {
+    return to_float(fp16{static_cast<std::uint16_t>(half_at(row + HeadDim + 2).bits & 0x7fffu)});
+  }
+  /// Whether RotatedRingRow stored the row rotated: the sign bit of the step.
+  SKV_HOST_DEVICE static bool rotated(const std::uint8_t* row) { return (half_at(row + HeadDim + 2).bits & 0x8000u) != 0; }
+  static void mark_rotated(std::uint8_t* row) {
+    fp16 s = half_at(row + HeadDim + 2);
+    s.bits = static_cast<std::uint16_t>(s.bits | 0x8000u);
+    std::memcpy(row + HeadDim + 2, &s, 2);
+  }
 
   /// Encodes the finite floats x[0, HeadDim) with |x| <= M for an fp16-representable M; every
   /// decoded element then lies in [-M, M] too.
@@ -127,6 +145,55 @@ struct RingRow<std::uint8_t, HeadDim> {
     return h;
   }
   static fp16 negate(fp16 h) { return fp16{static_cast<std::uint16_t>(h.bits ^ 0x8000u)}; }
+};
+
+/// Rows of the 8-bit area held in the basis of HadamardRotation<HeadDim, Seed> (Layout::KeyRing with
+/// Int8Ring and keys that RotateKeys does not rotate; HeadDim a power of two): store codes R x and
+/// flags the row, load decodes and applies R^T. A row with an element beyond kRotateLimit (far beyond
+/// real keys) is coded as it is, unflagged, so that every row the quantizers accept (|x| <= their
+/// kMaxInput) decodes within that range again: |(R^T y')_c| <= |y'|_2 <= |x|_2 + sqrt(D) s
+/// <= (sqrt(D) + D / 64) max|x| for the decoded rotated row y' (s <= 2 sqrt(D) max|x| / 255, rounded up).
+template <int HeadDim, std::uint64_t Seed, class Q>
+struct RotatedRingRow {
+  using Codec = RingRow<std::uint8_t, HeadDim>;
+  using Rotation = HadamardRotation<HeadDim, Seed>;
+  static constexpr int kElements = Codec::kElements;
+  static constexpr std::size_t kBytes = Codec::kBytes;
+  /// Largest |x| of a row that is stored rotated.
+  static constexpr float kRotateLimit =
+      static_cast<float>(Q::kMaxInput / (1.0 / Rotation::inv_sqrt_dim() + 0.01 + HeadDim / 64.0));
+
+  static void store(const float* SKV_RESTRICT x, std::uint8_t* SKV_RESTRICT row) {
+    float amax = 0.0f;
+    for (int c = 0; c < HeadDim; ++c) amax = std::fabs(x[c]) > amax ? std::fabs(x[c]) : amax;
+    if (!(amax <= kRotateLimit)) {
+      Codec::store(x, row);
+      return;
+    }
+    alignas(64) float y[HeadDim];
+    std::memcpy(y, x, sizeof(y));
+    Rotation::apply(y);
+    Codec::store(y, row);
+    Codec::mark_rotated(row);
+  }
+  /// The row in the caller's basis.
+  static void load(const std::uint8_t* SKV_RESTRICT row, float* SKV_RESTRICT out) {
+    Codec::load(row, out);
+    if (Codec::rotated(row)) Rotation::apply_inverse(out);
+  }
+  /// The row in the rotated basis, R x (attention reads these rows against R q).
+  static void load_rotated(const std::uint8_t* SKV_RESTRICT row, float* SKV_RESTRICT out) {
+    Codec::load(row, out);
+    if (!Codec::rotated(row)) Rotation::apply(out);
+  }
+  /// Element c of load(row): the whole row is decoded (O(D log D); the reference path's accessor).
+  SKV_HOST_DEVICE static float element(const std::uint8_t* row, int c) {
+    if (!Codec::rotated(row)) return Codec::element(row, c);
+    float y[HeadDim];
+    for (int i = 0; i < HeadDim; ++i) y[i] = Codec::element(row, i);
+    Rotation::apply_inverse(y);
+    return y[c];
+  }
 };
 
 }  // namespace skv

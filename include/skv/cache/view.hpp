@@ -70,7 +70,7 @@ struct SequenceView {
   SKV_HOST_DEVICE ValueBlock values(int j, int h) const { return ValueBlock{head_block(j, h) + L::Keys::kBytes}; }
 
   /// Full-precision key / value row of a sink token (token < kSinkTokens): L::kRingRow elements,
-  /// read through L::Ring.
+  /// read through L::KeyRing / L::ValueRing.
   SKV_HOST_DEVICE Full* sink_key(int token, int h) const { return residual + L::sink_key_offset(token, h, num_kv_heads); }
   SKV_HOST_DEVICE Full* sink_value(int token, int h) const {
     return residual + L::sink_value_offset(token, h, num_kv_heads);
@@ -86,16 +86,16 @@ struct SequenceView {
   /// Element `c` of key / value `token` as attention sees it (dequantized or full precision; keys /
   /// values in the rotated basis when the layout rotates them).
   SKV_HOST_DEVICE float key(int token, int h, int c) const {
-    if (token < L::kSinkTokens) return L::Ring::element(sink_key(token, h), c);
+    if (token < L::kSinkTokens) return L::KeyRing::element(sink_key(token, h), c);
     const int j = token - L::kSinkTokens;
     if (j < quantized_length()) return keys(j, h).dequantize(j % L::kPageSize, c);
-    return L::Ring::element(residual_key(token, h), c);
+    return L::KeyRing::element(residual_key(token, h), c);
   }
   SKV_HOST_DEVICE float value(int token, int h, int c) const {
-    if (token < L::kSinkTokens) return L::Ring::element(sink_value(token, h), c);
+    if (token < L::kSinkTokens) return L::ValueRing::element(sink_value(token, h), c);
     const int j = token - L::kSinkTokens;
     if (j < quantized_length()) return values(j, h).dequantize(j % L::kPageSize, c);
-    return L::Ring::element(residual_value(token, h), c);
+    return L::ValueRing::element(residual_value(token, h), c);
   }
 };
 

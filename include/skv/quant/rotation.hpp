@@ -126,6 +126,8 @@ struct HadamardRotation {
   }
 #endif
 
+ public:
+  /// The transform's scale 1 / sqrt(D), as a float.
   SKV_HOST_DEVICE static constexpr float inv_sqrt_dim() {
     // 1/sqrt(D) for D = 2^k: 2^(-k/2), exact for even k; for odd k the nearest float of 2^(-k/2).
     float r = 1.0f;

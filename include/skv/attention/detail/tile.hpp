@@ -102,7 +102,7 @@ struct Tiles {
   static constexpr PairIndex kPairIndex = make_pair_index();
 
   struct Scratch {
-    std::vector<float> kbuf, vbuf, ms, mz, logits, p, w, qs, q0, bias, zs, tmp;
+    std::vector<float> kbuf, vbuf, ms, mz, logits, p, w, qs, q0, qr, bias, zs, tmp;
     std::vector<std::uint16_t> kcodes, vcodes;
     std::vector<std::int16_t> qi, qlo16;
     std::vector<std::int8_t> qlo;
@@ -123,6 +123,7 @@ struct Tiles {
       p.assign(static_cast<std::size_t>(heads) * kTile + 32, 0.0f);  // vector reads past the last head
       qs.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
       q0.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
+      if (Layout::kRingRotatesKeys) qr.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
       bias.assign(static_cast<std::size_t>(heads), 0.0f);
       zs.assign(static_cast<std::size_t>(heads) * kValueGroups, 0.0f);
       tmp.assign(static_cast<std::size_t>(heads) * kD, 0.0f);
@@ -567,13 +568,24 @@ struct Tiles {
   template <class Mask>
   static void full_precision_tile(const SequenceView<Layout>& view, int h, int t, int n, int rows, ItemState& st,
                                   Scratch& sc, bool sinks, const Mask& mask) {
+    const float* q = sc.q0.data();
     for (int i = 0; i < n; ++i) {
       const auto* k = sinks ? view.sink_key(t + i, h) : view.residual_key(t + i, h);  // float, fp16 or 8-bit
       const auto* v = sinks ? view.sink_value(t + i, h) : view.residual_value(t + i, h);
-      Layout::Ring::load(k, sc.kbuf.data() + static_cast<std::size_t>(i) * kD);
-      Layout::Ring::load(v, sc.vbuf.data() + static_cast<std::size_t>(i) * kD);
+      if constexpr (Layout::kRingRotatesKeys) {
+        Layout::KeyRing::load_rotated(k, sc.kbuf.data() + static_cast<std::size_t>(i) * kD);
+      } else {
+        Layout::KeyRing::load(k, sc.kbuf.data() + static_cast<std::size_t>(i) * kD);
+      }
+      Layout::ValueRing::load(v, sc.vbuf.data() + static_cast<std::size_t>(i) * kD);
     }
-    dot_rows(sc.q0.data(), rows, kD, sc.kbuf.data(), kD, n, nullptr, sc.logits.data(), kTile);
+    if constexpr (Layout::kRingRotatesKeys) {  // rotated key rows (cache/ring.hpp) against R q: R^T R = I
+      std::copy_n(sc.q0.data(), static_cast<std::size_t>(rows) * kD, sc.qr.data());
+      for (int r = 0; r < rows; ++r)
+        HadamardRotation<kD, Layout::kRotationSeed>::apply(sc.qr.data() + static_cast<std::size_t>(r) * kD);
+      q = sc.qr.data();
+    }
+    dot_rows(q, rows, kD, sc.kbuf.data(), kD, n, nullptr, sc.logits.data(), kTile);
     mask(sc.logits.data(), kTile, t, n, rows);
     softmax_tile(st, rows, kD, sc.logits.data(), kTile, n, sc.p.data());
     acc_rows(st.acc, rows, kD, sc.p.data(), kTile, 1, kD, sc.vbuf.data(), kD, n);
