@@ -20,6 +20,7 @@
 #include "common.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -57,6 +58,24 @@ const std::vector<float>& queries(int batch) {
   return q;
 }
 
+/// Rotary frequencies 10000^(-2i / d), for caches that store keys before the rotary embedding.
+const std::vector<float>& rope_frequencies() {
+  static const std::vector<float> f = [] {
+    std::vector<float> x(kHeadDim / 2);
+    for (int i = 0; i < kHeadDim / 2; ++i) x[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / kHeadDim));
+    return x;
+  }();
+  return f;
+}
+
+/// A cache of `capacity` tokens, given rope_frequencies() when it stores keys before RoPE.
+template <class Cache>
+Cache make_cache(int capacity) {
+  Cache cache(kKvHeads, capacity);
+  if constexpr (Cache::Layout::kPreRopeKeys) cache.set_rope_frequencies(rope_frequencies().data());
+  return cache;
+}
+
 /// The data of one benchmark shape; kept between benchmarks of the same shape (thread counts).
 struct Workload {
   virtual ~Workload() = default;
@@ -74,7 +93,7 @@ struct QuantWorkload : Workload {
 
   QuantWorkload(int ctx, int batch) {
     // quantize a template once, then tile its pages over every sequence's pages
-    Cache tmpl(kKvHeads, kTemplateTokens);
+    Cache tmpl = make_cache<Cache>(kTemplateTokens);
     tmpl.append(template_keys().data(), template_values().data(), kTemplateTokens);
     const auto tv = tmpl.view();
     const std::size_t page_bytes = L::page_bytes(kKvHeads);
@@ -97,6 +116,7 @@ struct QuantWorkload : Workload {
       v.max_pages = pages_per_seq;
       v.num_kv_heads = kKvHeads;
       v.length = ctx;
+      v.rope_freq = tv.rope_freq == nullptr ? nullptr : rope_frequencies().data();
       views.push_back(v);
     }
   }
@@ -251,7 +271,7 @@ const std::vector<T>& template_as(bool keys) {
 template <class Cache, class T = float>
 void bench_append(benchmark::State& state) {
   constexpr int kCapacity = 1 << 14;
-  Cache cache(kKvHeads, kCapacity);
+  Cache cache = make_cache<Cache>(kCapacity);
   const T* k = template_as<T>(true).data();
   const T* v = template_as<T>(false).data();
   int offset = 0;
@@ -418,7 +438,8 @@ int main(int argc, char** argv) {
         ->Apply(skv_bench::default_min_time<200>);
 
   // the cost of the accuracy options at 32k context: rotated queries, fp32 sinks (issue target:
-  // rotation within 5% of plain decode time); one thread, plain k4v2 registered next to them
+  // rotation within 5% of plain decode time), keys before RoPE (each key tile dequantized and turned
+  // token by token); one thread, plain k4v2 registered next to them
   for (int batch : {1, 8}) {
     const std::string tail = "/ctx:32768/batch:" + std::to_string(batch) + "/threads:1";
     auto reg = [&](const std::string& cfg, auto tag) {
@@ -432,6 +453,7 @@ int main(int argc, char** argv) {
     reg("k4v2", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2>>>{});
     reg("k4v2+rot", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2, 128, skv::RotateKeys>>>{});
     reg("k4v2+rot+sink4", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2, 128, skv::RotateKeys, skv::Sinks<4>>>>{});
+    reg("k4v2+prerope", skv::TypeTag<QuantWorkload<skv::KVCache<4, 2, 128, skv::PreRopeKeys>>>{});
   }
 
   // the ring's element type with a 128-token residual window at 4k context, where its 160 rows per
@@ -459,6 +481,8 @@ int main(int argc, char** argv) {
 
   benchmark::RegisterBenchmark("memcpy/block_input", bench_memcpy)->Apply(skv_bench::default_min_time<200>);
   benchmark::RegisterBenchmark("append/k4v2+rot/block", bench_append<skv::KVCache<4, 2, 128, skv::RotateKeys>>)->Apply(skv_bench::default_min_time<200>);
+  benchmark::RegisterBenchmark("append/k4v2+prerope/block", bench_append<skv::KVCache<4, 2, 128, skv::PreRopeKeys>>)
+      ->Apply(skv_bench::default_min_time<200>);
   benchmark::RegisterBenchmark("append/k4v2+clip/block",
                                bench_append<skv::KVCache<4, 2, 128, skv::ClipKeys, skv::ClipValues>>)
       ->Apply(skv_bench::default_min_time<200>);

@@ -30,7 +30,7 @@ import torch
 from transformers.cache_utils import DynamicCache, get_layer_types_and_kwargs
 
 from . import KVCache
-from .hf import ATTENTION, WINDOW_CHUNK, SkvLayer, lloyd_max_options
+from .hf import ATTENTION, WINDOW_CHUNK, SkvLayer, lloyd_max_options, rope_frequencies
 
 FORMAT = "skv-sensitivity/1"
 #: Bit pairs measured by default: every pair of 2, 3 and 4 bits, and 8/8 as the near-exact end.
@@ -116,12 +116,18 @@ def mixed_cache(model, quantized: dict, *, rotate_keys: bool = True, rotate_valu
     """A transformers cache whose layers in `quantized` ({layer: (key_bits, value_bits, residual[,
     rotate_values[, rotate_keys]])}) are skv caches and whose other layers are exact (transformers' own
     float layers).
-    token_by_token: the skv layers append and attend one token at a time, as generation does."""
+    token_by_token: the skv layers append and attend one token at a time, as generation does.
+    Layers of the set without rotated keys store keys before the rotary embedding (the model's
+    frequencies, skv.hf.rope_frequencies) where the model's rotary embedding covers the whole head."""
     if getattr(model.config, "_attn_implementation", None) != ATTENTION:
         raise ValueError('skv.calibrate: load the model with attn_implementation="skv" (import skv.hf first)')
     cache = DynamicCache(config=model.config)
     shapes = layer_shapes(model)
     max_tokens = max_tokens or int(getattr(_text_config(model), "max_position_embeddings", 0) or 32768)
+    try:
+        rope = rope_frequencies(model)
+    except ValueError:  # no rotary embedding, or a partial one: keys stored as given
+        rope = None
     for layer, cand in quantized.items():
         kb, vb, residual, rv, rk = _candidate(cand, rotate_values, rotate_keys)
         if not 0 <= layer < len(shapes):
@@ -130,7 +136,8 @@ def mixed_cache(model, quantized: dict, *, rotate_keys: bool = True, rotate_valu
         options = dict(residual=residual, rotate_keys=rk, rotate_values=rv, sinks=sinks, clip=clip,
                        lloyd_max_values=lloyd_max_values, rollback=0, fp16_ring=fp16_ring,
                        int8_ring=int8_ring)
-        cache.layers[layer] = SkvLayer(kb, vb, options, max_tokens, window, False, layer, 1, token_by_token)
+        cache.layers[layer] = SkvLayer(kb, vb, options, max_tokens, window, False, layer, 1, token_by_token,
+                                       rope_frequencies=None if rope is None else rope[layer])
     return cache
 
 

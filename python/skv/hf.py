@@ -62,8 +62,8 @@ def lloyd_max_options(options: dict, value_bits: int) -> dict:
 
 def _window_chunk(chunk: Optional[int], token_by_token: bool) -> int:
     """Queries per attention call of a window cache: `chunk`, or by default 1 when the layer attends
-    token by token and WINDOW_CHUNK otherwise. A window cache holds (window + chunk - 2) // 64 + 2
-    pages, so one-token steps hold the least."""
+    token by token and WINDOW_CHUNK otherwise. A window cache holds ceil((window + chunk - 1) / P) + 1
+    pages of P tokens (no + 1 when P is one key group, 32), so one-token steps hold the least."""
     if chunk is None:
         return 1 if token_by_token else WINDOW_CHUNK
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
@@ -101,9 +101,12 @@ class SkvLayer(CacheLayerMixin):
 
     def __init__(self, key_bits: int, value_bits: int, options: dict, max_tokens: int,
                  sliding_window: Optional[int] = None, fallback: bool = False, layer_idx: int = 0,
-                 num_threads: int = 0, token_by_token: bool = False, window_chunk: Optional[int] = None):
+                 num_threads: int = 0, token_by_token: bool = False, window_chunk: Optional[int] = None,
+                 rope_frequencies: Optional[Sequence[float]] = None):
         super().__init__()
         self.token_by_token = token_by_token
+        #: the layer's rotary frequencies, for caches that store keys before the rotary embedding
+        self.rope_frequencies = rope_frequencies
         #: queries per attention call of a window cache, and so the longest chunk its pages serve
         self.window_chunk = _window_chunk(window_chunk, token_by_token)
         self.key_bits, self.value_bits, self.options = key_bits, value_bits, options
@@ -122,10 +125,14 @@ class SkvLayer(CacheLayerMixin):
         self._check(key_states, value_states)
         window = self.sliding_window if self.is_sliding and not self.fallback else 0
         options = lloyd_max_options(self.options, self.value_bits)
+        def make(**rope):
+            return [KVCache(self.key_bits, self.value_bits, dim, num_kv_heads=heads,
+                            max_tokens=2**31 - 1 if window else self.max_tokens, window=window,
+                            max_chunk=self.window_chunk if window else 0, **options, **rope) for _ in range(batch)]
         try:
-            self.rows = [KVCache(self.key_bits, self.value_bits, dim, num_kv_heads=heads,
-                                 max_tokens=2**31 - 1 if window else self.max_tokens, window=window,
-                                 max_chunk=self.window_chunk if window else 0, **options) for _ in range(batch)]
+            self.rows = make()
+            if self.rope_frequencies is not None and self.rows[0].pre_rope_keys:
+                self.rows = make(rope_frequencies=list(self.rope_frequencies))
         except ValueError as e:
             raise ValueError(f"skv.hf: layer {self.layer_idx}: {e}") from None
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -298,9 +305,13 @@ class SkvCache(Cache):
             does); slower than the default chunked prefill, which attends a chunk after storing it.
         window_chunk: queries per attention call of a sliding-window layer (default: 256, or 1 with
             token_by_token). A window cache holds the pages the queries of one chunk read, at most
-            (window + window_chunk - 2) // P + 2 pages of P tokens (KVCache.page_size: 64, or 32 in
-            the set without rotated keys): a smaller chunk holds less
-            memory and attends a prompt in more calls.
+            ceil((window + window_chunk - 1) / P) + 1 pages of P tokens (KVCache.page_size: 64, or 32
+            in the set without rotated keys, whose pages are one key group and need no + 1): a
+            smaller chunk holds less memory and attends a prompt in more calls.
+        rope_frequencies: each layer's rotary frequencies, ``skv.hf.rope_frequencies(model)``. Layers
+            of the set without rotated keys (int8_ring=True, rotate_keys=False) then store keys
+            before the rotary embedding, where per-channel groups fit them better; the others ignore
+            them. Without them, those layers store keys as the model hands them over.
     """
 
     def __init__(self, config, key_bits: int = 4, value_bits: int = 2, *, residual: Optional[int] = None,
@@ -308,7 +319,8 @@ class SkvCache(Cache):
                  sinks: Optional[int] = None, clip: Optional[bool] = None, lloyd_max_values: Optional[bool] = None,
                  fp16_ring: Optional[bool] = None, int8_ring: Optional[bool] = None, plan: Any = None,
                  max_tokens: Optional[int] = None, rollback: int = DEFAULT_ROLLBACK,
-                 num_threads: int = 0, token_by_token: bool = False, window_chunk: Optional[int] = None):
+                 num_threads: int = 0, token_by_token: bool = False, window_chunk: Optional[int] = None,
+                 rope_frequencies: Optional[Sequence[Sequence[float]]] = None):
         text = config.get_text_config(decoder=True)
         layer_types, layer_kwargs = get_layer_types_and_kwargs(text)
         for i, kind in enumerate(layer_types):
@@ -316,6 +328,9 @@ class SkvCache(Cache):
                 raise ValueError(f"skv.hf: layer {i} is a {kind!r} layer; SkvCache holds full and sliding-window "
                                  "attention layers only")
         n = len(layer_types)
+        if rope_frequencies is not None and len(rope_frequencies) != n:
+            raise ValueError(f"skv.hf: rope_frequencies holds {len(rope_frequencies)} layers' frequencies; the model "
+                             f"has {n} layers (skv.hf.rope_frequencies(model) reads them)")
         window_chunk = _window_chunk(window_chunk, token_by_token)
         bits = _load_plan(plan, n) if plan is not None else [(key_bits, value_bits, None, None, None)] * n
         if max_tokens is None:
@@ -330,7 +345,7 @@ class SkvCache(Cache):
                            rollback=rollback)
             window = kw.get("sliding_window") if layer_types[i] == "sliding_attention" else None
             layers.append(SkvLayer(kb, vb, options, max_tokens, window, self.fallback, i, num_threads, token_by_token,
-                                   window_chunk))
+                                   window_chunk, None if rope_frequencies is None else rope_frequencies[i]))
         super().__init__(layers=layers)
 
     def crop(self, tokens_to_remove: int):
@@ -344,6 +359,32 @@ class SkvCache(Cache):
     def memory_bytes(self) -> int:
         """Bytes the caches hold now: pages in use, float32 rings, sinks and rollback copies."""
         return sum(layer.memory_bytes for layer in self.layers)
+
+
+def rope_frequencies(model) -> list[list[float]]:
+    """Each decoder layer's rotary frequencies (the ``inv_freq`` of the model's rotary embedding, any
+    rope scaling folded in; ``{layer_type}_inv_freq`` where a model keeps one per layer type, as Gemma 3
+    does), for ``SkvCache(..., rope_frequencies=...)``. Raises ValueError for a model without them, or
+    whose rotary embedding covers only part of the head (partial rotary: not supported)."""
+    text = model.config.get_text_config(decoder=True)
+    layer_types, _ = get_layer_types_and_kwargs(text)
+    found = {}
+    for name, buf in model.named_buffers():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf.endswith("inv_freq") and "original" not in leaf:
+            found.setdefault(leaf, buf)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    out = []
+    for i, kind in enumerate(layer_types):
+        buf = found.get(f"{kind}_inv_freq", found.get("inv_freq"))
+        if buf is None:
+            raise ValueError(f"skv.hf: no rotary frequencies (inv_freq) for layer {i} ({kind}) in the model")
+        f = buf.detach().float().cpu().reshape(-1).tolist()
+        if len(f) != head_dim // 2:
+            raise ValueError(f"skv.hf: layer {i}'s rotary embedding has {len(f)} frequencies for head_dim {head_dim}: "
+                             "a partial rotary embedding, which skv does not store keys before")
+        out.append(f)
+    return out
 
 
 # ---- the "skv" attention and mask functions ----------------------------------------------------------

@@ -16,7 +16,8 @@ namespace skv_python {
 /// search for keys and values; rotated keys and values + 4 sink tokens; those with values coded
 /// by the Lloyd-Max levels of a normal distribution (skv::Scheme::LloydMax, value bits 2 to 4); and
 /// those with the ring and the sinks held in fp16 (skv::Fp16Ring) or in 8-bit rows (skv::Int8Ring);
-/// and the last without the key rotation (keys that per-channel groups already fit better unrotated).
+/// and the last without the key rotation (keys that per-channel groups already fit better unrotated),
+/// stored before the rotary embedding when the cache is given the model's rotary frequencies.
 enum OptionSet : int {
   kNoOptions = 0,
   kRotateSinks = 1,
@@ -136,6 +137,13 @@ class AnyCache {
   virtual std::size_t reserved_bytes() const = 0;
   virtual double bits_per_element() const = 0;
   virtual float default_scale() const = 0;
+
+  /// Whether the cache stores keys before the rotary embedding (skv::PreRopeKeys: the set without
+  /// rotated keys), and its rotary frequencies (head_dim / 2; zeros until set: keys stored as given).
+  virtual bool pre_rope_keys() const = 0;
+  virtual std::vector<float> rope_frequencies() const = 0;
+  /// Sets them (head_dim / 2 floats) on an empty cache; an error for the other sets.
+  virtual void set_rope_frequencies(const float* inv_freq) = 0;
 
   /// The stored state, for tests and inspection: the bytes of the pages in use, and the
   /// full-precision area (residual ring and sinks) as floats.

@@ -252,7 +252,7 @@ class KVCache {
           std::optional<bool> rotate_keys, std::optional<bool> rotate_values, std::optional<int> sinks,
           std::optional<bool> clip, std::optional<bool> lloyd_max_values, std::optional<bool> fp16_ring,
           std::optional<bool> int8_ring, int window,
-          int max_chunk, int rollback, bool keep_sinks) {
+          int max_chunk, int rollback, bool keep_sinks, std::optional<std::vector<float>> rope_frequencies) {
     const int r = residual.value_or(kDefaultResidual);
     // Given none of the options: the default set, where it is compiled (the rotation needs a power-of-
     // two head_dim). Given some: the others are off, so rotate_keys=False alone means the plain cache.
@@ -281,6 +281,13 @@ class KVCache {
       throw skv::Error("the compiled option sets are: " + sets + "; got " + describe(want) + "; see skv.compiled()");
     cache_ = find_family(head_dim, r, set)
                  .make(key_bits, value_bits, num_kv_heads, max_tokens, Keep{window, max_chunk, rollback, keep_sinks});
+    if (rope_frequencies) {
+      if (static_cast<int>(rope_frequencies->size()) != head_dim / 2)
+        throw skv::Error("rope_frequencies must hold head_dim / 2 = " + std::to_string(head_dim / 2) +
+                         " frequencies (the model's inv_freq; partial rotary embeddings are not supported), got " +
+                         std::to_string(rope_frequencies->size()));
+      cache_->set_rope_frequencies(rope_frequencies->data());
+    }
   }
 
   explicit KVCache(std::unique_ptr<AnyCache> cache) : cache_(std::move(cache)) {}
@@ -529,12 +536,12 @@ the plain cache of the C++ short form.
 Only compiled configurations exist (skv.compiled()); any other raises ValueError naming the set.)doc")
       .def(nb::init<int, int, int, int, int, std::optional<int>, std::optional<bool>, std::optional<bool>,
                     std::optional<int>, std::optional<bool>, std::optional<bool>, std::optional<bool>,
-                    std::optional<bool>, int, int, int, bool>(),
+                    std::optional<bool>, int, int, int, bool, std::optional<std::vector<float>>>(),
            "key_bits"_a, "value_bits"_a, "head_dim"_a = 128, "num_kv_heads"_a, "max_tokens"_a,
            "residual"_a = nb::none(), "rotate_keys"_a = nb::none(), "rotate_values"_a = nb::none(),
            "sinks"_a = nb::none(), "clip"_a = nb::none(), "lloyd_max_values"_a = nb::none(),
            "fp16_ring"_a = nb::none(), "int8_ring"_a = nb::none(), "window"_a = 0, "max_chunk"_a = 0,
-           "rollback"_a = 0, "keep_sinks"_a = false,
+           "rollback"_a = 0, "keep_sinks"_a = false, "rope_frequencies"_a = nb::none(),
            "Allocates every page for max_tokens tokens up front. Defaults: residual=128 and, when none of\n"
            "rotate_keys, rotate_values, sinks, clip, lloyd_max_values, fp16_ring and int8_ring is given,\n"
            "rotate_keys=True, rotate_values=False, sinks=4, clip=False, lloyd_max_values=False, fp16_ring=False,\n"
@@ -542,7 +549,10 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
            "window=W > 0: a sliding-window cache; query i sees tokens i-W < j <= i (with keep_sinks=True the\n"
            "sink tokens too) and memory is bounded by the window, whatever max_tokens is (a stream of any\n"
            "length); attention() serves chunks of up to max_chunk queries (0: 64). rollback=N keeps float\n"
-           "copies of N more tokens so that truncate() can always take back N tokens.")
+           "copies of N more tokens so that truncate() can always take back N tokens.\n"
+           "rope_frequencies: the model's rotary frequencies (head_dim / 2 floats, its inv_freq) for the set\n"
+           "without rotated keys (int8_ring=True, rotate_keys=False), which then stores key t as R(-t) k, before\n"
+           "the rotary embedding, and turns what it decodes by R(t); keys arrive and attend post-RoPE as usual.")
       .def("append", &KVCache::append, "k"_a, "v"_a,
            "Appends tokens: k and v are [n, num_kv_heads, head_dim], float32, float16 or bfloat16 (one dtype),\n"
            "C-contiguous, read in place (numpy, torch, DLPack). A rejected call (NaN/Inf, a wrong shape or dtype,\n"
@@ -574,7 +584,8 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
       .def("page_bytes", &KVCache::page_bytes, "The bytes of the pages in use (uint8), as the C++ cache stores them.")
       .def("full_precision", &KVCache::full_precision,
            "The full-precision area as float32 (float16 values with fp16_ring, the decoded rows with int8_ring):\n"
-           "the residual ring (keys, then values), then the sink tokens.")
+           "the residual ring (keys, then values), then the sink tokens; keys as stored (before the rotary\n"
+           "embedding when the cache has rope_frequencies).")
       .def("_time_decode", &KVCache::time_decode, "q"_a, "iterations"_a, "num_threads"_a = 0,
            "Seconds per decode measured in C++ without Python in the loop (for benchmarks).")
       .def("__len__", [](const KVCache& c) { return c.get().size(); }, "Tokens appended.")
@@ -607,6 +618,16 @@ Only compiled configurations exist (skv.compiled()); any other raises ValueError
                    [](const KVCache& c) { return option_flags(c.get().config().options).lloyd_max_values; })
       .def_prop_ro("fp16_ring", [](const KVCache& c) { return option_flags(c.get().config().options).fp16_ring; })
       .def_prop_ro("int8_ring", [](const KVCache& c) { return option_flags(c.get().config().options).int8_ring; })
+      .def_prop_ro("pre_rope_keys", [](const KVCache& c) { return c.get().pre_rope_keys(); },
+                   "Whether the cache stores keys before the rotary embedding given rope_frequencies (the set "
+                   "without rotated keys).")
+      .def_prop_ro("rope_frequencies",
+                   [](const KVCache& c) -> nb::object {
+                     if (!c.get().pre_rope_keys()) return nb::none();
+                     return nb::cast(c.get().rope_frequencies());
+                   },
+                   "The rotary frequencies keys are stored by (a list of head_dim / 2 floats; zeros: keys stored "
+                   "as given), or None for the sets that store keys as given.")
       .def_prop_ro("sink_size", [](const KVCache& c) { return c.get().sink_size(); }, "Tokens kept as float32 sinks.")
       .def_prop_ro("quantized_size", [](const KVCache& c) { return c.get().quantized_size(); },
                    "Tokens stored quantized.")

@@ -43,6 +43,10 @@ static_assert(!F16::kFloatRing && F16::kRingRow == 64 && F16::ring_bits_per_elem
 static_assert(!I8::kFloatRing && I8::kInt8Ring && I8::kRingRow == 68 && I8::ring_bits_per_element() == 8.5, "");
 static_assert(I8::residual_elements(2) == 2u * (32 + 4) * 2 * 68 && I8::sink_bytes_per_token() == 136, "");
 static_assert(I8::sink_key_offset(1, 1, 2) == (2u * 32 + 1) * 2 * 68 + 68, "");
+// keys before the rotary embedding: the same bytes; the 8-bit ring still holds Hadamard rows of them
+using PR = skv::KVCache<4, 2, 64, skv::PreRopeKeys, skv::Int8Ring>::Layout;
+static_assert(PR::kPreRopeKeys && !PR::kRotateKeys && PR::kRingRotatesKeys && !I8::kPreRopeKeys, "");
+static_assert(PR::kHeadBytes == I8::kHeadBytes && PR::residual_elements(2) == I8::residual_elements(2) - 2u * 4 * 2 * 68, "");
 
 // Lloyd-Max values: the normal's levels on a 0..255 grid, the same metadata as min-max codes
 using LM2 = skv::Quantizer<2, 64, skv::Axis::Token, skv::Scheme::LloydMax>;

@@ -34,6 +34,21 @@ std::vector<float> random_tensor(int n, unsigned seed, float outlier = 1.0f, flo
   return x;
 }
 
+/// Rotary frequencies base^(-2i / kD), as a model with rope_theta `base` has them.
+std::vector<float> rope_frequencies(double base = 10000.0) {
+  std::vector<float> f(kD / 2);
+  for (int i = 0; i < kD / 2; ++i) f[i] = static_cast<float>(std::pow(base, -2.0 * i / kD));
+  return f;
+}
+
+/// A cache of n tokens; with PreRopeKeys, given rope_frequencies().
+template <class Cache>
+Cache make_cache(int n, const skv::Retention& keep = {}) {
+  Cache cache(kHeads, n, keep);
+  if constexpr (Cache::Layout::kPreRopeKeys) cache.set_rope_frequencies(rope_frequencies().data());
+  return cache;
+}
+
 /// Exact attention in double over the raw (unquantized) K and V.
 std::vector<double> exact_attention(const std::vector<float>& k, const std::vector<float>& v, int n,
                                     const std::vector<float>& q) {
@@ -408,12 +423,12 @@ void check_rollback_from_history(unsigned seed) {
   const std::size_t row = static_cast<std::size_t>(kHeads) * kD;
   const auto k = random_tensor(n, seed, 3.0f), v = random_tensor(n, seed + 1, 3.0f);
   const auto q = random_tensor(kQHeads / kHeads, seed + 2);
-  Cache cache(kHeads, n, skv::Retention{0, 0, 64});
+  Cache cache = make_cache<Cache>(n, skv::Retention{0, 0, 64});
   cache.append(k.data(), v.data(), n);  // whole blocks quantized straight from the input
   for (int r : {1, 30, 64}) {
     Cache back = cache;
     back.truncate(n - r);
-    Cache fresh(kHeads, n);
+    Cache fresh = make_cache<Cache>(n);
     fresh.append(k.data(), v.data(), n - r);
     const auto a = back.view(), b = fresh.view();
     for (int t = 0; t < n - r; ++t)
@@ -437,6 +452,8 @@ TEST(Options, RollbackWithRotatedValuesRestoresTheRotatedCopies) {
       KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Fp16Ring>>>(55);
   check_rollback_from_history<skv::BasicKVCache<
       KQ4, VQ2, kD, 64, 64, skv::Options<skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Int8Ring>>>(57);
+  check_rollback_from_history<
+      skv::BasicKVCache<KQ4, VQ2, kD, 64, 64, skv::Options<skv::PreRopeKeys, skv::Sinks<4>, skv::Int8Ring>>>(59);
 }
 
 // ---------------------------------------------------------------- sinks
@@ -619,7 +636,7 @@ void check_chunked_append_bytes(unsigned seed) {
   using L = typename Cache::Layout;
   const int n = 333;
   const auto k = random_tensor(n, seed, 5.0f), v = random_tensor(n, seed + 1);
-  Cache whole(kHeads, n), chunked(kHeads, n);
+  Cache whole = make_cache<Cache>(n), chunked = make_cache<Cache>(n);
   whole.append(k.data(), v.data(), n);
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int> size(0, 70);
@@ -655,6 +672,7 @@ TEST(Options, ChunkedAppendsWriteTheSameBytes) {
   check_chunked_append_bytes<
       skv::KVCache<3, 3, 128, skv::RotateKeys, skv::RotateValues, skv::Sinks<4>, skv::Int8Ring>>(40);
   check_chunked_append_bytes<skv::BasicKVCache<KQ2, VQ2, kD, 64, 64, skv::Options<skv::Int8Ring, skv::ClipValues>>>(41);
+  check_chunked_append_bytes<skv::KVCache<3, 3, 128, skv::PreRopeKeys, skv::RotateValues, skv::Sinks<4>, skv::Int8Ring>>(42);
 }
 
 TEST(Options, Fp16AppendEqualsFloatAppendOfTheSameValues) {
@@ -1068,6 +1086,186 @@ TEST(Options, Int8RingRejectsWhatItCannotHoldAndStaysUnchanged) {
   const float top = cache.view().key(96, 0, 62);  // 96 * 256 + 62 = 97 * 254, in the ring
   EXPECT_LE(top, 32752.0f);
   EXPECT_GE(top, 32752.0f * (1 - 2.0f / 255));
+}
+
+// ---------------------------------------------------------------- keys before the rotary embedding
+
+/// Keys as a model hands them to the cache: R(t) k_pre, where k_pre keeps the sign and size of its
+/// channels from token to token (channels 5 and 77 large, every channel offset by its own mean),
+/// which is what the rotary embedding hides from per-channel groups.
+std::vector<float> roped_keys(int n, unsigned seed, std::vector<float>* pre = nullptr) {
+  auto k = random_tensor(n, seed, 1.0f);
+  std::mt19937 rng(seed + 1000);
+  std::normal_distribution<float> g;
+  std::vector<float> mean(static_cast<std::size_t>(kHeads) * kD);
+  for (auto& m : mean) m = 2.0f * g(rng);
+  for (int h = 0; h < kHeads; ++h) {
+    mean[h * kD + 5] = 12.0f;
+    mean[h * kD + 77] = -9.0f;
+  }
+  const auto f = rope_frequencies();
+  for (std::size_t i = 0; i < k.size(); ++i) k[i] = 0.3f * k[i] + mean[i % mean.size()];
+  if (pre) *pre = k;
+  for (std::size_t i = 0; i < k.size(); i += kD)
+    skv::RotaryEmbedding<kD>::apply(f.data(), static_cast<double>(i / (static_cast<std::size_t>(kHeads) * kD)),
+                                    k.data() + i);
+  return k;
+}
+
+using PreRope = skv::BasicKVCache<KQ4, skv::Quantizer<3, 128, skv::Axis::Token, skv::Scheme::LloydMax>, kD, 32, 0,
+                                  skv::Options<skv::PreRopeKeys, skv::RotateValues, skv::Sinks<4>, skv::Int8Ring>>;
+using PostRope = skv::BasicKVCache<KQ4, skv::Quantizer<3, 128, skv::Axis::Token, skv::Scheme::LloydMax>, kD, 32, 0,
+                                   skv::Options<skv::RotateValues, skv::Sinks<4>, skv::Int8Ring>>;
+
+TEST(Options, PreRopeKeysAreStoredBeforeTheRotaryEmbedding) {
+  using L = PreRope::Layout;
+  static_assert(L::kPreRopeKeys && L::kRingRotatesKeys, "");
+  const int n = 301;
+  std::vector<float> pre;
+  const auto k = roped_keys(n, 60, &pre);
+  const auto v = random_tensor(n, 61);
+  auto cache = make_cache<PreRope>(n);
+  cache.append(k.data(), v.data(), n);
+  const auto view = cache.view();
+  ASSERT_EQ(cache.quantized_size(), 288);
+  // every token goes through its 8-bit row first (after the turn back), then a 4-bit code is within
+  // half its 32-token channel group's step of that (fp16 scale and zero aside); a ring row is within
+  // one step of its rotated row
+  const auto rounded = int8_rounded<L::KeyRing>(pre);
+  for (int t = 0; t < n; ++t)
+    for (int h = 0; h < kHeads; ++h) {
+      const std::size_t at = (static_cast<std::size_t>(t) * kHeads + h) * kD;
+      const bool quantized = t >= 4 && t < 4 + cache.quantized_size();
+      for (int c = 0; c < kD; ++c) {
+        double lo = 1e30, hi = -1e30;
+        if (quantized) {
+          const int g0 = 4 + (t - 4) / 32 * 32;
+          for (int u = g0; u < g0 + 32; ++u) {
+            lo = std::min<double>(lo, rounded[(static_cast<std::size_t>(u) * kHeads + h) * kD + c]);
+            hi = std::max<double>(hi, rounded[(static_cast<std::size_t>(u) * kHeads + h) * kD + c]);
+          }
+        } else {
+          for (int e = 0; e < kD; ++e) {
+            lo = std::min<double>(lo, pre[at + e]);
+            hi = std::max<double>(hi, pre[at + e]);
+          }
+        }
+        // half a step of the group, or the rotated row's step (its range is at most sqrt(kD) x 2 max|x|)
+        const double bound = quantized ? (hi - lo) / 15 * 0.5 + 2e-3 * (hi - lo) + std::max(hi, -lo) / 1024 + 1e-4
+                                       : 2 * std::sqrt(double(kD)) * std::max(hi, -lo) / 255;
+        ASSERT_NEAR(view.stored_key(t, h, c), quantized ? rounded[at + c] : pre[at + c], bound)
+            << t << " " << h << " " << c;
+      }
+      // what attention reads is R(t) of what is stored
+      float stored[kD], roped[kD];
+      for (int c = 0; c < kD; ++c) stored[c] = view.stored_key(t, h, c);
+      std::copy(stored, stored + kD, roped);
+      skv::RotaryEmbedding<kD>::apply(cache.rope_frequencies().data(), t, roped);
+      for (int c = 0; c < kD; ++c) ASSERT_NEAR(view.key(t, h, c), roped[c], 1e-5f * (1 + std::fabs(roped[c]))) << t;
+    }
+}
+
+/// Decode and prefill of a PreRopeKeys cache `C` of n tokens against the fp64 references over its view.
+template <class C>
+void expect_pre_rope_matches_reference(const C& cache, int n, unsigned seed, const std::vector<float>& v) {
+  const auto q = random_tensor(kQHeads / kHeads, seed);
+  expect_fast_matches_reference(cache, q, "pre-RoPE keys");
+  // prefill: every token's causal attention (the AVX-512 integer prefill tiles fold scales into the
+  // query, so they must not take these keys)
+  std::vector<float> qs(static_cast<std::size_t>(n) * kQHeads * kD), fast(qs.size()), ref(qs.size());
+  std::mt19937 rng(seed + 1);
+  std::normal_distribution<float> g;
+  for (auto& x : qs) x = g(rng);
+  const float scale = skv::cpu::default_scale<typename C::Layout>();
+  skv::cpu::prefill_attention(cache, qs.data(), n, kQHeads, fast.data(), scale);
+  skv::cpu::prefill_attention_reference(cache.view(), qs.data(), n, kQHeads, ref.data(), scale);
+  float vmax = 0;
+  for (float x : v) vmax = std::max(vmax, std::fabs(x));
+  for (std::size_t i = 0; i < ref.size(); ++i)
+    ASSERT_NEAR(fast[i], ref[i], skv::cpu::kPrefillTolerance * (1 + 2 * vmax)) << n << " " << i;
+}
+
+TEST(Options, PreRopeKeysMatchTheReferenceAndCutTheKeyError) {
+  using Plain = skv::KVCache<4, 2, kD, skv::PreRopeKeys, skv::Sinks<4>>;  // min-max values, float ring
+  for (int n : {1, 5, 36, 200, 301}) {
+    const auto k = roped_keys(n, 62 + n);
+    const auto v = random_tensor(n, 63 + n);
+    const auto q = random_tensor(kQHeads / kHeads, 64 + n);
+    auto pre = make_cache<PreRope>(n);
+    auto post = make_cache<PostRope>(n);
+    auto plain = make_cache<Plain>(n);
+    pre.append(k.data(), v.data(), n);
+    post.append(k.data(), v.data(), n);
+    plain.append(k.data(), v.data(), n);
+    expect_pre_rope_matches_reference(pre, n, 64 + n, v);
+    expect_pre_rope_matches_reference(plain, n, 66 + n, v);
+    if (n < 200) continue;
+    // keys whose channels keep their sign and size lose far less before the embedding than after it
+    const auto exact = exact_attention(k, v, n, q);
+    double key_error_pre = 0, key_error_post = 0;
+    const auto a = pre.view();
+    const auto b = post.view();
+    for (int t = 4; t < 4 + pre.quantized_size(); ++t)
+      for (int c = 0; c < kD; ++c) {
+        const double x = k[(static_cast<std::size_t>(t) * kHeads) * kD + c];
+        key_error_pre += (a.key(t, 0, c) - x) * (a.key(t, 0, c) - x);
+        key_error_post += (b.key(t, 0, c) - x) * (b.key(t, 0, c) - x);
+      }
+    EXPECT_LT(key_error_pre, 0.25 * key_error_post) << n;
+    EXPECT_LT(relative_error(pre, exact, q), relative_error(post, exact, q)) << n;
+  }
+}
+
+TEST(Options, PreRopeKeysThroughAWindowAndInChunks) {
+  // a window cache hands pages back; positions stay absolute, so what is stored does not depend on it
+  const int n = 700, window = 128;
+  const auto k = roped_keys(n, 70);
+  const auto v = random_tensor(n, 71);
+  auto whole = make_cache<PreRope>(n);
+  auto win = make_cache<PreRope>(n, skv::Retention{window, 0, 0});
+  whole.append(k.data(), v.data(), n);
+  for (int done = 0; done < n; done += 50)
+    win.append(k.data() + static_cast<std::size_t>(done) * kHeads * kD,
+               v.data() + static_cast<std::size_t>(done) * kHeads * kD, std::min(50, n - done));
+  const auto a = whole.view(), b = win.view();
+  for (int t = n - window; t < n; ++t)
+    for (int c = 0; c < kD; ++c) ASSERT_EQ(a.key(t, 1, c), b.key(t, 1, c)) << t;
+  const auto q = random_tensor(kQHeads / kHeads, 72);
+  std::vector<float> x(static_cast<std::size_t>(kQHeads) * kD), y(x.size());
+  skv::cpu::DecodeOptions opt;
+  opt.window = window;
+  skv::cpu::decode_attention(whole, q.data(), kQHeads, x.data(), skv::cpu::default_scale<PreRope::Layout>(), opt);
+  skv::cpu::decode_attention(win, q.data(), kQHeads, y.data(), skv::cpu::default_scale<PreRope::Layout>());
+  for (std::size_t i = 0; i < x.size(); ++i) ASSERT_NEAR(x[i], y[i], 1e-6f) << i;
+}
+
+TEST(Options, PreRopeKeysNeedTheirFrequencies) {
+  const auto k = roped_keys(40, 80), v = random_tensor(40, 81);
+  PreRope bare(kHeads, 40);
+  try {
+    bare.append(k.data(), v.data(), 40);
+    FAIL() << "appended without frequencies";
+  } catch (const skv::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rotary frequencies"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(bare.size(), 0);
+  auto cache = make_cache<PreRope>(40);
+  cache.append(k.data(), v.data(), 40);
+  const auto f = rope_frequencies(1e6);
+  EXPECT_THROW(cache.set_rope_frequencies(f.data()), skv::Error);  // tokens stored with the first ones
+  EXPECT_EQ(cache.rope_frequencies(), rope_frequencies());
+  cache.clear();
+  cache.set_rope_frequencies(f.data());
+  auto bad = f;
+  bad[3] = std::nanf("");
+  EXPECT_THROW(cache.set_rope_frequencies(bad.data()), skv::Error);
+  EXPECT_EQ(cache.rope_frequencies(), f);
+  // keys in range before the embedding may leave it after the rotation back: rejected, cache unchanged
+  auto big = k;
+  big[(5 * kHeads) * kD] = 32000.0f;  // pair 0 at token 5: R(-5) makes it (-21600, 39800)
+  big[(5 * kHeads) * kD + kD / 2] = 32000.0f;
+  EXPECT_THROW(cache.append(big.data(), v.data(), 40), skv::Error);
+  EXPECT_EQ(cache.size(), 0);
 }
 
 }  // namespace test_options

@@ -38,6 +38,11 @@ template <class Cache>
 void check_prefill(const Shape& s, unsigned seed, bool many_options = true) {
   constexpr int D = Cache::kHeadDim;
   Cache cache(s.kv_heads, s.length + 100);  // room for pages even when every token is a sink
+  if constexpr (Cache::Layout::kPreRopeKeys) {  // rope_theta 10000
+    std::vector<float> f(D / 2);
+    for (int i = 0; i < D / 2; ++i) f[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / D));
+    cache.set_rope_frequencies(f.data());
+  }
   const auto k = random_floats(static_cast<std::size_t>(s.length) * s.kv_heads * D, seed, 1.0f, 3.0f);
   const auto v = random_floats(static_cast<std::size_t>(s.length) * s.kv_heads * D, seed + 1, 0.7f, -1.0f);
   // the chunk arrives after the prefix, as an engine appends it
@@ -138,6 +143,14 @@ TEST(Prefill, MatchesReferenceWithLloydMaxValues) {
   // 4-bit levels (looked up past the 8-entry vector table), narrow groups, bf16 scales
   check_config<skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>,
                                  skv::Quantizer<4, 16, skv::Axis::Token, skv::Scheme::LloydMax, skv::bf16>, 64>>(480);
+}
+// keys stored before the rotary embedding: dequantized tiles turned token by token (no integer or
+// folded-scale key path may take them), min-max and Lloyd-Max values, the 8-bit ring
+TEST(Prefill, MatchesReferenceWithKeysBeforeTheRotaryEmbedding) {
+  check_config<skv::KVCache<4, 2, 128, skv::PreRopeKeys, skv::Sinks<4>>>(1100);
+  check_config<skv::BasicKVCache<skv::Quantizer<3, 32, skv::Axis::Channel>,
+                                 skv::Quantizer<3, 128, skv::Axis::Token, skv::Scheme::LloydMax>, 128, 32, 0,
+                                 skv::Options<skv::PreRopeKeys, skv::RotateValues, skv::Sinks<4>, skv::Int8Ring>>>(1150);
 }
 TEST(Prefill, MatchesReferenceOtherBitWidths) {
   check_config<skv::KVCache<1, 8>>(500);

@@ -3,8 +3,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace test_rotation {
@@ -73,6 +75,55 @@ TEST(Rotation, MatchesTheDenseMatrix) {
       EXPECT_FLOAT_EQ(e[row], h * skv::rotation_sign(9, col) / 4.0f);
     }
   }
+}
+
+// The rotary embedding: Hugging Face's rotate_half convention (pair i with i + D/2), R(-p) undoes
+// R(p), and the cursor of the attention tiles gives R(p) of consecutive positions like apply does.
+TEST(Rotary, RotatesPairsAsTransformersDoesAndInverts) {
+  constexpr int D = 8;
+  using R = skv::RotaryEmbedding<D>;
+  const float f[D / 2] = {1.0f, 0.1f, 0.01f, 0.0f};
+  float x[D] = {1, 2, 3, 4, 5, 6, 7, 8}, y[D];
+  std::copy(x, x + D, y);
+  R::apply(f, 3.0, y);
+  for (int i = 0; i < D / 2; ++i) {  // x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1)
+    const double a = 3.0 * f[i];
+    EXPECT_NEAR(y[i], x[i] * std::cos(a) - x[i + D / 2] * std::sin(a), 1e-6);
+    EXPECT_NEAR(y[i + D / 2], x[i + D / 2] * std::cos(a) + x[i] * std::sin(a), 1e-6);
+    EXPECT_NEAR(R::element(f, 3.0, i, x[i], x[i + D / 2]), y[i], 1e-6);
+    EXPECT_NEAR(R::element(f, 3.0, i + D / 2, x[i + D / 2], x[i]), y[i + D / 2], 1e-6);
+  }
+  EXPECT_EQ(y[3], x[3]);  // frequency 0: unchanged
+  R::apply(f, -3.0, y);
+  for (int c = 0; c < D; ++c) EXPECT_NEAR(y[c], x[c], 1e-5);
+}
+
+TEST(Rotary, CursorMatchesApplyOverRunsAndJumps) {
+  constexpr int D = 64;
+  using R = skv::RotaryEmbedding<D>;
+  std::vector<float> f(D / 2);
+  for (int i = 0; i < D / 2; ++i) f[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / D));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g;
+  R::Cursor cursor;
+  // runs of consecutive positions, a short step forward, a jump back and one far ahead
+  for (const auto& run : {std::pair<int, int>{0, 100}, {110, 64}, {30, 5}, {100000, 40}}) {
+    cursor.begin(f.data(), run.first);
+    for (int p = run.first; p < run.first + run.second; ++p) {
+      std::vector<float> x(D), y;
+      for (auto& v : x) v = g(rng);
+      y = x;
+      cursor.rotate_next(x.data());
+      R::apply(f.data(), p, y.data());
+      for (int c = 0; c < D; ++c) ASSERT_NEAR(x[c], y[c], 2e-6f * (1 + std::fabs(y[c]))) << p << " " << c;
+    }
+  }
+  // other frequencies at the same position: recomputed, not stepped from the old ones
+  std::vector<float> f2(D / 2, 0.5f), x(D, 1.0f), y(D, 1.0f);
+  cursor.begin(f2.data(), 140);
+  cursor.rotate_next(x.data());
+  R::apply(f2.data(), 140, y.data());
+  for (int c = 0; c < D; ++c) ASSERT_NEAR(x[c], y[c], 1e-6f);
 }
 
 }  // namespace test_rotation

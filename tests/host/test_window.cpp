@@ -183,6 +183,40 @@ std::vector<float> decode_of(const Cache& cache, const float* q, int nq, const s
   return out;
 }
 
+// Pages of one key group (32 tokens) always end where the quantized tokens end: a window cache of
+// them, attended one query at a time, holds ceil(W / 32) pages (at least two) and no more, and still
+// equals an unbounded cache decoded with the same window at every step.
+TEST(WindowCache, PagesOfOneKeyGroupHoldJustTheWindow) {
+  using C = skv::BasicKVCache<skv::Quantizer<4, 32, skv::Axis::Channel>, skv::Quantizer<2, 64, skv::Axis::Token>, 128, 32,
+                              0, skv::Options<skv::Sinks<4>, skv::Int8Ring>>;
+  constexpr int kHeads = 1, kNq = 4, kTokens = 700;
+  for (int w : {1, 31, 32, 100, 256}) {
+    C windowed(kHeads, kTokens, skv::Retention{w, 1}), full(kHeads, kTokens);
+    const auto k = random_floats(static_cast<std::size_t>(kTokens) * kHeads * 128, 95u + static_cast<unsigned>(w), 2.0f);
+    const auto v = random_floats(k.size(), 96u + static_cast<unsigned>(w));
+    const auto q = random_floats(kNq * 128, 97);
+    const int bound = std::max(2, (w + 31) / 32);
+    int most = 0;
+    skv::cpu::DecodeOptions opt, with_window;
+    opt.num_threads = with_window.num_threads = 1;
+    with_window.window = w;
+    for (int t = 0; t < kTokens; ++t) {
+      const std::size_t at = static_cast<std::size_t>(t) * kHeads * 128;
+      windowed.append(k.data() + at, v.data() + at, 1);
+      full.append(k.data() + at, v.data() + at, 1);
+      const std::size_t held = windowed.memory_bytes() - C::Layout::residual_elements(kHeads);
+      ASSERT_EQ(held % C::Layout::page_bytes(kHeads), 0u);
+      most = std::max(most, static_cast<int>(held / C::Layout::page_bytes(kHeads)));
+      ASSERT_LE(most, bound) << "window " << w << ", token " << t;
+      if (t % 29 != 0 && t < kTokens - 3) continue;
+      const auto a = decode_of(windowed, q.data(), kNq, opt);
+      const auto b = decode_of(full, q.data(), kNq, with_window);
+      for (std::size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << "window " << w << ", token " << t << ", " << i;
+    }
+    EXPECT_EQ(most, bound) << w;
+  }
+}
+
 // A window cache fed token by token equals an unbounded cache decoded with the same window, bit
 // for bit, at every step; it holds at most ceil(W / 64) + 2 pages.
 TEST(WindowCache, TokenByTokenEqualsAnUnboundedCacheWithTheWindow) {

@@ -228,6 +228,61 @@ def test_int8_ring_holds_unrotated_keys_rotated(rng):
         assert (rows == kb[t, h]).all(axis=1).any(), (t, h)
 
 
+def rope(x, freqs, positions):
+    """Hugging Face's rotary embedding (rotate_half) of x [n, hkv, d] at `positions`, in float64."""
+    d = x.shape[-1]
+    a = np.outer(positions, freqs.astype(np.float64))[:, None, :]
+    x1, x2 = x[..., :d // 2].astype(np.float64), x[..., d // 2:].astype(np.float64)
+    return np.concatenate([x1 * np.cos(a) - x2 * np.sin(a), x2 * np.cos(a) + x1 * np.sin(a)], axis=-1)
+
+
+def test_the_unrotated_key_set_stores_keys_before_the_rotary_embedding(rng):
+    n, hkv, d = 300, 2, 128
+    freqs = (10000.0 ** (-np.arange(0, d, 2) / d)).astype(np.float32)
+    # keys whose channels keep their sign and size from token to token, as a model's do before RoPE
+    pre = 0.3 * rng.standard_normal((n, hkv, d)) + 2 * rng.standard_normal((1, hkv, d))
+    pre[..., 5] += 12
+    k = rope(pre, freqs, np.arange(n)).astype(np.float32)
+    _, v = random_kv(rng, n, hkv, d)
+    kw = dict(key_bits=3, value_bits=3, head_dim=d, num_kv_heads=hkv, max_tokens=n, residual=0, rotate_values=True,
+              lloyd_max_values=True, sinks=4, int8_ring=True)
+    given, roped = skv.KVCache(**kw), skv.KVCache(**kw, rope_frequencies=freqs)
+    assert given.pre_rope_keys and roped.pre_rope_keys
+    assert given.rope_frequencies == [0.0] * (d // 2)  # keys stored as given until frequencies are set
+    np.testing.assert_array_equal(roped.rope_frequencies, freqs)
+    given.append(k, v)
+    roped.append(k[:100], v[:100])  # in two appends: positions continue
+    roped.append(k[100:], v[100:])
+    kg, _ = given.dequantize()
+    kr, vr = roped.dequantize()  # keys as attention reads them: after the rotary embedding again
+    q = slice(4, 4 + roped.quantized_size)
+    rms = lambda e: float(np.sqrt(np.mean(e ** 2)))  # noqa: E731
+    assert rms(kr[q] - k[q]) < 0.3 * rms(kg[q] - k[q]), (rms(kr[q] - k[q]), rms(kg[q] - k[q]))
+    # each pre-RoPE channel group within half its 3-bit step; the rotation keeps each pair's norm
+    groups = pre[q].reshape(-1, 32, hkv, d)
+    half = ((groups.max(axis=1) - groups.min(axis=1)) / 7 / 2).max(axis=0)  # [hkv, d]
+    pair = np.sqrt(half[:, :d // 2] ** 2 + half[:, d // 2:] ** 2)
+    # (plus the 8-bit ring row each token is rounded through first, about 0.03 here)
+    assert (np.abs(kr[q] - k[q]) <= 1.001 * np.concatenate([pair, pair], axis=-1) + 0.1).all()
+    # the ring holds the last tokens before the embedding (8-bit rows of R(-t) k)
+    rows = roped.full_precision().reshape(-1, d)
+    for t in range(4 + roped.quantized_size, n):
+        row = rows[(t - 4) % (roped.residual + 32) * hkv]
+        assert np.abs(row - pre[t, 0]).max() < 0.05 * np.abs(pre[t, 0]).max(), t
+    qh = rng.standard_normal((4, d)).astype(np.float32)
+    np.testing.assert_allclose(roped.decode(qh), attention_fp64(kr, vr, qh, 1 / np.sqrt(d)),
+                               atol=2e-5 * (1 + np.abs(vr).max()))
+    # only this set takes frequencies, head_dim / 2 of them, on an empty cache
+    with pytest.raises(ValueError, match="stores keys as they are given"):
+        skv.KVCache(**{**kw, "rotate_keys": True}, rope_frequencies=freqs)
+    with pytest.raises(ValueError, match="head_dim / 2 = 64"):
+        skv.KVCache(**kw, rope_frequencies=freqs[:10])
+    with pytest.raises(ValueError, match="not finite"):
+        skv.KVCache(**kw, rope_frequencies=np.full(d // 2, np.nan, np.float32))
+    assert not skv.KVCache(**{**kw, "rotate_keys": True}).pre_rope_keys
+    assert skv.KVCache(**{**kw, "rotate_keys": True}).rope_frequencies is None
+
+
 def test_float16_input_gives_the_same_cache_as_float32(rng):
     k16, v16 = random_kv(rng, 200, 3, 64, dtype=np.float16)
     caches = []

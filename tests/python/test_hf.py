@@ -296,6 +296,43 @@ def test_logit_softcapping_is_a_clear_error():
             model(prompt(10, 13), cache=skv.hf.SkvCache(model.config), use_cache=True)
 
 
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_rope_frequencies_reproduce_the_models_rotary_embedding(name):
+    # Gemma 3 turns its sliding and full layers by different frequencies (rope_local_base_freq)
+    model = make(name)
+    freqs = skv.hf.rope_frequencies(model)
+    types = getattr(model.config, "layer_types", None) or ["full_attention"] * 4
+    assert len(freqs) == 4 and all(len(f) == 32 for f in freqs)
+    x = torch.zeros(1, 1, 64)
+    pos = torch.arange(300)[None]
+    for layer, f in enumerate(freqs):
+        emb = model.model.rotary_emb
+        cos, sin = emb(x, pos, types[layer]) if name == "gemma3" else emb(x, pos)
+        a = np.outer(np.arange(300), np.asarray(f, np.float64))
+        np.testing.assert_allclose(cos[0].numpy(), np.concatenate([np.cos(a)] * 2, -1), atol=2e-4)
+        np.testing.assert_allclose(sin[0].numpy(), np.concatenate([np.sin(a)] * 2, -1), atol=2e-4)
+    if name == "gemma3":
+        assert freqs[0] != freqs[1]
+    with pytest.raises(ValueError, match="layers"):
+        skv.hf.SkvCache(model.config, rope_frequencies=freqs[:2])
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_keys_stored_before_the_rotary_embedding_attend_like_the_model(name):
+    # the set without rotated keys, given the model's frequencies, stores R(-t) k and attends with R(t)
+    # of it: at 8 bits the logits stay as close to the exact ones as with keys stored as given
+    ref_model, model = make(name, "eager"), make(name)
+    ids = prompt(200, 3)
+    opts = dict(key_bits=8, value_bits=8, residual=0, rotate_keys=False, rotate_values=True, sinks=4,
+                int8_ring=True, lloyd_max_values=True)
+    with torch.no_grad():
+        exact = ref_model(ids).logits[0]
+        cache = skv.hf.SkvCache(model.config, **opts, rope_frequencies=skv.hf.rope_frequencies(model))
+        quant = model(ids, cache=cache, use_cache=True).logits[0]
+    assert all(layer.rows[0].pre_rope_keys and any(layer.rows[0].rope_frequencies) for layer in cache.layers)
+    assert float((quant - exact).abs().max()) < MARGIN / 2
+
+
 def test_memory_is_counted_as_held():
     model = make("llama")
     cache = skv.hf.SkvCache(model.config)

@@ -72,10 +72,11 @@ def test_the_unrotated_key_set_holds_pages_of_one_key_group(rng):
     k, v = random_kv(rng, n, 1, d)
     for t in range(n):
         c.append(k[t:t + 1], v[t:t + 1])
-    # (window + max_chunk - 2) // 32 + 2 = 17 pages of 32 tokens (544 slots; 9 of 64 hold 576)
+    # ceil((window + max_chunk - 1) / 32) = 16 pages of 32 tokens (512 slots; 9 of 64 hold 576): pages of
+    # one key group end where the quantized tokens end, so the window needs no page beyond its own
     page = c.bits_per_element * 2 * d * 32 / 8
-    assert len(c.page_bytes()) == 17 * page
-    assert c.memory_bytes == 17 * page + 2 * (32 + 4) * (d + 4)  # + the ring's and sinks' 8-bit rows
+    assert len(c.page_bytes()) == 16 * page
+    assert c.memory_bytes == 16 * page + 2 * (32 + 4) * (d + 4)  # + the ring's and sinks' 8-bit rows
     q = rng.standard_normal((4, d)).astype(np.float32)
     err = np.abs(c.decode(q) - window_attention_fp64(k, v, q, c.default_scale, window)).max()
     assert err < 0.03

@@ -56,14 +56,16 @@ void store_full_row(const T* SKV_RESTRICT x, typename Layout::FullPrecision* SKV
   }
 }
 
-/// One key (Key) or value row of the caller's input as the layout stores it: widened, rotated with
-/// RotateKeys / RotateValues, and stored through Layout::Ring.
+/// One key (Key) or value row of token `token` of the caller's input as the layout stores it:
+/// widened, rotated with RotateKeys / RotateValues, turned back by R(-token) with PreRopeKeys (by the
+/// view's rope_freq), and stored through Layout::Ring.
 template <class Layout, bool Key, class T>
-void stored_row(const T* x, typename Layout::FullPrecision* out) {
+void stored_row(const T* x, typename Layout::FullPrecision* out, int token, const float* rope_freq) {
   constexpr int D = Layout::kHeadDim;
   float row[D];
   simd::to_f32_row(x, D, row);
   if constexpr (Key && Layout::kRotateKeys) HadamardRotation<D, Layout::kRotationSeed>::apply(row);
+  if constexpr (Key && Layout::kPreRopeKeys) RotaryEmbedding<D>::apply(rope_freq, -static_cast<double>(token), row);
   if constexpr (!Key && Layout::kRotateValues) HadamardRotation<D, Layout::kValueRotationSeed>::apply(row);
   RingOf<Layout, Key>::store(row, out);
 }
@@ -79,6 +81,9 @@ void check_view(const SequenceView<Layout>& view) {
   require(view.length >= 0 && view.length <= view.capacity(),
           "sequence view length " + std::to_string(view.length) + " exceeds its capacity " +
               std::to_string(view.capacity()));
+  require(!Layout::kPreRopeKeys || view.rope_freq != nullptr,
+          "a PreRopeKeys cache needs the model's rotary frequencies: the view's rope_freq (HeadDim / 2 floats) "
+          "is null");
 }
 
 /// Rejects NaN, Inf and magnitudes whose scale the storage type cannot hold.
@@ -191,7 +196,8 @@ struct AppendOptions {
 /// Appends `n` tokens of keys and values, each [n][num_kv_heads][HeadDim] of T (float, fp16 or
 /// bf16; fp16 and bf16 are widened exactly, so each gives the bytes of its float values), to `view`
 /// (whose length advances by n). With Options<RotateKeys> / Options<RotateValues> the keys / values
-/// are rotated first (and the rotated ones must be in range). Throws skv::Error, leaving every token
+/// are rotated first (and the rotated ones must be in range); with Options<PreRopeKeys> key t is
+/// turned back by R(-t), the inverse of the model's rotary embedding (view.rope_freq). Throws skv::Error, leaving every token
 /// unchanged, on a null pointer, a bad view, a block-table entry outside the pool, a page the
 /// sequence already uses (checked when a page is first written, against the entries before it:
 /// O(pages)), capacity overflow or a non-finite value.
@@ -224,13 +230,15 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
     detail::check_distinct_pages(view, (q_before + Layout::kPageSize - 1) / Layout::kPageSize, last, "append");
   }
   // keys and values in the basis the layout stores them in: widened and rotated copies with
-  // RotateKeys / RotateValues (non-finite inputs are reported before the rotation spreads them)
-  const auto rotate = [&](const T* x, const char* what, auto check, auto rotation) {
+  // RotateKeys / RotateValues / PreRopeKeys (non-finite inputs are reported before the rotation
+  // spreads them); turn(row, t) rotates the row of token t
+  const auto rotate = [&](const T* x, const char* what, auto check, auto turn) {
     check(x, what);
     std::vector<float> r(count);
+    const std::size_t token_floats = static_cast<std::size_t>(view.num_kv_heads) * D;
     for (std::size_t i = 0; i < count; i += D) {
       simd::to_f32_row(x + i, D, r.data() + i);
-      decltype(rotation)::apply(r.data() + i);
+      turn(r.data() + i, view.length + static_cast<int>(i / token_floats));
     }
     return r;
   };
@@ -242,22 +250,30 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
   };
   std::vector<float> rotated_keys, rotated_values;
   if constexpr (Layout::kRotateKeys)
-    rotated_keys = rotate(keys, "keys", check_keys, HadamardRotation<D, Layout::kRotationSeed>{});
+    rotated_keys = rotate(keys, "keys", check_keys, [](float* x, int) { HadamardRotation<D, Layout::kRotationSeed>::apply(x); });
+  if constexpr (Layout::kPreRopeKeys)
+    rotated_keys = rotate(keys, "keys", check_keys, [&](float* x, int t) {
+      RotaryEmbedding<D>::apply(view.rope_freq, -static_cast<double>(t), x);
+    });
   if constexpr (Layout::kRotateValues)
-    rotated_values = rotate(values, "values", check_vals, HadamardRotation<D, Layout::kValueRotationSeed>{});
+    rotated_values = rotate(values, "values", check_vals,
+                            [](float* x, int) { HadamardRotation<D, Layout::kValueRotationSeed>::apply(x); });
   // k, v: the keys and values in the stored basis (rotated), of type T or float. Throws the first
   // error in input order (keys, then values), with its position.
   const auto fail = [&](const auto* k, const auto* v) {
     check_keys(keys, "keys");
     check_vals(values, "values");
-    const auto grown = [&](const char* what, double max_input) {
-      return std::string("; the rotation can grow an element up to sqrt(head_dim) times, so ") + what + " within +-" +
-             detail::number(max_input / std::sqrt(static_cast<double>(D))) + " always fit";
+    // the Hadamard rotation grows an element up to sqrt(head_dim) times, the rotary one sqrt(2) times
+    const auto grown = [&](const char* what, double max_input, bool rotary) {
+      return std::string("; the rotation can grow an element up to ") + (rotary ? "sqrt(2)" : "sqrt(head_dim)") +
+             " times, so " + what + " within +-" +
+             detail::number(max_input / std::sqrt(rotary ? 2.0 : static_cast<double>(D))) + " always fit";
     };
-    detail::check_values<typename Layout::KeyQuantizer>(k, count, view.num_kv_heads, D, "rotated keys",
-                                                        grown("keys", Layout::KeyQuantizer::kMaxInput));
+    detail::check_values<typename Layout::KeyQuantizer>(
+        k, count, view.num_kv_heads, D, Layout::kPreRopeKeys ? "keys before the rotary embedding" : "rotated keys",
+        grown("keys", Layout::KeyQuantizer::kMaxInput, Layout::kPreRopeKeys));
     detail::check_values<typename Layout::ValueQuantizer>(v, count, view.num_kv_heads, D, "rotated values",
-                                                          grown("values", Layout::ValueQuantizer::kMaxInput));
+                                                          grown("values", Layout::ValueQuantizer::kMaxInput, false));
     throw Error("append: a value out of range was detected but not located");  // unreachable
   };
   // k, v: what the full-precision area stores (through Layout::Ring); qk, qv: the same tokens as the
@@ -317,7 +333,7 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
       run(k, values);
     }
   };
-  if constexpr (Layout::kRotateKeys) {
+  if constexpr (Layout::kRotateKeys || Layout::kPreRopeKeys) {
     with_values(rotated_keys.data());
   } else {
     with_values(keys);

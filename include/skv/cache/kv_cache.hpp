@@ -9,13 +9,16 @@
 //
 // A sliding-window cache (skv::Retention::window) keeps only the pages that attention over the last
 // `window` tokens can still read: pages lying wholly before the window are handed back and reused,
-// so a stream of any length holds at most (window + max_chunk - 2) / PageSize + 2 pages
-// (ceil(window / PageSize) + 2 for the default max_chunk of one page). Attention on it uses the
+// so a stream of any length holds at most ceil((window + max_chunk - 1) / PageSize) + 1 pages
+// (ceil(window / PageSize) + 2 for the default max_chunk of one page), one page fewer when a page is
+// one key group (PageSize == kBlockTokens: the quantized tokens then always end on a page boundary),
+// and never fewer than two. Attention on it uses the
 // window (attention/decode.hpp, attention/prefill.hpp); a chunk of more than max_chunk queries may find the first
 // queries' tokens handed back (an skv::Error), so attend to long prompts in chunks of max_chunk.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -40,8 +43,8 @@ namespace skv {
 /// What an owning cache keeps besides its tokens, chosen at run time.
 struct Retention {
   /// Sliding window: attention reads the last `window` tokens (0: every token) and the pages lying
-  /// wholly before them are reused, so the cache holds at most (window + max_chunk - 2) / PageSize + 2
-  /// pages whatever the stream's length.
+  /// wholly before them are reused, so the cache holds at most ceil((window + max_chunk - 1) / PageSize)
+  /// + 1 pages whatever the stream's length (no + 1 when PageSize is one key group).
   int window = 0;
   /// Query tokens per chunk that a window cache can attend after appending them (0: one page).
   /// Attend to longer prompts chunk by chunk.
@@ -57,7 +60,7 @@ struct Retention {
 ///   PageSize      tokens per page (a power of two, a multiple of every Channel-axis group)
 ///   Residual      extra recent tokens kept in full precision beyond the incomplete block
 ///   Opts          skv::Options<...>: RotateKeys, RotateValues, Sinks<N>, ClipKeys, ClipValues, Fp16Ring,
-///                 Int8Ring
+///                 Int8Ring, PreRopeKeys (set_rope_frequencies before the first append)
 ///                 (cache/options.hpp)
 template <class KeyQ, class ValueQ, int HeadDim = 128, int PageSize = 64, int Residual = 0, class Opts = Options<>>
 class BasicKVCache {
@@ -109,7 +112,12 @@ class BasicKVCache {
     num_pages_ = paged / PageSize + (paged % PageSize != 0);
     if (keep_.window > 0) {
       // the pages the queries of one chunk can read: see the file comment
-      const long long ring = (static_cast<long long>(keep_.window) + keep_.max_chunk - 2) / PageSize + 2;
+      // the first query of a chunk reads tokens from (its position - window + 1) on: window + max_chunk - 1
+      // tokens back to the last, whose pages are one more when the last page may be partly filled; at
+      // least two, so that a long append advances a page at a time (append_impl's pieces)
+      const long long span = static_cast<long long>(keep_.window) + keep_.max_chunk - 1;
+      const long long ring =
+          std::max(2LL, (span + PageSize - 1) / PageSize + (PageSize == Layout::kBlockTokens ? 0 : 1));
       if (ring < num_pages_) num_pages_ = static_cast<int>(ring);
     }
     // validated in 64 bits before anything is allocated (both products fit: int * 2^24 at most)
@@ -140,6 +148,7 @@ class BasicKVCache {
     history_ = other.history_;
     table_ = other.table_;
     first_page_ = other.first_page_;
+    rope_freq_ = other.rope_freq_;
     ring_from_ = other.ring_from_;
     history_from_ = other.history_from_;
     length_ = other.length_;
@@ -157,6 +166,22 @@ class BasicKVCache {
   void append(const float* k, const float* v, int n, const AppendOptions& opt = {}) { append_impl(k, v, n, opt); }
   void append(const fp16* k, const fp16* v, int n, const AppendOptions& opt = {}) { append_impl(k, v, n, opt); }
   void append(const bf16* k, const bf16* v, int n, const AppendOptions& opt = {}) { append_impl(k, v, n, opt); }
+
+  /// Options<PreRopeKeys>: the model's rotary frequencies, HeadDim / 2 floats (its inv_freq, any rope
+  /// scaling folded in), by which keys are turned back before they are stored and forward when they
+  /// are read. Required before the first append; an empty cache only (the stored keys depend on them).
+  void set_rope_frequencies(const float* inv_freq) {
+    static_assert(Layout::kPreRopeKeys, "skv: set_rope_frequencies is for caches with Options<PreRopeKeys>");
+    detail::require(inv_freq != nullptr, "set_rope_frequencies: the frequencies must not be null");
+    detail::require(length_ == 0, "set_rope_frequencies: the cache holds " + std::to_string(length_) +
+                                      " tokens stored with the earlier frequencies; clear() it first");
+    for (int i = 0; i < HeadDim / 2; ++i)
+      detail::require(std::isfinite(inv_freq[i]), "set_rope_frequencies: frequency " + std::to_string(i) +
+                                                      " is not finite");
+    rope_freq_.assign(inv_freq, inv_freq + HeadDim / 2);
+  }
+  /// The rotary frequencies (empty until set_rope_frequencies).
+  const std::vector<float>& rope_frequencies() const { return rope_freq_; }
 
   /// Forgets every token (memory stays allocated).
   void clear() {
@@ -227,6 +252,7 @@ class BasicKVCache {
     v.num_kv_heads = num_kv_heads_;
     v.length = length_;
     v.first_page = first_page_;
+    v.rope_freq = rope_freq_.empty() ? nullptr : rope_freq_.data();
     return v;
   }
 
@@ -370,8 +396,8 @@ class BasicKVCache {
       for (int t = history_from_; t < ring_from_; ++t)
         for (int h = 0; h < num_kv_heads_; ++h) {
           const std::size_t at = static_cast<std::size_t>(t - t0) * token_elements() + static_cast<std::size_t>(h) * HeadDim;
-          detail::stored_row<Layout, true>(k + at, history_key(t, h));
-          detail::stored_row<Layout, false>(v + at, history_value(t, h));
+          detail::stored_row<Layout, true>(k + at, history_key(t, h), t, v_.rope_freq);
+          detail::stored_row<Layout, false>(v + at, history_value(t, h), t, v_.rope_freq);
         }
       return;
     }
@@ -396,6 +422,7 @@ class BasicKVCache {
   std::vector<std::int32_t> table_;
   std::vector<Full> residual_;
   std::vector<Full> history_;  ///< [2][history_slots()][num_kv_heads][kRingRow]: keys, then values
+  std::vector<float> rope_freq_;  ///< PreRopeKeys: HeadDim / 2 rotary frequencies
   int length_ = 0;
 };
 

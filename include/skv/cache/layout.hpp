@@ -17,7 +17,8 @@
 //   [2][kSinkTokens][num_kv_heads][kRingRow]        the sinks, keys first
 // quantized_length(length) is a pure function of the length, so a reader needs nothing but the
 // length to know where each token is. With Options<RotateKeys> every stored key (sink, page, ring)
-// is the rotated key R k; with Options<RotateValues> every stored value is R_v v.
+// is the rotated key R k; with Options<PreRopeKeys> it is R(-t) k, key t before the rotary
+// embedding (the view's rope_freq); with Options<RotateValues> every stored value is R_v v.
 #pragma once
 
 #include <cstddef>
@@ -111,6 +112,9 @@ struct CacheLayout {
                 "skv: Fp16Ring and Int8Ring hold tokens in fp16 or with fp16 zeros, so both quantizers must take "
                 "only fp16-sized inputs (fp16 scales, the default)");
   static_assert(!(Opts::kFp16Ring && Opts::kInt8Ring), "skv: Fp16Ring and Int8Ring exclude each other");
+  static_assert(!(Opts::kPreRopeKeys && Opts::kRotateKeys),
+                "skv: PreRopeKeys and RotateKeys exclude each other (the Hadamard rotation mixes the channel pairs "
+                "the rotary embedding turns)");
   static_assert(!(Opts::kClipValues && ValueQ::kCodebook),
                 "skv: ClipValues and Scheme::LloydMax values do not combine (the codebook fits the group's mean "
                 "and deviation, not its range)");
@@ -137,6 +141,7 @@ struct CacheLayout {
   static constexpr std::uint64_t kValueRotationSeed = Opts::kValueRotationSeed;
   static constexpr bool kFp16Ring = Opts::kFp16Ring;
   static constexpr bool kInt8Ring = Opts::kInt8Ring;
+  static constexpr bool kPreRopeKeys = Opts::kPreRopeKeys;
   /// Element type of the full-precision area (ring and sinks): float, fp16, or bytes (8-bit rows).
   using FullPrecision = std::conditional_t<kInt8Ring, std::uint8_t, std::conditional_t<kFp16Ring, fp16, float>>;
   /// How the area holds one token row of one head, and its elements of FullPrecision.

@@ -22,6 +22,13 @@
 //                step (cache/ring.hpp): about a quarter of its float memory. Every token is rounded
 //                through that row (after the rotations) before it is stored or quantized, as with
 //                Fp16Ring. CPU only; it excludes Fp16Ring.
+//   PreRopeKeys  keys arrive after the model's rotary position embedding (RoPE) and are stored before
+//                it: append turns key t back by R(-t) (quant/rotation.hpp, RotaryEmbedding; the cache is
+//                given the model's HeadDim/2 frequencies), attention turns each decoded key by R(t).
+//                A channel of pre-RoPE keys keeps its sign and size from token to token, which is what
+//                per-channel key groups fit (KVQuant); post-RoPE the channel pairs rotate with the
+//                position. Attention dequantizes each key tile and rotates it, instead of folding the
+//                scales into the query. CPU only; it excludes RotateKeys.
 //   ClipKeys     each group's range is chosen by a search over shrunken ranges (ratios 1, 0.95, ...,
 //   ClipValues   0.55 of the half-width around the midpoint) for the lowest squared error; the
 //                search is exact over its candidates, so a group's error never grows.
@@ -67,6 +74,9 @@ struct Fp16Ring {};
 /// Hold the ring and the sinks as 8-bit rows (codes, an fp16 zero and step per token and head).
 struct Int8Ring {};
 
+/// Store keys in the basis before the rotary position embedding (the cache's RoPE frequencies).
+struct PreRopeKeys {};
+
 namespace detail {
 
 /// What each option sets; an unknown type is a compile-time error naming it.
@@ -74,11 +84,12 @@ template <class Opt>
 struct OptionTraits {
   static_assert(sizeof(Opt) == 0,
                 "skv::Options: every option must be skv::RotateKeys(WithSeed), skv::RotateValues(WithSeed), "
-                "skv::Sinks<N>, skv::ClipKeys, skv::ClipValues, skv::Fp16Ring or skv::Int8Ring");
+                "skv::Sinks<N>, skv::ClipKeys, skv::ClipValues, skv::Fp16Ring, skv::Int8Ring or skv::PreRopeKeys");
 };
 
 template <bool Rotate, std::uint64_t Seed, int SinkTokens, bool ClipK, bool ClipV, bool RotateV = false,
-          std::uint64_t SeedV = kDefaultValueRotationSeed, bool HalfRing = false, bool ByteRing = false>
+          std::uint64_t SeedV = kDefaultValueRotationSeed, bool HalfRing = false, bool ByteRing = false,
+          bool PreRope = false>
 struct OptionValues {
   static constexpr bool kRotateKeys = Rotate;
   static constexpr std::uint64_t kRotationSeed = Seed;
@@ -89,51 +100,59 @@ struct OptionValues {
   static constexpr std::uint64_t kValueRotationSeed = SeedV;
   static constexpr bool kFp16Ring = HalfRing;
   static constexpr bool kInt8Ring = ByteRing;
+  static constexpr bool kPreRopeKeys = PreRope;
 };
 
 template <std::uint64_t S>
 struct OptionTraits<RotateKeysWithSeed<S>> {
   template <class A>
   using apply = OptionValues<true, S, A::kSinkTokens, A::kClipKeys, A::kClipValues, A::kRotateValues,
-                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring>;
+                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring, A::kPreRopeKeys>;
 };
 template <std::uint64_t S>
 struct OptionTraits<RotateValuesWithSeed<S>> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues, true, S,
-                             A::kFp16Ring, A::kInt8Ring>;
+                             A::kFp16Ring, A::kInt8Ring, A::kPreRopeKeys>;
 };
 template <int N>
 struct OptionTraits<Sinks<N>> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, N, A::kClipKeys, A::kClipValues, A::kRotateValues,
-                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring>;
+                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring, A::kPreRopeKeys>;
 };
 template <>
 struct OptionTraits<ClipKeys> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, true, A::kClipValues, A::kRotateValues,
-                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring>;
+                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring, A::kPreRopeKeys>;
 };
 template <>
 struct OptionTraits<ClipValues> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, true, A::kRotateValues,
-                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring>;
+                             A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring, A::kPreRopeKeys>;
 };
 
 template <>
 struct OptionTraits<Fp16Ring> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues,
-                             A::kRotateValues, A::kValueRotationSeed, true, A::kInt8Ring>;
+                             A::kRotateValues, A::kValueRotationSeed, true, A::kInt8Ring, A::kPreRopeKeys>;
 };
 
 template <>
 struct OptionTraits<Int8Ring> {
   template <class A>
   using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues,
-                             A::kRotateValues, A::kValueRotationSeed, A::kFp16Ring, true>;
+                             A::kRotateValues, A::kValueRotationSeed, A::kFp16Ring, true, A::kPreRopeKeys>;
+};
+
+template <>
+struct OptionTraits<PreRopeKeys> {
+  template <class A>
+  using apply = OptionValues<A::kRotateKeys, A::kRotationSeed, A::kSinkTokens, A::kClipKeys, A::kClipValues,
+                             A::kRotateValues, A::kValueRotationSeed, A::kFp16Ring, A::kInt8Ring, true>;
 };
 
 template <class Acc, class... Opts>

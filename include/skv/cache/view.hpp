@@ -24,6 +24,7 @@
 #include <skv/cache/layout.hpp>
 #include <skv/config.hpp>
 #include <skv/error.hpp>
+#include <skv/quant/rotation.hpp>
 
 namespace skv {
 
@@ -42,6 +43,10 @@ struct SequenceView {
   int num_kv_heads = 0;
   int length = 0;      ///< tokens appended so far
   int first_page = 0;  ///< logical page of block_table[0]; the pages before it were handed back
+  /// Options<PreRopeKeys>: the model's HeadDim / 2 rotary frequencies (its inv_freq), by which key t
+  /// is stored as R(-t) k and read back as R(t) of what is stored (quant/rotation.hpp); unused
+  /// otherwise. The same for every append and read of the sequence.
+  const float* rope_freq = nullptr;
 
   /// Tokens the view can hold, at most INT_MAX (a length is an int): the sinks, the tokens of the
   /// handed-back and the listed pages, and the tokens that wait in the ring until their block fills
@@ -84,8 +89,19 @@ struct SequenceView {
   }
 
   /// Element `c` of key / value `token` as attention sees it (dequantized or full precision; keys /
-  /// values in the rotated basis when the layout rotates them).
+  /// values in the rotated basis when the layout rotates them; keys with the rotary embedding turned
+  /// back on with PreRopeKeys).
   SKV_HOST_DEVICE float key(int token, int h, int c) const {
+    if constexpr (L::kPreRopeKeys) {
+      const int partner = c < L::kHeadDim / 2 ? c + L::kHeadDim / 2 : c - L::kHeadDim / 2;
+      return RotaryEmbedding<L::kHeadDim>::element(rope_freq, token, c, stored_key(token, h, c),
+                                                   stored_key(token, h, partner));
+    } else {
+      return stored_key(token, h, c);
+    }
+  }
+  /// Element `c` of key `token` as the cache stores it (dequantized or full precision).
+  SKV_HOST_DEVICE float stored_key(int token, int h, int c) const {
     if (token < L::kSinkTokens) return L::KeyRing::element(sink_key(token, h), c);
     const int j = token - L::kSinkTokens;
     if (j < quantized_length()) return keys(j, h).dequantize(j % L::kPageSize, c);

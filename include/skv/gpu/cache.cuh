@@ -39,9 +39,9 @@ template <class Layout>
 struct BatchView {
   using L = Layout;
   static_assert(L::kSinkTokens == 0 && !L::kRotateKeys && !L::kRotateValues && !L::kClipKeys && !L::kClipValues &&
-                    L::kFloatRing,
+                    L::kFloatRing && !L::kPreRopeKeys,
                 "skv::gpu: the CUDA kernels do not support Options (RotateKeys, RotateValues, Sinks, ClipKeys, "
-                "ClipValues, Fp16Ring, Int8Ring) yet; use them with the CPU cache");
+                "ClipValues, Fp16Ring, Int8Ring, PreRopeKeys) yet; use them with the CPU cache");
   static_assert(!L::ValueQuantizer::kCodebook,
                 "skv::gpu: the CUDA kernels do not read codebook values (Scheme::LloydMax) yet; use them with the "
                 "CPU cache");

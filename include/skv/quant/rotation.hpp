@@ -5,8 +5,15 @@
 // random signs derived from a seed. R is orthogonal, so (R q) . (R k) = q . k: rotating keys at append
 // and queries at attention leaves attention unchanged in exact arithmetic, while it spreads outlier
 // channels over all channels and shrinks the quantization range. Cost O(D log D) per vector.
+//
+// RotaryEmbedding<D> is the rotary position embedding (RoPE) of a model, as Hugging Face's models
+// apply it (rotate_half: channel i < D/2 pairs with channel i + D/2): R(p) rotates pair i by the angle
+// p * freq[i]. R(-p) undoes R(p), so a cache can store a key in the basis before the embedding,
+// R(-t) k for token t, and hand attention R(t) of what it decodes (Options<PreRopeKeys>).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -137,6 +144,87 @@ struct HadamardRotation {
       d /= 4;
     }
     return d == 2 ? r * 0.70710678118654752f : r;
+  }
+};
+
+/// The rotary embedding of D-vectors by a model's D/2 frequencies (its inv_freq; any rope scaling
+/// folded in). Angles are computed in double, as position * freq[i].
+template <int D>
+struct RotaryEmbedding {
+  static_assert(D >= 2 && D % 2 == 0, "skv::RotaryEmbedding: D (HeadDim) must be even");
+  static constexpr int kHalf = D / 2;
+
+  /// x <- R(position) x, in place (a negative position undoes a positive one).
+  static void apply(const float* freq, double position, float* x) {
+    for (int i = 0; i < kHalf; ++i) {
+      const double a = position * static_cast<double>(freq[i]);
+      rotate_pair(x + i, static_cast<float>(std::cos(a)), static_cast<float>(std::sin(a)));
+    }
+  }
+
+  /// Element c of R(position) x, given x[c] and its partner x[c ^ D/2] (c < D/2: c + D/2).
+  SKV_HOST_DEVICE static float element(const float* freq, double position, int c, float xc, float partner) {
+    const int i = c < kHalf ? c : c - kHalf;
+    const double a = position * static_cast<double>(freq[i]);
+    const float cs = static_cast<float>(::cos(a)), sn = static_cast<float>(::sin(a));
+    return c < kHalf ? xc * cs - partner * sn : xc * cs + partner * sn;
+  }
+
+  /// Rotates rows of consecutive positions (the tiles of attention): cos and sin of position * freq
+  /// kept in double and advanced one position at a time by the angle-addition formulas (a rounding
+  /// of about 1e-16 per step, far below float's), recomputed when a run does not start within
+  /// kMaxStep positions after where the last one ended or the frequencies changed.
+  class Cursor {
+   public:
+    static constexpr int kMaxStep = 64;
+    /// Starts a run of rows at `position` with frequencies `freq`.
+    void begin(const float* freq, int position) {
+      if (!ready_ || !std::equal(freq, freq + kHalf, freq_)) {
+        ready_ = true;
+        std::copy(freq, freq + kHalf, freq_);
+        for (int i = 0; i < kHalf; ++i) {
+          step_c_[i] = std::cos(static_cast<double>(freq[i]));
+          step_s_[i] = std::sin(static_cast<double>(freq[i]));
+        }
+        at_ = -1;
+      }
+      if (at_ < 0 || position < at_ || position - at_ > kMaxStep) {
+        for (int i = 0; i < kHalf; ++i) {
+          const double a = static_cast<double>(position) * static_cast<double>(freq_[i]);
+          c_[i] = std::cos(a);
+          s_[i] = std::sin(a);
+        }
+        at_ = position;
+      }
+      while (at_ < position) advance();
+    }
+    /// x <- R(position) x for the run's next position.
+    void rotate_next(float* x) {
+      for (int i = 0; i < kHalf; ++i) rotate_pair(x + i, static_cast<float>(c_[i]), static_cast<float>(s_[i]));
+      advance();
+    }
+
+   private:
+    void advance() {
+      for (int i = 0; i < kHalf; ++i) {
+        const double c = c_[i] * step_c_[i] - s_[i] * step_s_[i];
+        s_[i] = s_[i] * step_c_[i] + c_[i] * step_s_[i];
+        c_[i] = c;
+      }
+      ++at_;
+    }
+    bool ready_ = false;
+    long long at_ = -1;
+    float freq_[kHalf] = {};
+    double c_[kHalf] = {}, s_[kHalf] = {}, step_c_[kHalf] = {}, step_s_[kHalf] = {};
+  };
+
+ private:
+  /// (x[i], x[i + D/2]) <- (x[i] cos - x[i + D/2] sin, x[i + D/2] cos + x[i] sin).
+  static void rotate_pair(float* x, float cs, float sn) {
+    const float a = x[0], b = x[kHalf];
+    x[0] = a * cs - b * sn;
+    x[kHalf] = b * cs + a * sn;
   }
 };
 

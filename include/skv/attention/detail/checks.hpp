@@ -85,6 +85,8 @@ void check_view(const SequenceView<Layout>& view, int first_token, const char* w
                        std::string(what) + ": the sequence view has a null pointer");
   skv::detail::require(view.quantized_length() == 0 || view.pages != nullptr,
                        std::string(what) + ": the sequence view has a null pointer");
+  skv::detail::require(!Layout::kPreRopeKeys || view.length == 0 || view.rope_freq != nullptr,
+                       std::string(what) + ": a PreRopeKeys cache's view needs the rotary frequencies (rope_freq)");
   skv::detail::check_read_pages(view, first_token, what);
 }
 

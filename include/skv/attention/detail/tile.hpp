@@ -16,6 +16,8 @@
 //                         paths above (the integer ones assume evenly spaced codes)
 //   sinks, residual window full-precision rows, same dot / accumulate kernels
 //   rotated keys          the query is rotated once per work item (O(D log D) per row)
+//   pre-RoPE keys         (PreRopeKeys) each tile dequantized once, then every token turned by the
+//                         rotary embedding of its position, then a dot
 // Codes are unpacked with AVX-512 / AVX2 shuffles (detail/simd.hpp) into a tile in L1, or, with
 // AVX2 and at most kHeadBlock rows, read in place by the float kernels (PackedRows). A tile with
 // more rows than tokens (prefill) is dequantized once instead, then weighted like a dense one.
@@ -66,7 +68,7 @@ struct Tiles {
   static constexpr bool kFoldValues = VQ::kAxis == Axis::Token && VQ::kGroupSize >= kVecWidth;
 #if defined(SKV_HAS_AVX512)
   /// Integer keys (vpdpwssd on a 16-bit scaled query) and integer values (16-bit folded weights).
-  static constexpr bool kIntKeys = KQ::kAxis == Axis::Channel && kD % 32 == 0 && kD <= 256;
+  static constexpr bool kIntKeys = KQ::kAxis == Axis::Channel && kD % 32 == 0 && kD <= 256 && !Layout::kPreRopeKeys;
   static constexpr bool kIntValues =
       VQ::kAxis == Axis::Token && !VQ::kCodebook && VQ::kGroupSize % 32 == 0 && kD % 32 == 0;
 #else
@@ -110,6 +112,7 @@ struct Tiles {
     std::vector<std::int32_t> dots, dots_lo, wp, vint, wi16;
     std::vector<double> qbias, qstep, fbias, vinv;
     std::vector<std::int64_t> vzsum;
+    typename RotaryEmbedding<kD>::Cursor rope;  ///< PreRopeKeys: the rotary angles of the tile's tokens
     int nh = 0;
     void ensure(int heads) {
       if (heads <= nh) return;
@@ -509,6 +512,18 @@ struct Tiles {
     const int slot = j % kPage;
     const auto kb = view.keys(j, h);
     float* kbuf = sc.kbuf.data();
+    if constexpr (Layout::kPreRopeKeys) {  // dequantized, then turned by R(t) token by token
+      unpack_tile<KQ>(kb, slot, n, kbuf);
+      if constexpr (KQ::kAxis == Axis::Channel) {
+        load_meta<KQ>(kb.scales(), kb.zeros(), (slot / KQ::kGroupSize) * kD, kD, sc.ms.data(), sc.mz.data());
+        dequantize_channel_rows(kbuf, n, sc.ms.data(), sc.mz.data());
+      } else {
+        dequantize_token_rows<KQ>(kb, slot, n, kbuf, sc.ms.data(), sc.mz.data());
+      }
+      rope_rows(view, Layout::kSinkTokens + j, n, sc);
+      dot_rows(sc.q0.data(), rows, kD, kbuf, kD, n, nullptr, sc.logits.data(), kTile);
+      return;
+    }
     if (KQ::kAxis == Axis::Channel) {
       float* s = sc.ms.data();
       float* z = sc.mz.data();
@@ -563,6 +578,16 @@ struct Tiles {
     values_tile(view.values(j, h), j % kPage, n, rows, st, sc);
   }
 
+  /// Whether the tiles read the ring's rotated key rows in the rotated basis (against R q): with
+  /// PreRopeKeys they are decoded to the stored basis instead, to be turned by the rotary embedding.
+  static constexpr bool kRotatedRingKeys = Layout::kRingRotatesKeys && !Layout::kPreRopeKeys;
+
+  /// PreRopeKeys: rows [0, n) of sc.kbuf, keys of tokens [t, t + n) as stored, turned by R(t + i).
+  static void rope_rows(const SequenceView<Layout>& view, int t, int n, Scratch& sc) {
+    sc.rope.begin(view.rope_freq, t);
+    for (int i = 0; i < n; ++i) sc.rope.rotate_next(sc.kbuf.data() + static_cast<std::size_t>(i) * kD);
+  }
+
   /// Tokens [t, t + n) of KV head h in full precision, sinks (all below kSinkTokens) or ring
   /// tokens, for rows [0, rows), masked like quantized_tile.
   template <class Mask>
@@ -572,14 +597,15 @@ struct Tiles {
     for (int i = 0; i < n; ++i) {
       const auto* k = sinks ? view.sink_key(t + i, h) : view.residual_key(t + i, h);  // float, fp16 or 8-bit
       const auto* v = sinks ? view.sink_value(t + i, h) : view.residual_value(t + i, h);
-      if constexpr (Layout::kRingRotatesKeys) {
+      if constexpr (kRotatedRingKeys) {
         Layout::KeyRing::load_rotated(k, sc.kbuf.data() + static_cast<std::size_t>(i) * kD);
       } else {
         Layout::KeyRing::load(k, sc.kbuf.data() + static_cast<std::size_t>(i) * kD);
       }
       Layout::ValueRing::load(v, sc.vbuf.data() + static_cast<std::size_t>(i) * kD);
     }
-    if constexpr (Layout::kRingRotatesKeys) {  // rotated key rows (cache/ring.hpp) against R q: R^T R = I
+    if constexpr (Layout::kPreRopeKeys) rope_rows(view, t, n, sc);
+    if constexpr (kRotatedRingKeys) {  // rotated key rows (cache/ring.hpp) against R q: R^T R = I
       std::copy_n(sc.q0.data(), static_cast<std::size_t>(rows) * kD, sc.qr.data());
       for (int r = 0; r < rows; ++r)
         HadamardRotation<kD, Layout::kRotationSeed>::apply(sc.qr.data() + static_cast<std::size_t>(r) * kD);

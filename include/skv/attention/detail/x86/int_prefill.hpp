@@ -45,7 +45,7 @@ struct IntPrefill {
   static constexpr int kJ = VQ::kAxis == Axis::Token ? kD / VQ::kGroupSize : 1;  // value groups per token
   static constexpr int kPairs = kD / 2;
   static constexpr bool kEnabled = KQ::kAxis == Axis::Channel && VQ::kAxis == Axis::Token && !VQ::kCodebook &&
-                                   kD % 32 == 0 &&
+                                   !Layout::kPreRopeKeys && kD % 32 == 0 &&
                                    kD <= 256 && VQ::kGroupSize % 32 == 0 && kKG % 16 == 0 && kT % 16 == 0 &&
                                    std::is_same<typename KQ::Scale, fp16>::value &&
                                    std::is_same<typename VQ::Scale, fp16>::value;
