@@ -320,7 +320,8 @@ def test_rope_frequencies_reproduce_the_models_rotary_embedding(name):
 @pytest.mark.parametrize("name", ["llama", "gemma3"])
 def test_keys_stored_before_the_rotary_embedding_attend_like_the_model(name):
     # the set without rotated keys, given the model's frequencies, stores R(-t) k and attends with R(t)
-    # of it: at 8 bits the logits stay as close to the exact ones as with keys stored as given
+    # of it: at 8 bits the logits stay as close to the exact ones as with keys stored as given (a
+    # wrong turn moves them by tenths)
     ref_model, model = make(name, "eager"), make(name)
     ids = prompt(200, 3)
     opts = dict(key_bits=8, value_bits=8, residual=0, rotate_keys=False, rotate_values=True, sinks=4,
@@ -329,8 +330,10 @@ def test_keys_stored_before_the_rotary_embedding_attend_like_the_model(name):
         exact = ref_model(ids).logits[0]
         cache = skv.hf.SkvCache(model.config, **opts, rope_frequencies=skv.hf.rope_frequencies(model))
         quant = model(ids, cache=cache, use_cache=True).logits[0]
+        given = model(ids, cache=skv.hf.SkvCache(model.config, **opts), use_cache=True).logits[0]
     assert all(layer.rows[0].pre_rope_keys and any(layer.rows[0].rope_frequencies) for layer in cache.layers)
-    assert float((quant - exact).abs().max()) < MARGIN / 2
+    err, err_given = float((quant - exact).abs().max()), float((given - exact).abs().max())
+    assert err < max(MARGIN / 2, 1.5 * err_given) and err_given < MARGIN, (err, err_given)
 
 
 def test_memory_is_counted_as_held():

@@ -162,7 +162,7 @@ struct RotaryEmbedding {
     }
   }
 
-  /// Element c of R(position) x, given x[c] and its partner x[c ^ D/2] (c < D/2: c + D/2).
+  /// Element c of R(position) x, given x[c] and its partner (x[c + D/2] for c < D/2, else x[c - D/2]).
   SKV_HOST_DEVICE static float element(const float* freq, double position, int c, float xc, float partner) {
     const int i = c < kHalf ? c : c - kHalf;
     const double a = position * static_cast<double>(freq[i]);
