@@ -251,10 +251,17 @@ void append(SequenceView<Layout>& view, const T* keys, const T* values, int n, c
   std::vector<float> rotated_keys, rotated_values;
   if constexpr (Layout::kRotateKeys)
     rotated_keys = rotate(keys, "keys", check_keys, [](float* x, int) { HadamardRotation<D, Layout::kRotationSeed>::apply(x); });
-  if constexpr (Layout::kPreRopeKeys)
+  if constexpr (Layout::kPreRopeKeys) {  // a token's angles once, for all of its heads
+    typename RotaryEmbedding<D>::Angles angles;
+    int at = -1;
     rotated_keys = rotate(keys, "keys", check_keys, [&](float* x, int t) {
-      RotaryEmbedding<D>::apply(view.rope_freq, -static_cast<double>(t), x);
+      if (t != at) {
+        angles.set(view.rope_freq, -static_cast<double>(t));
+        at = t;
+      }
+      angles.apply(x);
     });
+  }
   if constexpr (Layout::kRotateValues)
     rotated_values = rotate(values, "values", check_vals,
                             [](float* x, int) { HadamardRotation<D, Layout::kValueRotationSeed>::apply(x); });

@@ -154,13 +154,26 @@ struct RotaryEmbedding {
   static_assert(D >= 2 && D % 2 == 0, "skv::RotaryEmbedding: D (HeadDim) must be even");
   static constexpr int kHalf = D / 2;
 
-  /// x <- R(position) x, in place (a negative position undoes a positive one).
-  static void apply(const float* freq, double position, float* x) {
-    for (int i = 0; i < kHalf; ++i) {
-      const double a = position * static_cast<double>(freq[i]);
-      rotate_pair(x + i, static_cast<float>(std::cos(a)), static_cast<float>(std::sin(a)));
+  /// The cos and sin of one position's angles, for rows that share the position (a token's heads).
+  struct Angles {
+    float cs[kHalf] = {}, sn[kHalf] = {};
+    Angles() = default;
+    Angles(const float* freq, double position) { set(freq, position); }
+    void set(const float* freq, double position) {
+      for (int i = 0; i < kHalf; ++i) {
+        const double a = position * static_cast<double>(freq[i]);
+        cs[i] = static_cast<float>(std::cos(a));
+        sn[i] = static_cast<float>(std::sin(a));
+      }
     }
-  }
+    /// x <- R(position) x, in place.
+    void apply(float* x) const {
+      for (int i = 0; i < kHalf; ++i) rotate_pair(x + i, cs[i], sn[i]);
+    }
+  };
+
+  /// x <- R(position) x, in place (a negative position undoes a positive one).
+  static void apply(const float* freq, double position, float* x) { Angles(freq, position).apply(x); }
 
   /// Element c of R(position) x, given x[c] and its partner (x[c + D/2] for c < D/2, else x[c - D/2]).
   SKV_HOST_DEVICE static float element(const float* freq, double position, int c, float xc, float partner) {
